@@ -1,0 +1,224 @@
+//! The engine's front door: a model with its labels and preprocessing, built from a checkpoint
+//! or a named variant, and the few things every front end asks of it.
+use crate::device::{device_name, dtype_name};
+use crate::error::{Error, Result};
+use crate::flops::{self, LayerInfo};
+use crate::labels::{self, LabelSource};
+use crate::model::checkpoint::{expected_tensors, Checkpoint, Format};
+use crate::model::{Config, ConvNeXt};
+use crate::preprocess::{self, PreprocessConfig};
+use crate::trace::Observer;
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Where the weights came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Weights { path: PathBuf, format: Format },
+    Random { variant: String, seed: u64 },
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Weights { path, format } => write!(f, "{} ({format})", path.display()),
+            Source::Random { variant, seed } => write!(f, "{variant} (random weights, seed {seed})"),
+        }
+    }
+}
+
+pub struct Engine {
+    pub model: ConvNeXt,
+    pub config: Config,
+    pub labels: Vec<String>,
+    pub label_source: LabelSource,
+    pub preprocess: PreprocessConfig,
+    pub source: Source,
+    pub device: Device,
+    pub dtype: DType,
+    pub num_params: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Prediction {
+    pub index: usize,
+    pub label: String,
+    pub prob: f32,
+}
+
+/// The folder the shipped default model and users' own weights live in.
+pub fn weights_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("CONVNEXT_WEIGHTS_DIR") {
+        return PathBuf::from(d);
+    }
+    let here = PathBuf::from("weights");
+    if here.is_dir() {
+        return here;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights")
+}
+
+/// The project's shipped model, trained on Fashion-MNIST (see `weights/README.md`).
+pub const DEFAULT_MODEL_FILE: &str = "convnext_fashion.safetensors";
+
+pub fn default_weights() -> Option<PathBuf> {
+    let p = weights_dir().join(DEFAULT_MODEL_FILE);
+    p.is_file().then_some(p)
+}
+
+impl Engine {
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Engine> {
+        let ck = Checkpoint::open(path)?;
+        let num_params = ck.num_params();
+        let vb = VarBuilder::from_tensors(ck.tensors, dtype, device);
+        let model = ConvNeXt::new(vb, &ck.config).map_err(|e| Error::file(&ck.path, e))?;
+        let (labels, label_source) = labels::labels_for(ck.config.num_classes, ck.json.as_ref());
+        let preprocess =
+            PreprocessConfig::from_json(ck.json.as_ref(), ck.preprocessor_json.as_ref());
+        Ok(Engine {
+            model,
+            config: ck.config,
+            labels,
+            label_source,
+            preprocess,
+            source: Source::Weights {
+                path: ck.path,
+                format: ck.format,
+            },
+            device: device.clone(),
+            dtype,
+            num_params,
+        })
+    }
+
+    /// A named variant with seeded random weights, initialised as timm does (truncated normal
+    /// σ = 0.02 for conv and linear weights, zero biases, unit norms, layer scale 1e-6).
+    pub fn random(variant: &str, num_classes: usize, seed: u64, device: &Device, dtype: DType) -> Result<Engine> {
+        let config = Config::variant(variant, num_classes)?;
+        let tensors = random_weights(&config, seed)?;
+        let num_params = tensors.values().map(|t| t.elem_count()).sum();
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
+        let model = ConvNeXt::new(vb, &config)?;
+        let (labels, label_source) = labels::labels_for(num_classes, None);
+        Ok(Engine {
+            model,
+            labels,
+            label_source,
+            preprocess: PreprocessConfig::default(),
+            source: Source::Random {
+                variant: config.variant_name().unwrap_or("custom").to_string(),
+                seed,
+            },
+            config,
+            device: device.clone(),
+            dtype,
+            num_params,
+        })
+    }
+
+    pub fn is_random(&self) -> bool {
+        matches!(self.source, Source::Random { .. })
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} · {} · {} params · {} classes · {} {}",
+            self.config.describe(),
+            self.source,
+            flops::human(self.num_params as f64),
+            self.config.num_classes,
+            device_name(&self.device),
+            dtype_name(self.dtype)
+        )
+    }
+
+    /// Decodes and preprocesses an image file for this model.
+    pub fn prepare_file(&self, path: &Path) -> Result<preprocess::Prepared> {
+        let img = preprocess::load_image(path)?;
+        preprocess::prepare(&img, &self.preprocess, &self.device)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
+        Ok(self.model.forward(&x.to_device(&self.device)?)?)
+    }
+
+    pub fn forward_observed<O: Observer>(&self, x: &Tensor, obs: &mut O) -> Result<Tensor> {
+        self.check_input(x)?;
+        Ok(self.model.forward_observed(&x.to_device(&self.device)?, obs)?)
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        let dims = x.dims();
+        if dims.len() != 4 || dims[1] != 3 || dims[0] == 0 {
+            return Err(Error::Input(format!(
+                "input tensor must be [N, 3, H, W] with N ≥ 1, got {dims:?}"
+            )));
+        }
+        self.config.check_input(dims[2], dims[3])
+    }
+
+    /// Top-k classes of each row of a logits tensor.
+    pub fn top_k(&self, logits: &Tensor, k: usize) -> Result<Vec<Vec<Prediction>>> {
+        let probs = candle_nn::ops::softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+        let rows: Vec<Vec<f32>> = probs.to_vec2()?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let mut idx: Vec<usize> = (0..row.len()).collect();
+                idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                idx.into_iter()
+                    .take(k)
+                    .map(|i| Prediction {
+                        index: i,
+                        label: self.labels.get(i).cloned().unwrap_or_else(|| format!("class {i}")),
+                        prob: row[i],
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    pub fn layers(&self, batch: usize) -> Vec<LayerInfo> {
+        let (h, w) = self.preprocess.input_size;
+        flops::layers(&self.config, batch, h, w)
+    }
+}
+
+/// timm-style initial weights from a seed (deterministic across runs and machines).
+pub fn random_weights(cfg: &Config, seed: u64) -> Result<HashMap<String, Tensor>> {
+    use rand::{Rng, SeedableRng};
+    let mut out = HashMap::new();
+    for (i, (name, shape)) in expected_tensors(cfg).into_iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let is_weight_matrix = shape.len() >= 2;
+        let data: Vec<f32> = if is_weight_matrix {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            (0..n)
+                .map(|_| loop {
+                    // Box–Muller, truncated at ±2σ as timm's trunc_normal_ does.
+                    let u1: f32 = rng.random::<f32>().max(1e-12);
+                    let u2: f32 = rng.random();
+                    let z = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
+                    if z.abs() <= 2.0 {
+                        break 0.02 * z;
+                    }
+                })
+                .collect()
+        } else if name.ends_with(".gamma") {
+            vec![1e-6; n]
+        } else if is_layer_norm_weight(&name) {
+            vec![1.0; n]
+        } else {
+            vec![0.0; n]
+        };
+        out.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
+    }
+    Ok(out)
+}
+
+fn is_layer_norm_weight(name: &str) -> bool {
+    name.ends_with("norm.weight") || name == "stem.1.weight" || name.ends_with("downsample.0.weight")
+}

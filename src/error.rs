@@ -1,0 +1,60 @@
+//! Engine errors. Every variant says which file or which tensor is at fault, because the user
+//! of an explorer mostly fights with other people's checkpoints.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
+
+    #[error("{path}: not a ConvNeXt checkpoint: {msg}")]
+    NotConvNext { path: PathBuf, msg: String },
+
+    #[error("{path}: tensor `{name}` is missing")]
+    MissingTensor { path: PathBuf, name: String },
+
+    #[error("{path}: unexpected tensor `{name}` {shape:?} (not part of the inferred {arch})")]
+    ExtraTensor {
+        path: PathBuf,
+        name: String,
+        shape: Vec<usize>,
+        arch: String,
+    },
+
+    #[error("{path}: tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        got: Vec<usize>,
+        expected: Vec<usize>,
+    },
+
+    #[error("unknown variant `{0}` (try `convnext-explorer inspect --variant tiny`; known: {1})")]
+    UnknownVariant(String, String),
+
+    #[error("image {path}: {msg}")]
+    Image { path: String, msg: String },
+
+    #[error("device `{0}` is not available: {1}")]
+    Device(String, String),
+
+    #[error("invalid input: {0}")]
+    Input(String),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
+        Error::File {
+            path: path.into(),
+            msg: msg.to_string(),
+        }
+    }
+}

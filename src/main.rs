@@ -1,0 +1,29 @@
+use clap::Parser;
+use convnext_explorer::cli::{self, Cli};
+
+fn main() {
+    // A panic is a bug, but the user still deserves one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("convnext-explorer: internal error: {info}");
+    }));
+    let cli = Cli::parse();
+    let result = if cli.command.is_some() {
+        cli::run(cli)
+    } else {
+        run_app(cli)
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(feature = "gui")]
+fn run_app(cli: Cli) -> anyhow::Result<()> {
+    convnext_explorer::app::run(cli)
+}
+
+#[cfg(not(feature = "gui"))]
+fn run_app(_cli: Cli) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no GUI (feature `gui`); use a subcommand, see --help")
+}

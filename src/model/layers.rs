@@ -1,0 +1,119 @@
+//! The small building blocks, all working channels-last (`[..., C]`).
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// LayerNorm over the last (channel) axis.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+    /// Training needs a differentiable path; candle's fused kernel has no backward.
+    pub differentiable: bool,
+}
+
+impl LayerNorm {
+    pub fn new(vb: VarBuilder, dim: usize, eps: f64, differentiable: bool) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
+            eps,
+            differentiable,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.differentiable {
+            let mean = x.mean_keepdim(D::Minus1)?;
+            let xc = x.broadcast_sub(&mean)?;
+            let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+            let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+            xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        } else if x.dtype() == DType::F32 {
+            candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+        } else {
+            // Half-precision statistics lose too much: normalise in f32, hand back the dtype.
+            let dt = x.dtype();
+            let w = self.weight.to_dtype(DType::F32)?;
+            let b = self.bias.to_dtype(DType::F32)?;
+            candle_nn::ops::layer_norm(&x.to_dtype(DType::F32)?, &w, &b, self.eps as f32)?
+                .to_dtype(dt)
+        }
+    }
+}
+
+/// `y = x Wᵀ + b` on the last axis of any-rank input.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Linear {
+    pub fn new(vb: VarBuilder, inp: usize, out: usize) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((out, inp), "weight")?,
+            bias: vb.get(out, "bias")?,
+        })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inp = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / inp.max(1);
+        let y = x
+            .reshape((rows, inp))?
+            .matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)?;
+        let mut out = dims;
+        *out.last_mut().unwrap() = self.weight.dim(0)?;
+        y.reshape(out)
+    }
+}
+
+/// Global Response Normalisation (ConvNeXt V2), channels-last:
+/// `x + w · (x · N(x)) + b` with `N(x) = ‖x‖₂,spatial / (mean_c ‖x‖₂,spatial + 1e-6)`.
+#[derive(Clone, Debug)]
+pub struct Grn {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Grn {
+    pub const EPS: f64 = 1e-6;
+    pub fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
+        })
+    }
+}
+
+impl Module for Grn {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gx = x.sqr()?.sum_keepdim((1, 2))?.sqrt()?;
+        let nx = gx.broadcast_div(&(gx.mean_keepdim(D::Minus1)? + Self::EPS)?)?;
+        let scaled = x.broadcast_mul(&nx)?.broadcast_mul(&self.weight)?;
+        (x + scaled)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Non-overlapping k×k patches of a channels-last map, flattened in (kh, kw, c) order:
+/// `[N, H, W, C]` → `[N, H/k, W/k, k·k·C]`. A stride-k k×k conv is then one matmul.
+pub fn patchify(x: &Tensor, k: usize) -> Result<Tensor> {
+    let (n, h, w, c) = x.dims4()?;
+    x.reshape((n, h / k, k, w / k, k, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .contiguous()?
+        .reshape((n, h / k, w / k, k * k * c))
+}
+
+/// A conv weight `[O, I, k, k]` as the matrix that multiplies [`patchify`]'s output: `[O, k·k·I]`.
+pub fn conv_weight_as_matrix(w: &Tensor) -> Result<Tensor> {
+    let (o, i, kh, kw) = w.dims4()?;
+    w.permute((0, 2, 3, 1))?.contiguous()?.reshape((o, kh * kw * i))
+}

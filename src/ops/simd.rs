@@ -1,0 +1,73 @@
+//! Runtime CPU-feature dispatch. Release builds target baseline x86-64 (SSE2) so the binary runs
+//! anywhere; the hot loops are compiled a second time with AVX2+FMA / AVX-512 and picked at run
+//! time, letting the compiler vectorise them at full width.
+
+/// `acc[k] += a[k] * b[k]` over whole slices (all the same length).
+#[inline(always)]
+pub fn fma_slices_generic(acc: &mut [f32], a: &[f32], b: &[f32]) {
+    let n = acc.len().min(a.len()).min(b.len());
+    let (acc, a, b) = (&mut acc[..n], &a[..n], &b[..n]);
+    for k in 0..n {
+        acc[k] = a[k].mul_add(b[k], acc[k]);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Baseline,
+    Avx2,
+    Avx512,
+}
+
+pub fn level() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static LEVEL: OnceLock<Level> = OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            if std::is_x86_feature_detected!("avx512f") {
+                Level::Avx512
+            } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            {
+                Level::Avx2
+            } else {
+                Level::Baseline
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Level::Baseline
+    }
+}
+
+/// Defines `pub fn $name(args)` that calls the `#[inline(always)]` function `$imp` compiled for
+/// the best instruction set this CPU has (the body is generated again inside each wrapper).
+#[macro_export]
+macro_rules! simd_dispatch {
+    ($vis:vis fn $name:ident => $imp:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn w512($($arg: $ty),*) {
+                    $imp($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn w256($($arg: $ty),*) {
+                    $imp($($arg),*)
+                }
+                match $crate::ops::simd::level() {
+                    // SAFETY: the level was detected on this CPU.
+                    $crate::ops::simd::Level::Avx512 => unsafe { w512($($arg),*) },
+                    $crate::ops::simd::Level::Avx2 => unsafe { w256($($arg),*) },
+                    $crate::ops::simd::Level::Baseline => $imp($($arg),*),
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                $imp($($arg),*)
+            }
+        }
+    };
+}

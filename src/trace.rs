@@ -1,0 +1,249 @@
+//! Layer identities and observers: how a forward pass reports what each named layer produced.
+//!
+//! `ConvNeXt::forward_observed` calls `enter(id)` before and `layer(id, out)` after every named
+//! layer, containers (stem, stage, block, head) included. Plain `forward` passes [`NoObserver`],
+//! whose calls compile away.
+use candle_core::{Result, Tensor};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Parts of a block, in forward order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Part {
+    ConvDw,
+    Norm,
+    Fc1,
+    Act,
+    Grn,
+    Fc2,
+    Gamma,
+    /// The residual add that ends the block.
+    Add,
+}
+
+impl Part {
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::ConvDw => "conv_dw",
+            Part::Norm => "norm",
+            Part::Fc1 => "mlp.fc1",
+            Part::Act => "mlp.act",
+            Part::Grn => "mlp.grn",
+            Part::Fc2 => "mlp.fc2",
+            Part::Gamma => "gamma",
+            Part::Add => "add",
+        }
+    }
+}
+
+/// A named layer. Names follow timm's parameter names (`stages.2.blocks.5.conv_dw`) so what the
+/// user sees matches the checkpoint and timm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LayerId {
+    Stem,
+    StemConv,
+    StemNorm,
+    Stage(usize),
+    Downsample(usize),
+    DownsampleNorm(usize),
+    DownsampleConv(usize),
+    Block(usize, usize),
+    BlockPart(usize, usize, Part),
+    Head,
+    HeadPool,
+    HeadNorm,
+    HeadFc,
+}
+
+impl LayerId {
+    pub fn name(&self) -> String {
+        match *self {
+            LayerId::Stem => "stem".into(),
+            LayerId::StemConv => "stem.0".into(),
+            LayerId::StemNorm => "stem.1".into(),
+            LayerId::Stage(s) => format!("stages.{s}"),
+            LayerId::Downsample(s) => format!("stages.{s}.downsample"),
+            LayerId::DownsampleNorm(s) => format!("stages.{s}.downsample.0"),
+            LayerId::DownsampleConv(s) => format!("stages.{s}.downsample.1"),
+            LayerId::Block(s, b) => format!("stages.{s}.blocks.{b}"),
+            LayerId::BlockPart(s, b, p) => format!("stages.{s}.blocks.{b}.{}", p.name()),
+            LayerId::Head => "head".into(),
+            LayerId::HeadPool => "head.global_pool".into(),
+            LayerId::HeadNorm => "head.norm".into(),
+            LayerId::HeadFc => "head.fc".into(),
+        }
+    }
+
+    /// Containers hold other layers; leaves do the work.
+    pub fn is_container(&self) -> bool {
+        matches!(
+            self,
+            LayerId::Stem
+                | LayerId::Stage(_)
+                | LayerId::Downsample(_)
+                | LayerId::Block(..)
+                | LayerId::Head
+        )
+    }
+
+    /// The stage a layer belongs to (the stem is reported as `None`, as is the head).
+    pub fn stage(&self) -> Option<usize> {
+        match *self {
+            LayerId::Stage(s)
+            | LayerId::Downsample(s)
+            | LayerId::DownsampleNorm(s)
+            | LayerId::DownsampleConv(s)
+            | LayerId::Block(s, _)
+            | LayerId::BlockPart(s, _, _) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Activations of this layer are 4-D channels-last inside the model.
+    pub fn is_spatial(&self) -> bool {
+        !matches!(
+            self,
+            LayerId::Head | LayerId::HeadPool | LayerId::HeadNorm | LayerId::HeadFc
+        )
+    }
+}
+
+impl std::fmt::Display for LayerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// Sees each named layer of a forward pass. Spatial outputs arrive channels-last
+/// (`[N, H, W, C]`, the model's working layout); use [`to_nchw`] to present them.
+pub trait Observer {
+    fn enter(&mut self, _id: LayerId) -> Result<()> {
+        Ok(())
+    }
+    fn layer(&mut self, _id: LayerId, _out: &Tensor) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Observes nothing: the plain forward.
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// Channels-last `[N,H,W,C]` to PyTorch's `[N,C,H,W]` (contiguous); other ranks unchanged.
+pub fn to_nchw(t: &Tensor) -> Result<Tensor> {
+    if t.rank() == 4 {
+        t.permute((0, 3, 1, 2))?.contiguous()
+    } else {
+        Ok(t.clone())
+    }
+}
+
+/// Wall time per layer. The device is synchronised before each clock reading, or GPU times
+/// would measure only the kernel launches.
+pub struct TimingObserver {
+    device: candle_core::Device,
+    stack: Vec<(LayerId, Instant)>,
+    pub times: Vec<(LayerId, Duration)>,
+}
+
+impl TimingObserver {
+    pub fn new(device: &candle_core::Device) -> Self {
+        Self {
+            device: device.clone(),
+            stack: Vec::with_capacity(8),
+            times: Vec::with_capacity(256),
+        }
+    }
+
+    pub fn as_map(&self) -> HashMap<LayerId, Duration> {
+        self.times.iter().copied().collect()
+    }
+}
+
+impl Observer for TimingObserver {
+    fn enter(&mut self, id: LayerId) -> Result<()> {
+        if !self.device.is_cpu() {
+            self.device.synchronize()?;
+        }
+        self.stack.push((id, Instant::now()));
+        Ok(())
+    }
+    fn layer(&mut self, id: LayerId, _out: &Tensor) -> Result<()> {
+        if !self.device.is_cpu() {
+            self.device.synchronize()?;
+        }
+        let now = Instant::now();
+        if let Some((top, start)) = self.stack.pop() {
+            debug_assert_eq!(top, id);
+            self.times.push((id, now - start));
+        }
+        Ok(())
+    }
+}
+
+/// Which outputs a [`CaptureObserver`] keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureLevel {
+    /// The stem and each stage's output.
+    Stages,
+    /// The above and every block's output.
+    Blocks,
+    /// Every named layer.
+    All,
+}
+
+/// Keeps layer outputs (channels-last, as the model made them: converting costs a copy that a
+/// viewer only pays for the layer it shows).
+pub struct CaptureObserver {
+    pub level: CaptureLevel,
+    pub outputs: Vec<(LayerId, Tensor)>,
+}
+
+impl CaptureObserver {
+    pub fn new(level: CaptureLevel) -> Self {
+        Self {
+            level,
+            outputs: Vec::new(),
+        }
+    }
+
+    fn wants(&self, id: LayerId) -> bool {
+        match self.level {
+            CaptureLevel::All => true,
+            CaptureLevel::Blocks => matches!(
+                id,
+                LayerId::Stem | LayerId::Stage(_) | LayerId::Block(..) | LayerId::HeadFc
+            ),
+            CaptureLevel::Stages => {
+                matches!(id, LayerId::Stem | LayerId::Stage(_) | LayerId::HeadFc)
+            }
+        }
+    }
+
+    pub fn get(&self, id: LayerId) -> Option<&Tensor> {
+        self.outputs.iter().find(|(i, _)| *i == id).map(|(_, t)| t)
+    }
+}
+
+impl Observer for CaptureObserver {
+    fn layer(&mut self, id: LayerId, out: &Tensor) -> Result<()> {
+        if self.wants(id) {
+            self.outputs.push((id, out.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// Runs two observers side by side (time a run while capturing it).
+pub struct Both<'a, A: Observer, B: Observer>(pub &'a mut A, pub &'a mut B);
+
+impl<A: Observer, B: Observer> Observer for Both<'_, A, B> {
+    fn enter(&mut self, id: LayerId) -> Result<()> {
+        self.0.enter(id)?;
+        self.1.enter(id)
+    }
+    fn layer(&mut self, id: LayerId, out: &Tensor) -> Result<()> {
+        self.1.layer(id, out)?;
+        self.0.layer(id, out)
+    }
+}
