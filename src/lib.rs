@@ -12,11 +12,6 @@ pub mod stats;
 pub mod trace;
 
 pub mod cli;
-#[cfg(feature = "hub")]
-pub mod hub;
-
-#[cfg(feature = "gui")]
-pub mod app;
 
 pub use engine::Engine;
 pub use error::{Error, Result};

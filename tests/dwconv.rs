@@ -1,0 +1,92 @@
+//! The fast depthwise kernel against candle's generic ops (and the reference path), forward and
+//! backward, over many shapes.
+use candle_core::{DType, Device, Tensor, Var};
+use convnext_explorer::ops::{depthwise_conv_nhwc, depthwise_conv_nhwc_reference};
+
+fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+    let d: f32 = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    let s: f32 = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    assert!(d.is_finite(), "unwritten or non-finite output");
+    d / s.max(1e-6)
+}
+
+/// candle's own grouped conv2d (NCHW), the independent reference.
+fn candle_grouped(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    let (k, _, c) = w.dims3().unwrap();
+    let x = x.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap();
+    let wt = w.permute((2, 0, 1)).unwrap().reshape((c, 1, k, k)).unwrap().contiguous().unwrap();
+    let y = x.conv2d(&wt, k / 2, 1, 1, c).unwrap();
+    y.broadcast_add(&b.reshape((1, c, 1, 1)).unwrap()).unwrap().permute((0, 2, 3, 1)).unwrap()
+}
+
+#[test]
+fn fast_kernel_equals_candle_grouped_conv() {
+    let dev = Device::Cpu;
+    let shapes = [
+        (1, 1, 1, 1, 7),
+        (1, 3, 5, 1, 7),
+        (2, 7, 7, 33, 7),
+        (3, 12, 9, 64, 7),
+        (1, 56, 56, 96, 7),
+        (1, 14, 14, 768, 7),
+        (2, 8, 6, 40, 3),
+        (1, 2, 3, 3072, 7),
+        (1, 112, 4, 5, 7),
+    ];
+    for (n, h, w, c, k) in shapes {
+        let x = Tensor::randn(0f32, 1., (n, h, w, c), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 1., (k, k, c), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., c, &dev).unwrap();
+        let fast = depthwise_conv_nhwc(&x, &wt, &b).unwrap();
+        let slow = candle_grouped(&x, &wt, &b);
+        let e = max_rel(&fast, &slow);
+        assert!(e < 1e-5, "{:?}: rel err {e}", (n, h, w, c, k));
+        let r = depthwise_conv_nhwc_reference(&x, &wt, &b).unwrap();
+        assert!(max_rel(&r, &slow) < 1e-5);
+    }
+}
+
+#[test]
+fn non_contiguous_and_half_inputs() {
+    let dev = Device::Cpu;
+    // A channels-last view of an NCHW tensor: strided, not contiguous.
+    let nchw = Tensor::randn(0f32, 1., (2, 24, 10, 11), &dev).unwrap();
+    let x = nchw.permute((0, 2, 3, 1)).unwrap();
+    assert!(!x.is_contiguous());
+    let wt = Tensor::randn(0f32, 1., (7, 7, 24), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1., 24, &dev).unwrap();
+    let fast = depthwise_conv_nhwc(&x, &wt, &b).unwrap();
+    assert!(max_rel(&fast, &candle_grouped(&x, &wt, &b)) < 1e-5);
+    let xb = x.to_dtype(DType::BF16).unwrap();
+    let half = depthwise_conv_nhwc(&xb, &wt.to_dtype(DType::BF16).unwrap(), &b.to_dtype(DType::BF16).unwrap()).unwrap();
+    assert_eq!(half.dtype(), DType::BF16);
+    assert!(max_rel(&half.to_dtype(DType::F32).unwrap(), &fast) < 2e-2);
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((1, 4, 4, 8), DType::F32, &dev).unwrap();
+    let w = Tensor::zeros((7, 7, 9), DType::F32, &dev).unwrap();
+    let b = Tensor::zeros(8, DType::F32, &dev).unwrap();
+    assert!(depthwise_conv_nhwc(&x, &w, &b).is_err());
+    let w = Tensor::zeros((6, 6, 8), DType::F32, &dev).unwrap();
+    assert!(depthwise_conv_nhwc(&x, &w, &b).is_err());
+}
+
+#[test]
+fn gradients_match_the_differentiable_reference() {
+    let dev = Device::Cpu;
+    let x = Var::randn(0f32, 1., (2, 9, 6, 20), &dev).unwrap();
+    let w = Var::randn(0f32, 1., (7, 7, 20), &dev).unwrap();
+    let b = Var::randn(0f32, 1., 20, &dev).unwrap();
+    let probe = Tensor::randn(0f32, 1., (2, 9, 6, 20), &dev).unwrap();
+    let loss = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap();
+    let g1 = loss(depthwise_conv_nhwc(&x, &w, &b).unwrap()).backward().unwrap();
+    let g2 = loss(depthwise_conv_nhwc_reference(&x, &w, &b).unwrap()).backward().unwrap();
+    for (name, v) in [("x", x.as_tensor()), ("w", w.as_tensor()), ("b", b.as_tensor())] {
+        let a = g1.get(v).unwrap_or_else(|| panic!("no grad for {name}"));
+        let r = g2.get(v).unwrap();
+        assert!(max_rel(a, r) < 1e-4, "grad {name}");
+    }
+}
