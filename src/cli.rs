@@ -107,7 +107,9 @@ pub struct ModelArgs {
 
 pub fn parse_size(s: &str) -> Result<(usize, usize)> {
     let parse = |p: &str| -> Result<usize> {
-        p.trim().parse().with_context(|| format!("bad size `{s}` (expected H or HxW)"))
+        p.trim()
+            .parse()
+            .with_context(|| format!("bad size `{s}` (expected H or HxW)"))
     };
     match s.split_once(['x', 'X']) {
         Some((h, w)) => Ok((parse(h)?, parse(w)?)),
@@ -118,7 +120,12 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
     }
 }
 
-fn build_engine(cli: &Cli, model: Option<&ModelArgs>, device: &Device, dtype: DType) -> Result<Engine> {
+fn build_engine(
+    cli: &Cli,
+    model: Option<&ModelArgs>,
+    device: &Device,
+    dtype: DType,
+) -> Result<Engine> {
     if let Some(v) = model.and_then(|m| m.variant.as_deref()) {
         let m = model.unwrap();
         return Ok(Engine::random(v, m.classes, m.seed, device, dtype)?);
@@ -142,7 +149,10 @@ fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .filter(|f| {
                     f.is_file()
                         && matches!(
-                            f.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+                            f.extension()
+                                .and_then(|e| e.to_str())
+                                .map(|e| e.to_ascii_lowercase())
+                                .as_deref(),
                             Some("png" | "jpg" | "jpeg" | "webp" | "bmp" | "gif" | "tif" | "tiff")
                         )
                 })
@@ -217,11 +227,22 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let engine_cfg = if let Some(v) = &model.variant {
-                (crate::model::Config::variant(v, model.classes)?, (224, 224), v.clone())
+                (
+                    crate::model::Config::variant(v, model.classes)?,
+                    (224, 224),
+                    v.clone(),
+                )
             } else {
-                let path = cli.weights.clone().or_else(default_weights).context("give --weights or --variant")?;
+                let path = cli
+                    .weights
+                    .clone()
+                    .or_else(default_weights)
+                    .context("give --weights or --variant")?;
                 let ck = crate::model::Checkpoint::open(&path)?;
-                let pre = crate::preprocess::PreprocessConfig::from_json(ck.json.as_ref(), ck.preprocessor_json.as_ref());
+                let pre = crate::preprocess::PreprocessConfig::from_json(
+                    ck.json.as_ref(),
+                    ck.preprocessor_json.as_ref(),
+                );
                 (ck.config, pre.input_size, path.display().to_string())
             };
             let (cfg, default_size, source) = engine_cfg;
@@ -252,7 +273,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 );
             } else {
                 println!("{} ({source}), input {batch}×3×{h}×{w}", cfg.describe());
-                println!("{:<36} {:<15} {:>22} {:>22} {:>10} {:>10}", "layer", "kind", "in", "out", "params", "MACs");
+                println!(
+                    "{:<36} {:<15} {:>22} {:>22} {:>10} {:>10}",
+                    "layer", "kind", "in", "out", "params", "MACs"
+                );
                 for l in &layers {
                     let name = format!("{}{}", "  ".repeat(l.depth), l.name);
                     println!(
@@ -290,12 +314,22 @@ pub fn run(cli: Cli) -> Result<()> {
                 (None, Some(t)) => read_input_tensor(t)?,
                 _ => bail!("give --image IMG or --tensor T.safetensors"),
             };
-            let level = if *blocks { CaptureLevel::Blocks } else { CaptureLevel::Stages };
+            let level = if *blocks {
+                CaptureLevel::Blocks
+            } else {
+                CaptureLevel::Stages
+            };
             let mut cap = CaptureObserver::new(level);
             let logits = engine.forward_observed(&input, &mut cap)?;
             let mut map: HashMap<String, Tensor> = HashMap::new();
-            map.insert("input".into(), input.to_device(&Device::Cpu)?.to_dtype(DType::F32)?);
-            map.insert("logits".into(), logits.to_device(&Device::Cpu)?.to_dtype(DType::F32)?);
+            map.insert(
+                "input".into(),
+                input.to_device(&Device::Cpu)?.to_dtype(DType::F32)?,
+            );
+            map.insert(
+                "logits".into(),
+                logits.to_device(&Device::Cpu)?.to_dtype(DType::F32)?,
+            );
             for (id, t) in &cap.outputs {
                 let name = match id {
                     LayerId::Stem => "stem".to_string(),
@@ -303,7 +337,10 @@ pub fn run(cli: Cli) -> Result<()> {
                     LayerId::Block(..) => id.name(),
                     _ => continue,
                 };
-                map.insert(name, to_nchw(t)?.to_device(&Device::Cpu)?.to_dtype(DType::F32)?);
+                map.insert(
+                    name,
+                    to_nchw(t)?.to_device(&Device::Cpu)?.to_dtype(DType::F32)?,
+                );
             }
             candle_core::safetensors::save(&map, out)
                 .with_context(|| format!("{}: cannot write", out.display()))?;

@@ -2,9 +2,10 @@
 use crate::error::{Error, Result};
 use candle_core::{DType, Device};
 
+#[allow(clippy::vec_init_then_push)]
 /// Devices this build can use, in order of preference for `auto`.
 pub fn available() -> Vec<String> {
-    let mut v = Vec::new();
+    let mut v: Vec<String> = Vec::with_capacity(3);
     #[cfg(feature = "cuda")]
     if candle_core::utils::cuda_is_available() && Device::new_cuda(0).is_ok() {
         v.push("cuda".to_string());
@@ -31,7 +32,10 @@ pub fn parse_device(name: &str) -> Result<Device> {
     match kind.as_str() {
         "cpu" => Ok(Device::Cpu),
         "auto" => {
-            let first = available().into_iter().next().unwrap_or_else(|| "cpu".into());
+            let first = available()
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| "cpu".into());
             if first == "cpu" {
                 Ok(Device::Cpu)
             } else {
@@ -98,6 +102,8 @@ pub fn set_threads(n: usize) {
     if n > 0 {
         // candle sizes its matmul parallelism from this variable.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
 }

@@ -24,7 +24,9 @@ impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Weights { path, format } => write!(f, "{} ({format})", path.display()),
-            Source::Random { variant, seed } => write!(f, "{variant} (random weights, seed {seed})"),
+            Source::Random { variant, seed } => {
+                write!(f, "{variant} (random weights, seed {seed})")
+            }
         }
     }
 }
@@ -95,7 +97,13 @@ impl Engine {
 
     /// A named variant with seeded random weights, initialised as timm does (truncated normal
     /// σ = 0.02 for conv and linear weights, zero biases, unit norms, layer scale 1e-6).
-    pub fn random(variant: &str, num_classes: usize, seed: u64, device: &Device, dtype: DType) -> Result<Engine> {
+    pub fn random(
+        variant: &str,
+        num_classes: usize,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Engine> {
         let config = Config::variant(variant, num_classes)?;
         let tensors = random_weights(&config, seed)?;
         let num_params = tensors.values().map(|t| t.elem_count()).sum();
@@ -147,7 +155,9 @@ impl Engine {
 
     pub fn forward_observed<O: Observer>(&self, x: &Tensor, obs: &mut O) -> Result<Tensor> {
         self.check_input(x)?;
-        Ok(self.model.forward_observed(&x.to_device(&self.device)?, obs)?)
+        Ok(self
+            .model
+            .forward_observed(&x.to_device(&self.device)?, obs)?)
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
@@ -173,7 +183,11 @@ impl Engine {
                     .take(k)
                     .map(|i| Prediction {
                         index: i,
-                        label: self.labels.get(i).cloned().unwrap_or_else(|| format!("class {i}")),
+                        label: self
+                            .labels
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_else(|| format!("class {i}")),
                         prob: row[i],
                     })
                     .collect()
@@ -195,7 +209,9 @@ pub fn random_weights(cfg: &Config, seed: u64) -> Result<HashMap<String, Tensor>
         let n: usize = shape.iter().product();
         let is_weight_matrix = shape.len() >= 2;
         let data: Vec<f32> = if is_weight_matrix {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng = rand::rngs::StdRng::seed_from_u64(
+                seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
             (0..n)
                 .map(|_| loop {
                     // Box–Muller, truncated at ±2σ as timm's trunc_normal_ does.
@@ -220,5 +236,7 @@ pub fn random_weights(cfg: &Config, seed: u64) -> Result<HashMap<String, Tensor>
 }
 
 fn is_layer_norm_weight(name: &str) -> bool {
-    name.ends_with("norm.weight") || name == "stem.1.weight" || name.ends_with("downsample.0.weight")
+    name.ends_with("norm.weight")
+        || name == "stem.1.weight"
+        || name.ends_with("downsample.0.weight")
 }

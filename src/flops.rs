@@ -63,7 +63,9 @@ impl Builder {
         let (p, m, e) = self.layers[i + 1..]
             .iter()
             .filter(|l| !l.container)
-            .fold((0, 0, 0), |a, l| (a.0 + l.params, a.1 + l.macs, a.2 + l.elementwise));
+            .fold((0, 0, 0), |a, l| {
+                (a.0 + l.params, a.1 + l.macs, a.2 + l.elementwise)
+            });
         let l = &mut self.layers[i];
         l.out_shape = out_shape;
         (l.params, l.macs, l.elementwise) = (p, m, e);
@@ -120,7 +122,15 @@ pub fn layers(cfg: &Config, n: usize, h: usize, w: usize) -> Vec<LayerInfo> {
         numel(&x) * 48,
         0,
     );
-    b.leaf(LayerId::StemNorm, "LayerNorm", x.clone(), x.clone(), 2 * d0, 5 * numel(&x), 0);
+    b.leaf(
+        LayerId::StemNorm,
+        "LayerNorm",
+        x.clone(),
+        x.clone(),
+        2 * d0,
+        5 * numel(&x),
+        0,
+    );
     b.close(x.clone());
     for (s, &depth) in cfg.depths.iter().enumerate() {
         let d = cfg.dims[s];
@@ -128,7 +138,15 @@ pub fn layers(cfg: &Config, n: usize, h: usize, w: usize) -> Vec<LayerInfo> {
         if s > 0 {
             let p = cfg.dims[s - 1];
             b.open(LayerId::Downsample(s), "Downsample", x.clone());
-            b.leaf(LayerId::DownsampleNorm(s), "LayerNorm", x.clone(), x.clone(), 2 * p, 5 * numel(&x), 0);
+            b.leaf(
+                LayerId::DownsampleNorm(s),
+                "LayerNorm",
+                x.clone(),
+                x.clone(),
+                2 * p,
+                5 * numel(&x),
+                0,
+            );
             (hh, ww) = (hh / 2, ww / 2);
             let y = vec![n, d, hh, ww];
             b.leaf(
@@ -157,15 +175,63 @@ pub fn layers(cfg: &Config, n: usize, h: usize, w: usize) -> Vec<LayerInfo> {
                 e * (k * k) as u64,
                 0,
             );
-            b.leaf(part(Part::Norm), "LayerNorm", x.clone(), x.clone(), 2 * d, 5 * e, 0);
-            b.leaf(part(Part::Fc1), "Linear", x.clone(), wide.clone(), 4 * d * d + 4 * d, e * 4 * d as u64, 0);
-            b.leaf(part(Part::Act), "GELU", wide.clone(), wide.clone(), 0, 0, 4 * e);
+            b.leaf(
+                part(Part::Norm),
+                "LayerNorm",
+                x.clone(),
+                x.clone(),
+                2 * d,
+                5 * e,
+                0,
+            );
+            b.leaf(
+                part(Part::Fc1),
+                "Linear",
+                x.clone(),
+                wide.clone(),
+                4 * d * d + 4 * d,
+                e * 4 * d as u64,
+                0,
+            );
+            b.leaf(
+                part(Part::Act),
+                "GELU",
+                wide.clone(),
+                wide.clone(),
+                0,
+                0,
+                4 * e,
+            );
             if cfg.version == Version::V2 {
-                b.leaf(part(Part::Grn), "GRN", wide.clone(), wide.clone(), 8 * d, 0, 4 * 4 * e);
+                b.leaf(
+                    part(Part::Grn),
+                    "GRN",
+                    wide.clone(),
+                    wide.clone(),
+                    8 * d,
+                    0,
+                    4 * 4 * e,
+                );
             }
-            b.leaf(part(Part::Fc2), "Linear", wide.clone(), x.clone(), 4 * d * d + d, e * 4 * d as u64, 0);
+            b.leaf(
+                part(Part::Fc2),
+                "Linear",
+                wide.clone(),
+                x.clone(),
+                4 * d * d + d,
+                e * 4 * d as u64,
+                0,
+            );
             if cfg.layer_scale {
-                b.leaf(part(Part::Gamma), "LayerScale", x.clone(), x.clone(), d, 0, e);
+                b.leaf(
+                    part(Part::Gamma),
+                    "LayerScale",
+                    x.clone(),
+                    x.clone(),
+                    d,
+                    0,
+                    e,
+                );
             }
             b.leaf(part(Part::Add), "Add", x.clone(), x.clone(), 0, 0, e);
             b.close(x.clone());
@@ -176,8 +242,24 @@ pub fn layers(cfg: &Config, n: usize, h: usize, w: usize) -> Vec<LayerInfo> {
     let pooled = vec![n, c];
     let logits = vec![n, cfg.num_classes];
     b.open(LayerId::Head, "Head", x.clone());
-    b.leaf(LayerId::HeadPool, "GlobalAvgPool", x.clone(), pooled.clone(), 0, numel(&x), 0);
-    b.leaf(LayerId::HeadNorm, "LayerNorm", pooled.clone(), pooled.clone(), 2 * c, 5 * numel(&pooled), 0);
+    b.leaf(
+        LayerId::HeadPool,
+        "GlobalAvgPool",
+        x.clone(),
+        pooled.clone(),
+        0,
+        numel(&x),
+        0,
+    );
+    b.leaf(
+        LayerId::HeadNorm,
+        "LayerNorm",
+        pooled.clone(),
+        pooled.clone(),
+        2 * c,
+        5 * numel(&pooled),
+        0,
+    );
     b.leaf(
         LayerId::HeadFc,
         "Linear",
@@ -197,7 +279,9 @@ pub fn totals(layers: &[LayerInfo]) -> Totals {
         total_macs: leaves().map(|l| l.macs).sum(),
         total_params: leaves().map(|l| l.params).sum(),
         conv_linear_macs: leaves()
-            .filter(|l| l.kind.starts_with("Conv") || l.kind.starts_with("DwConv") || l.kind == "Linear")
+            .filter(|l| {
+                l.kind.starts_with("Conv") || l.kind.starts_with("DwConv") || l.kind == "Linear"
+            })
             .map(|l| l.macs)
             .sum(),
         elementwise: leaves().map(|l| l.elementwise).sum(),

@@ -37,10 +37,16 @@ pub fn from_json(json: &serde_json::Value, num_classes: usize) -> Option<Vec<Str
     if names.len() != num_classes {
         return None;
     }
-    names.iter().map(|n| n.as_str().map(str::to_string)).collect()
+    names
+        .iter()
+        .map(|n| n.as_str().map(str::to_string))
+        .collect()
 }
 
-pub fn labels_for(num_classes: usize, json: Option<&serde_json::Value>) -> (Vec<String>, LabelSource) {
+pub fn labels_for(
+    num_classes: usize,
+    json: Option<&serde_json::Value>,
+) -> (Vec<String>, LabelSource) {
     if let Some(l) = json.and_then(|j| from_json(j, num_classes)) {
         return (l, LabelSource::Checkpoint);
     }
@@ -48,7 +54,10 @@ pub fn labels_for(num_classes: usize, json: Option<&serde_json::Value>) -> (Vec<
     match num_classes {
         1000 => (lines(IMAGENET_1K), LabelSource::ImageNet1k),
         21841 => (lines(IMAGENET_22K), LabelSource::ImageNet22k),
-        n => ((0..n).map(|i| format!("class {i}")).collect(), LabelSource::Numbered),
+        n => (
+            (0..n).map(|i| format!("class {i}")).collect(),
+            LabelSource::Numbered,
+        ),
     }
 }
 

@@ -80,7 +80,10 @@ fn arr3(v: Option<&serde_json::Value>) -> Option<[f32; 3]> {
 impl PreprocessConfig {
     /// From a timm `config.json` (`pretrained_cfg`) or Hugging Face `preprocessor_config.json`;
     /// missing fields keep timm's defaults.
-    pub fn from_json(config: Option<&serde_json::Value>, hf_pre: Option<&serde_json::Value>) -> Self {
+    pub fn from_json(
+        config: Option<&serde_json::Value>,
+        hf_pre: Option<&serde_json::Value>,
+    ) -> Self {
         let mut p = Self::default();
         if let Some(pc) = config.map(|c| c.get("pretrained_cfg").unwrap_or(c)) {
             if let Some(sz) = pc.get("input_size").and_then(|v| v.as_array()) {
@@ -156,7 +159,9 @@ pub fn decode_image(bytes: &[u8], name: &str) -> Result<DynamicImage> {
         .with_guessed_format()
         .map_err(|e| err(e.to_string()))?;
     if reader.format().is_none() {
-        return Err(err("not an image in a format this build reads (PNG, JPEG, WebP, BMP, GIF, TIFF)".into()));
+        return Err(err(
+            "not an image in a format this build reads (PNG, JPEG, WebP, BMP, GIF, TIFF)".into(),
+        ));
     }
     reader.limits(limits());
     let img = reader.decode().map_err(|e| err(e.to_string()))?;
@@ -206,8 +211,16 @@ pub fn resize_and_crop(img: &DynamicImage, cfg: &PreprocessConfig) -> RgbImage {
     // Centre crop; torchvision pads with zeros when the crop is larger than the image.
     let top = round_half_even((rh as f64 - th as f64) / 2.0);
     let left = round_half_even((rw as f64 - tw as f64) / 2.0);
-    let top = if rh >= th { top } else { -(((th - rh) / 2) as i64) };
-    let left = if rw >= tw { left } else { -(((tw - rw) / 2) as i64) };
+    let top = if rh >= th {
+        top
+    } else {
+        -(((th - rh) / 2) as i64)
+    };
+    let left = if rw >= tw {
+        left
+    } else {
+        -(((tw - rw) / 2) as i64)
+    };
     let mut out = RgbImage::new(tw as u32, th as u32);
     for y in 0..th {
         let sy = y as i64 + top;

@@ -23,7 +23,11 @@ pub struct FeatureMap {
 impl FeatureMap {
     /// From a channels-last `[N, H, W, C]` activation, item `n` of the batch.
     pub fn from_nhwc(t: &Tensor, n: usize) -> Result<Self> {
-        let t = t.get(n)?.permute((2, 0, 1))?.to_dtype(DType::F32)?.contiguous()?;
+        let t = t
+            .get(n)?
+            .permute((2, 0, 1))?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
         let (c, h, w) = t.dims3()?;
         let data = t.flatten_all()?.to_vec1::<f32>()?;
         let stats = data
@@ -57,9 +61,11 @@ impl FeatureMap {
     }
 
     pub fn range(&self) -> (f32, f32) {
-        self.stats.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), s| {
-            (a.min(s.min), b.max(s.max))
-        })
+        self.stats
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), s| {
+                (a.min(s.min), b.max(s.max))
+            })
     }
 }
 

@@ -4,8 +4,25 @@ use candle_core::{DType, Device, Tensor, Var};
 use convnext_explorer::ops::{depthwise_conv_nhwc, depthwise_conv_nhwc_reference};
 
 fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-    let d: f32 = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
-    let s: f32 = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    let d: f32 = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let s: f32 = b
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!(d.is_finite(), "unwritten or non-finite output");
     d / s.max(1e-6)
 }
@@ -14,9 +31,18 @@ fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
 fn candle_grouped(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
     let (k, _, c) = w.dims3().unwrap();
     let x = x.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap();
-    let wt = w.permute((2, 0, 1)).unwrap().reshape((c, 1, k, k)).unwrap().contiguous().unwrap();
+    let wt = w
+        .permute((2, 0, 1))
+        .unwrap()
+        .reshape((c, 1, k, k))
+        .unwrap()
+        .contiguous()
+        .unwrap();
     let y = x.conv2d(&wt, k / 2, 1, 1, c).unwrap();
-    y.broadcast_add(&b.reshape((1, c, 1, 1)).unwrap()).unwrap().permute((0, 2, 3, 1)).unwrap()
+    y.broadcast_add(&b.reshape((1, c, 1, 1)).unwrap())
+        .unwrap()
+        .permute((0, 2, 3, 1))
+        .unwrap()
 }
 
 #[test]
@@ -58,7 +84,12 @@ fn non_contiguous_and_half_inputs() {
     let fast = depthwise_conv_nhwc(&x, &wt, &b).unwrap();
     assert!(max_rel(&fast, &candle_grouped(&x, &wt, &b)) < 1e-5);
     let xb = x.to_dtype(DType::BF16).unwrap();
-    let half = depthwise_conv_nhwc(&xb, &wt.to_dtype(DType::BF16).unwrap(), &b.to_dtype(DType::BF16).unwrap()).unwrap();
+    let half = depthwise_conv_nhwc(
+        &xb,
+        &wt.to_dtype(DType::BF16).unwrap(),
+        &b.to_dtype(DType::BF16).unwrap(),
+    )
+    .unwrap();
     assert_eq!(half.dtype(), DType::BF16);
     assert!(max_rel(&half.to_dtype(DType::F32).unwrap(), &fast) < 2e-2);
 }
@@ -82,9 +113,17 @@ fn gradients_match_the_differentiable_reference() {
     let b = Var::randn(0f32, 1., 20, &dev).unwrap();
     let probe = Tensor::randn(0f32, 1., (2, 9, 6, 20), &dev).unwrap();
     let loss = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap();
-    let g1 = loss(depthwise_conv_nhwc(&x, &w, &b).unwrap()).backward().unwrap();
-    let g2 = loss(depthwise_conv_nhwc_reference(&x, &w, &b).unwrap()).backward().unwrap();
-    for (name, v) in [("x", x.as_tensor()), ("w", w.as_tensor()), ("b", b.as_tensor())] {
+    let g1 = loss(depthwise_conv_nhwc(&x, &w, &b).unwrap())
+        .backward()
+        .unwrap();
+    let g2 = loss(depthwise_conv_nhwc_reference(&x, &w, &b).unwrap())
+        .backward()
+        .unwrap();
+    for (name, v) in [
+        ("x", x.as_tensor()),
+        ("w", w.as_tensor()),
+        ("b", b.as_tensor()),
+    ] {
         let a = g1.get(v).unwrap_or_else(|| panic!("no grad for {name}"));
         let r = g2.get(v).unwrap();
         assert!(max_rel(a, r) < 1e-4, "grad {name}");

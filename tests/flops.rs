@@ -22,7 +22,11 @@ fn every_named_variant_matches_fvcore_and_timm() {
         let cfg = Config::variant(name, 1000).unwrap();
         let t = totals(&layers(&cfg, 1, 224, 224));
         assert_eq!(t.total_macs, c["macs"].as_u64().unwrap(), "{name} MACs");
-        assert_eq!(t.total_params as u64, c["params"].as_u64().unwrap(), "{name} params");
+        assert_eq!(
+            t.total_params as u64,
+            c["params"].as_u64().unwrap(),
+            "{name} params"
+        );
         let by_op = c["by_operator"].as_object().unwrap();
         let conv_linear = by_op["conv"].as_u64().unwrap() + by_op["linear"].as_u64().unwrap();
         assert_eq!(t.conv_linear_macs, conv_linear, "{name} conv+linear MACs");
@@ -30,7 +34,12 @@ fn every_named_variant_matches_fvcore_and_timm() {
     }
     assert_eq!(checked, 19);
     // The headline figure of the paper.
-    let t = totals(&layers(&Config::variant("tiny", 1000).unwrap(), 1, 224, 224));
+    let t = totals(&layers(
+        &Config::variant("tiny", 1000).unwrap(),
+        1,
+        224,
+        224,
+    ));
     assert_eq!(format!("{:.2}", t.total_macs as f64 / 1e9), "4.47");
     assert_eq!(format!("{:.2}", t.total_params as f64 / 1e6), "28.59");
 }
@@ -47,12 +56,27 @@ fn batch_size_and_head_size_scale_correctly() {
 
 #[test]
 fn variant_names_short_and_long() {
-    assert_eq!(Config::variant("tiny", 1000).unwrap(), Config::variant("convnext_tiny", 1000).unwrap());
-    assert_eq!(Config::variant("T", 1000).unwrap().dims, vec![96, 192, 384, 768]);
+    assert_eq!(
+        Config::variant("tiny", 1000).unwrap(),
+        Config::variant("convnext_tiny", 1000).unwrap()
+    );
+    assert_eq!(
+        Config::variant("T", 1000).unwrap().dims,
+        vec![96, 192, 384, 768]
+    );
     assert_eq!(Config::variant("XL", 1000).unwrap().dims[0], 256);
-    assert_eq!(Config::variant("v2-nano", 10).unwrap().version, convnext_explorer::model::Version::V2);
-    assert_eq!(Config::variant("convnext_xxlarge", 1000).unwrap().ln_eps, 1e-5);
-    assert_eq!(Config::variant("convnextv2_huge", 1000).unwrap().dims[0], 352);
+    assert_eq!(
+        Config::variant("v2-nano", 10).unwrap().version,
+        convnext_explorer::model::Version::V2
+    );
+    assert_eq!(
+        Config::variant("convnext_xxlarge", 1000).unwrap().ln_eps,
+        1e-5
+    );
+    assert_eq!(
+        Config::variant("convnextv2_huge", 1000).unwrap().dims[0],
+        352
+    );
 }
 
 /// Records ids, output shapes (NCHW) and enter/leave balance.
@@ -78,7 +102,10 @@ fn layer_list_matches_the_forward_pass() {
     for variant in ["convnext_atto", "convnextv2_atto"] {
         let e = Engine::random(variant, 10, 3, &Device::Cpu, DType::F32).unwrap();
         let x = Tensor::zeros((2, 3, 64, 96), DType::F32, &Device::Cpu).unwrap();
-        let mut rec = Recorder { ids: vec![], open: vec![] };
+        let mut rec = Recorder {
+            ids: vec![],
+            open: vec![],
+        };
         e.forward_observed(&x, &mut rec).unwrap();
         assert!(rec.open.is_empty());
         let list = layers(&e.config, 2, 64, 96);
@@ -98,7 +125,11 @@ fn capture_levels_keep_what_they_say() {
     let e = Engine::random("atto", 10, 1, &Device::Cpu, DType::F32).unwrap();
     let x = Tensor::ones((1, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
     let mut n = vec![];
-    for level in [CaptureLevel::Stages, CaptureLevel::Blocks, CaptureLevel::All] {
+    for level in [
+        CaptureLevel::Stages,
+        CaptureLevel::Blocks,
+        CaptureLevel::All,
+    ] {
         let mut c = CaptureObserver::new(level);
         e.forward_observed(&x, &mut c).unwrap();
         n.push(c.outputs.len());

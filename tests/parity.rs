@@ -36,7 +36,12 @@ fn check(checkpoint: &str, reference: &str, format: Format, version: Version) {
 
 #[test]
 fn timm_v1_safetensors() {
-    check("checkpoints/timm_v1.safetensors", "v1", Format::Timm, Version::V1);
+    check(
+        "checkpoints/timm_v1.safetensors",
+        "v1",
+        Format::Timm,
+        Version::V1,
+    );
 }
 
 #[test]
@@ -46,7 +51,12 @@ fn timm_v1_pth() {
 
 #[test]
 fn timm_v1_conv_mlp() {
-    check("checkpoints/timm_v1convmlp.safetensors", "v1convmlp", Format::Timm, Version::V1);
+    check(
+        "checkpoints/timm_v1convmlp.safetensors",
+        "v1convmlp",
+        Format::Timm,
+        Version::V1,
+    );
 }
 
 #[test]
@@ -56,7 +66,12 @@ fn facebook_v1_pth() {
 
 #[test]
 fn timm_v2_safetensors() {
-    check("checkpoints/timm_v2.safetensors", "v2", Format::Timm, Version::V2);
+    check(
+        "checkpoints/timm_v2.safetensors",
+        "v2",
+        Format::Timm,
+        Version::V2,
+    );
 }
 
 #[test]
@@ -71,27 +86,52 @@ fn facebook_v2_pth() {
 
 #[test]
 fn huggingface_v1_folder() {
-    check("checkpoints/hf_v1", "hf_v1", Format::HuggingFace, Version::V1);
+    check(
+        "checkpoints/hf_v1",
+        "hf_v1",
+        Format::HuggingFace,
+        Version::V1,
+    );
 }
 
 #[test]
 fn huggingface_v1_pytorch_model_bin() {
-    check("checkpoints/hf_v1_bin", "hf_v1", Format::HuggingFace, Version::V1);
+    check(
+        "checkpoints/hf_v1_bin",
+        "hf_v1",
+        Format::HuggingFace,
+        Version::V1,
+    );
 }
 
 #[test]
 fn huggingface_v2_folder() {
-    check("checkpoints/hf_v2", "hf_v2", Format::HuggingFace, Version::V2);
+    check(
+        "checkpoints/hf_v2",
+        "hf_v2",
+        Format::HuggingFace,
+        Version::V2,
+    );
 }
 
 #[test]
 fn huggingface_v2_pytorch_model_bin() {
-    check("checkpoints/hf_v2_bin", "hf_v2", Format::HuggingFace, Version::V2);
+    check(
+        "checkpoints/hf_v2_bin",
+        "hf_v2",
+        Format::HuggingFace,
+        Version::V2,
+    );
 }
 
 #[test]
 fn inferred_architecture_and_labels() {
-    let e = Engine::load(&fixture("checkpoints/timm_v1.safetensors"), &Device::Cpu, DType::F32).unwrap();
+    let e = Engine::load(
+        &fixture("checkpoints/timm_v1.safetensors"),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
     assert_eq!(e.config.depths, vec![2, 1, 2, 1]);
     assert_eq!(e.config.dims, vec![16, 24, 32, 40]);
     assert_eq!(e.config.num_classes, 7);
@@ -100,7 +140,10 @@ fn inferred_architecture_and_labels() {
 
     let hf = Engine::load(&fixture("checkpoints/hf_v1"), &Device::Cpu, DType::F32).unwrap();
     assert_eq!(hf.labels[4], "thing 4", "labels come from id2label");
-    assert_eq!(hf.config.head_ln_eps, 1e-12, "HF's final LayerNorm eps comes from config.json");
+    assert_eq!(
+        hf.config.head_ln_eps, 1e-12,
+        "HF's final LayerNorm eps comes from config.json"
+    );
     assert_eq!(hf.config.depths, vec![1, 2, 1, 1]);
 
     let v2 = Engine::load(&fixture("checkpoints/fb_v2.pth"), &Device::Cpu, DType::F32).unwrap();
@@ -116,7 +159,12 @@ fn inferred_architecture_and_labels() {
 fn half_precision_stays_close_to_f32() {
     let r = load_ref("v1");
     for dt in [DType::BF16, DType::F16] {
-        let e = Engine::load(&fixture("checkpoints/timm_v1.safetensors"), &Device::Cpu, dt).unwrap();
+        let e = Engine::load(
+            &fixture("checkpoints/timm_v1.safetensors"),
+            &Device::Cpu,
+            dt,
+        )
+        .unwrap();
         let logits = e.forward(&r["input"]).unwrap();
         let err = rel_err(&logits, &r["logits"]);
         assert!(err < 3e-2, "{dt:?}: rel err {err}");

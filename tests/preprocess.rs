@@ -6,16 +6,26 @@ use convnext_explorer::preprocess::{load_image, prepare, PreprocessConfig};
 
 #[test]
 fn matches_timm_eval_transform_on_a_photo() {
-    let reference = candle_core::safetensors::load(fixture("preprocess_chelsea.safetensors"), &Device::Cpu).unwrap();
+    let reference =
+        candle_core::safetensors::load(fixture("preprocess_chelsea.safetensors"), &Device::Cpu)
+            .unwrap();
     let img = load_image(&fixture("chelsea.png")).unwrap();
-    let ours = prepare(&img, &PreprocessConfig::default(), &Device::Cpu).unwrap().tensor;
+    let ours = prepare(&img, &PreprocessConfig::default(), &Device::Cpu)
+        .unwrap()
+        .tensor;
     let want = &reference["input"];
     assert_eq!(ours.dims(), want.dims());
     // The image crate and PIL round their bicubic passes differently: allow a few grey
     // levels at edges, and demand agreement on average.
     let diff = (&ours - want).unwrap().abs().unwrap();
     let mean: f32 = diff.mean_all().unwrap().to_scalar().unwrap();
-    let max: f32 = diff.flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    let max: f32 = diff
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!(mean < 0.01, "mean abs diff {mean}");
     assert!(max < 0.15, "max abs diff {max}");
     assert!(rel_err(&ours, want) < 0.06);
@@ -36,5 +46,8 @@ fn config_from_timm_and_hf_json() {
                                 "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]});
     let p = PreprocessConfig::from_json(None, Some(&hf));
     assert_eq!(p.input_size, (384, 384));
-    assert_eq!(p.crop_pct, 1.0, "HF's ConvNeXt processor does not crop at 384");
+    assert_eq!(
+        p.crop_pct, 1.0,
+        "HF's ConvNeXt processor does not crop at 384"
+    );
 }

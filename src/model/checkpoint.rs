@@ -125,10 +125,16 @@ pub fn resolve_weights_file(path: &Path) -> Result<PathBuf> {
     found.sort();
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(Error::file(path, "folder holds no .safetensors, .pth, .pt or .bin file")),
+        0 => Err(Error::file(
+            path,
+            "folder holds no .safetensors, .pth, .pt or .bin file",
+        )),
         _ => Err(Error::file(
             path,
-            format!("folder holds several weights files ({}); name one", found.len()),
+            format!(
+                "folder holds several weights files ({}); name one",
+                found.len()
+            ),
         )),
     }
 }
@@ -205,8 +211,10 @@ fn read_pytorch(file: &Path) -> Result<Vec<(String, Tensor)>> {
     // candle's unpickler is not hardened against hostile input: keep a panic an error.
     let res = std::panic::catch_unwind(move || -> Result<Vec<(String, Tensor)>> {
         let key = state_dict_key(&file_owned)?;
-        let pth = candle_core::pickle::PthTensors::new(&file_owned, key.as_deref())
-            .map_err(|e| Error::file(&file_owned, format!("cannot read PyTorch checkpoint: {e}")))?;
+        let pth =
+            candle_core::pickle::PthTensors::new(&file_owned, key.as_deref()).map_err(|e| {
+                Error::file(&file_owned, format!("cannot read PyTorch checkpoint: {e}"))
+            })?;
         let mut names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
         names.sort();
         let mut out = Vec::with_capacity(names.len());
@@ -223,7 +231,10 @@ fn read_pytorch(file: &Path) -> Result<Vec<(String, Tensor)>> {
     });
     match res {
         Ok(r) => r,
-        Err(_) => Err(Error::file(file, "corrupt PyTorch checkpoint (unpickling failed)")),
+        Err(_) => Err(Error::file(
+            file,
+            "corrupt PyTorch checkpoint (unpickling failed)",
+        )),
     }
 }
 
@@ -234,9 +245,18 @@ fn state_dict_key(file: &Path) -> Result<Option<String>> {
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(zf))
         .map_err(|e| Error::file(file, format!("corrupt zip archive: {e}")))?;
     let pkl = (0..zip.len())
-        .filter_map(|i| zip.by_index(i).ok().and_then(|f| f.name().ok().map(|n| n.to_string())))
+        .filter_map(|i| {
+            zip.by_index(i)
+                .ok()
+                .and_then(|f| f.name().ok().map(|n| n.to_string()))
+        })
         .find(|n| n.ends_with("data.pkl"))
-        .ok_or_else(|| Error::file(file, "zip archive holds no data.pkl: not a PyTorch checkpoint"))?;
+        .ok_or_else(|| {
+            Error::file(
+                file,
+                "zip archive holds no data.pkl: not a PyTorch checkpoint",
+            )
+        })?;
     let reader = zip
         .by_name(&pkl)
         .map_err(|e| Error::file(file, format!("corrupt zip archive: {e}")))?;
@@ -258,7 +278,13 @@ fn state_dict_key(file: &Path) -> Result<Option<String>> {
             _ => None,
         })
         .collect();
-    for want in ["model", "state_dict", "model_ema", "state_dict_ema", "module"] {
+    for want in [
+        "model",
+        "state_dict",
+        "model_ema",
+        "state_dict_ema",
+        "module",
+    ] {
         if keys.iter().any(|k| k == want) {
             return Ok(Some(want.to_string()));
         }
@@ -329,7 +355,9 @@ fn canonical_name(format: Format, name: &str) -> Option<String> {
             ["downsample_layers", "0", "0", p] => format!("stem.0.{p}"),
             ["downsample_layers", "0", "1", p] => format!("stem.1.{p}"),
             ["downsample_layers", s, l, p] => format!("stages.{s}.downsample.{l}.{p}"),
-            ["stages", s, b, "grn", p] => format!("stages.{s}.blocks.{b}.mlp.grn.{}", grn_param(p)?),
+            ["stages", s, b, "grn", p] => {
+                format!("stages.{s}.blocks.{b}.mlp.grn.{}", grn_param(p)?)
+            }
             ["stages", s, b, "gamma"] => format!("stages.{s}.blocks.{b}.gamma"),
             ["stages", s, b, m, p] => format!("stages.{s}.blocks.{b}.{}.{p}", block_part(m)?),
             ["norm", p] => format!("head.norm.{p}"),
@@ -375,7 +403,9 @@ fn canonical_name(format: Format, name: &str) -> Option<String> {
 fn canonical_shape(name: &str, t: Tensor) -> std::result::Result<Tensor, String> {
     let dims = t.dims().to_vec();
     let squeeze = |t: Tensor, to: Vec<usize>| t.reshape(to).map_err(|e| e.to_string());
-    if (name.ends_with("mlp.fc1.weight") || name.ends_with("mlp.fc2.weight") || name == "head.fc.weight")
+    if (name.ends_with("mlp.fc1.weight")
+        || name.ends_with("mlp.fc2.weight")
+        || name == "head.fc.weight")
         && dims.len() == 4
         && dims[2] == 1
         && dims[3] == 1
@@ -398,8 +428,8 @@ fn infer_config(file: &Path, tensors: &HashMap<String, Tensor>) -> Result<Config
         path: file.into(),
         msg,
     };
-    let stem = dims_of(tensors, "stem.0.weight")
-        .ok_or_else(|| not("no stem convolution".into()))?;
+    let stem =
+        dims_of(tensors, "stem.0.weight").ok_or_else(|| not("no stem convolution".into()))?;
     if stem.len() != 4 || stem[1] != 3 || stem[2] != 4 || stem[3] != 4 {
         return Err(Error::ShapeMismatch {
             path: file.into(),
@@ -462,7 +492,11 @@ fn infer_config(file: &Path, tensors: &HashMap<String, Tensor>) -> Result<Config
         .and_then(|d| d.get(2).copied())
         .unwrap_or(7);
     // timm builds convnext_xxlarge with LayerNorm eps 1e-5; everything else uses 1e-6.
-    let ln_eps = if dims == [384, 768, 1536, 3072] { 1e-5 } else { 1e-6 };
+    let ln_eps = if dims == [384, 768, 1536, 3072] {
+        1e-5
+    } else {
+        1e-6
+    };
     Ok(Config {
         version,
         depths,
@@ -574,7 +608,10 @@ fn check_strict(
     if tensors.len() > expected.len() {
         let known: std::collections::HashSet<&str> =
             expected.iter().map(|(n, _)| n.as_str()).collect();
-        let mut extra: Vec<&String> = tensors.keys().filter(|k| !known.contains(k.as_str())).collect();
+        let mut extra: Vec<&String> = tensors
+            .keys()
+            .filter(|k| !known.contains(k.as_str()))
+            .collect();
         extra.sort();
         if let Some(name) = extra.first() {
             return Err(Error::ExtraTensor {

@@ -54,25 +54,139 @@ const D33273: &[usize] = &[3, 3, 27, 3];
 
 /// The configurations of the paper (T/S/B/L/XL) and timm (atto…nano, xxlarge; V2 atto…huge).
 pub const VARIANTS: &[Variant] = &[
-    v("convnext_atto", Version::V1, D2262, &[40, 80, 160, 320], 1e-6),
-    v("convnext_femto", Version::V1, D2262, &[48, 96, 192, 384], 1e-6),
-    v("convnext_pico", Version::V1, D2262, &[64, 128, 256, 512], 1e-6),
-    v("convnext_nano", Version::V1, &[2, 2, 8, 2], &[80, 160, 320, 640], 1e-6),
-    v("convnext_tiny", Version::V1, D3393, &[96, 192, 384, 768], 1e-6),
-    v("convnext_small", Version::V1, D33273, &[96, 192, 384, 768], 1e-6),
-    v("convnext_base", Version::V1, D33273, &[128, 256, 512, 1024], 1e-6),
-    v("convnext_large", Version::V1, D33273, &[192, 384, 768, 1536], 1e-6),
-    v("convnext_xlarge", Version::V1, D33273, &[256, 512, 1024, 2048], 1e-6),
-    v("convnext_xxlarge", Version::V1, &[3, 4, 30, 3], &[384, 768, 1536, 3072], 1e-5),
-    v("convnextv2_atto", Version::V2, D2262, &[40, 80, 160, 320], 1e-6),
-    v("convnextv2_femto", Version::V2, D2262, &[48, 96, 192, 384], 1e-6),
-    v("convnextv2_pico", Version::V2, D2262, &[64, 128, 256, 512], 1e-6),
-    v("convnextv2_nano", Version::V2, &[2, 2, 8, 2], &[80, 160, 320, 640], 1e-6),
-    v("convnextv2_tiny", Version::V2, D3393, &[96, 192, 384, 768], 1e-6),
-    v("convnextv2_small", Version::V2, D33273, &[96, 192, 384, 768], 1e-6),
-    v("convnextv2_base", Version::V2, D33273, &[128, 256, 512, 1024], 1e-6),
-    v("convnextv2_large", Version::V2, D33273, &[192, 384, 768, 1536], 1e-6),
-    v("convnextv2_huge", Version::V2, D33273, &[352, 704, 1408, 2816], 1e-6),
+    v(
+        "convnext_atto",
+        Version::V1,
+        D2262,
+        &[40, 80, 160, 320],
+        1e-6,
+    ),
+    v(
+        "convnext_femto",
+        Version::V1,
+        D2262,
+        &[48, 96, 192, 384],
+        1e-6,
+    ),
+    v(
+        "convnext_pico",
+        Version::V1,
+        D2262,
+        &[64, 128, 256, 512],
+        1e-6,
+    ),
+    v(
+        "convnext_nano",
+        Version::V1,
+        &[2, 2, 8, 2],
+        &[80, 160, 320, 640],
+        1e-6,
+    ),
+    v(
+        "convnext_tiny",
+        Version::V1,
+        D3393,
+        &[96, 192, 384, 768],
+        1e-6,
+    ),
+    v(
+        "convnext_small",
+        Version::V1,
+        D33273,
+        &[96, 192, 384, 768],
+        1e-6,
+    ),
+    v(
+        "convnext_base",
+        Version::V1,
+        D33273,
+        &[128, 256, 512, 1024],
+        1e-6,
+    ),
+    v(
+        "convnext_large",
+        Version::V1,
+        D33273,
+        &[192, 384, 768, 1536],
+        1e-6,
+    ),
+    v(
+        "convnext_xlarge",
+        Version::V1,
+        D33273,
+        &[256, 512, 1024, 2048],
+        1e-6,
+    ),
+    v(
+        "convnext_xxlarge",
+        Version::V1,
+        &[3, 4, 30, 3],
+        &[384, 768, 1536, 3072],
+        1e-5,
+    ),
+    v(
+        "convnextv2_atto",
+        Version::V2,
+        D2262,
+        &[40, 80, 160, 320],
+        1e-6,
+    ),
+    v(
+        "convnextv2_femto",
+        Version::V2,
+        D2262,
+        &[48, 96, 192, 384],
+        1e-6,
+    ),
+    v(
+        "convnextv2_pico",
+        Version::V2,
+        D2262,
+        &[64, 128, 256, 512],
+        1e-6,
+    ),
+    v(
+        "convnextv2_nano",
+        Version::V2,
+        &[2, 2, 8, 2],
+        &[80, 160, 320, 640],
+        1e-6,
+    ),
+    v(
+        "convnextv2_tiny",
+        Version::V2,
+        D3393,
+        &[96, 192, 384, 768],
+        1e-6,
+    ),
+    v(
+        "convnextv2_small",
+        Version::V2,
+        D33273,
+        &[96, 192, 384, 768],
+        1e-6,
+    ),
+    v(
+        "convnextv2_base",
+        Version::V2,
+        D33273,
+        &[128, 256, 512, 1024],
+        1e-6,
+    ),
+    v(
+        "convnextv2_large",
+        Version::V2,
+        D33273,
+        &[192, 384, 768, 1536],
+        1e-6,
+    ),
+    v(
+        "convnextv2_huge",
+        Version::V2,
+        D33273,
+        &[352, 704, 1408, 2816],
+        1e-6,
+    ),
 ];
 
 pub fn variant_names() -> Vec<&'static str> {
@@ -133,7 +247,11 @@ impl Config {
             Some(n) => n.to_string(),
             None => format!(
                 "ConvNeXt{} depths {:?} dims {:?}",
-                if self.version == Version::V2 { " V2" } else { "" },
+                if self.version == Version::V2 {
+                    " V2"
+                } else {
+                    ""
+                },
                 self.depths,
                 self.dims
             ),
@@ -160,7 +278,7 @@ impl Config {
                 self.depths, self.dims
             )));
         }
-        if self.dims.contains(&0) || self.num_classes == 0 || self.kernel_size % 2 == 0 {
+        if self.dims.contains(&0) || self.num_classes == 0 || self.kernel_size.is_multiple_of(2) {
             return Err(Error::Input(format!("invalid configuration {self:?}")));
         }
         Ok(())
@@ -169,7 +287,7 @@ impl Config {
     /// Checks an input size: positive multiples of the network's stride.
     pub fn check_input(&self, h: usize, w: usize) -> Result<()> {
         let s = self.stride();
-        if h == 0 || w == 0 || h % s != 0 || w % s != 0 {
+        if h == 0 || w == 0 || !h.is_multiple_of(s) || !w.is_multiple_of(s) {
             return Err(Error::Input(format!(
                 "input size {h}x{w} must be a positive multiple of {s}"
             )));

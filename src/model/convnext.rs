@@ -82,7 +82,13 @@ fn dw_kernel_kkc(w: &Tensor) -> Result<Tensor> {
 }
 
 impl Block {
-    fn new(vb: VarBuilder, cfg: &Config, stage: usize, index: usize, t: TrainOptions) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        cfg: &Config,
+        stage: usize,
+        index: usize,
+        t: TrainOptions,
+    ) -> Result<Self> {
         let dim = cfg.dims[stage];
         let k = cfg.kernel_size;
         let dw_weight = vb.get((dim, 1, k, k), "conv_dw.weight")?;
@@ -112,7 +118,12 @@ impl Block {
         })
     }
 
-    fn forward<O: Observer>(&self, x: &Tensor, obs: &mut O, keep: Option<&Tensor>) -> Result<Tensor> {
+    fn forward<O: Observer>(
+        &self,
+        x: &Tensor,
+        obs: &mut O,
+        keep: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (s, b) = (self.stage, self.index);
         let id = |p| LayerId::BlockPart(s, b, p);
         let step = |obs: &mut O, p: Part, f: &dyn Fn() -> Result<Tensor>| -> Result<Tensor> {
@@ -125,7 +136,9 @@ impl Block {
             Some(k) => k.clone(),
             None => dw_kernel_kkc(&self.dw_weight)?,
         };
-        let y = step(obs, Part::ConvDw, &|| depthwise_conv_nhwc(x, &kkc, &self.dw_bias))?;
+        let y = step(obs, Part::ConvDw, &|| {
+            depthwise_conv_nhwc(x, &kkc, &self.dw_bias)
+        })?;
         let y = step(obs, Part::Norm, &|| self.norm.forward(&y))?;
         let y = step(obs, Part::Fc1, &|| self.fc1.forward(&y))?;
         let y = step(obs, Part::Act, &|| y.gelu_erf())?;
@@ -178,7 +191,8 @@ impl ConvNeXt {
     }
 
     pub fn new_with(vb: VarBuilder, cfg: &Config, t: TrainOptions) -> Result<Self> {
-        cfg.validate().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        cfg.validate()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let cache = !t.differentiable;
         let dims = &cfg.dims;
         let stem_conv = PatchConv::new(vb.pp("stem.0"), 3, dims[0], 4, cache)?;

@@ -115,5 +115,7 @@ pub fn patchify(x: &Tensor, k: usize) -> Result<Tensor> {
 /// A conv weight `[O, I, k, k]` as the matrix that multiplies [`patchify`]'s output: `[O, k·k·I]`.
 pub fn conv_weight_as_matrix(w: &Tensor) -> Result<Tensor> {
     let (o, i, kh, kw) = w.dims4()?;
-    w.permute((0, 2, 3, 1))?.contiguous()?.reshape((o, kh * kw * i))
+    w.permute((0, 2, 3, 1))?
+        .contiguous()?
+        .reshape((o, kh * kw * i))
 }

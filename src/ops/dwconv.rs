@@ -8,8 +8,7 @@
 //! Layouts: input `[N, H, W, C]`, weight `[K, K, C]`, bias `[C]`, output `[N, H, W, C]`.
 use crate::simd_dispatch;
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape,
-    Tensor,
+    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
 
@@ -36,7 +35,10 @@ pub fn depthwise_conv_nhwc_reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Resu
     let k = w.dim(0)?;
     let p = k / 2;
     let xp = x.pad_with_zeros(1, p, p)?.pad_with_zeros(2, p, p)?;
-    let mut acc = b.reshape((1, 1, 1, ()))?.broadcast_as(x.shape())?.contiguous()?;
+    let mut acc = b
+        .reshape((1, 1, 1, ()))?
+        .broadcast_as(x.shape())?
+        .contiguous()?;
     for i in 0..k {
         let rows = xp.narrow(1, i, h)?;
         for j in 0..k {
@@ -137,7 +139,10 @@ impl CustomOp3 for DwConv {
         // flipped in both spatial axes.
         let k = w.dim(0)?;
         let idx = Tensor::new((0..k as u32).rev().collect::<Vec<_>>(), w.device())?;
-        let w_flip = w.index_select(&idx, 0)?.index_select(&idx, 1)?.contiguous()?;
+        let w_flip = w
+            .index_select(&idx, 0)?
+            .index_select(&idx, 1)?
+            .contiguous()?;
         let zero = w.get(0)?.get(0)?.zeros_like()?;
         let gx = grad.apply_op3_no_bwd(&w_flip, &zero, &DwConv)?;
         let gw = x.apply_op2_no_bwd(&grad, &DwConvWeightGrad { k })?;
@@ -236,7 +241,17 @@ pub fn dwconv_f32(
     }
     let work = |(nh, orow): (usize, &mut [f32])| {
         let (ni, oh) = (nh / h, nh % h);
-        dw_row(orow, &x[ni * plane..(ni + 1) * plane], wt, b, oh, h, w, c, k);
+        dw_row(
+            orow,
+            &x[ni * plane..(ni + 1) * plane],
+            wt,
+            b,
+            oh,
+            h,
+            w,
+            c,
+            k,
+        );
     };
     // Small layers are not worth waking the thread pool for.
     if n * h * w * c * k * k < 1 << 16 {

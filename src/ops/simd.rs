@@ -46,13 +46,16 @@ pub fn level() -> Level {
 #[macro_export]
 macro_rules! simd_dispatch {
     ($vis:vis fn $name:ident => $imp:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {
+        #[allow(clippy::too_many_arguments)]
         $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
+                #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 unsafe fn w512($($arg: $ty),*) {
                     $imp($($arg),*)
                 }
+                #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn w256($($arg: $ty),*) {
                     $imp($($arg),*)

@@ -1,0 +1,206 @@
+//! The command line, run as a user runs it.
+mod common;
+use candle_core::{DType, Device};
+use common::{fixture, load_ref, rel_err};
+use std::process::Command;
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_convnext-explorer"))
+        .args(args)
+        .env("CONVNEXT_WEIGHTS_DIR", "/nonexistent")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn classify_json_uses_checkpoint_labels() {
+    let w = fixture("checkpoints/hf_v1");
+    let img = fixture("chelsea.png");
+    let (ok, out, err) = cli(&[
+        "classify",
+        "--weights",
+        w.to_str().unwrap(),
+        "--top",
+        "3",
+        "--json",
+        img.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["image"], img.to_str().unwrap());
+    let top = v["top"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    assert!(top[0]["label"].as_str().unwrap().starts_with("thing "));
+    let p0 = top[0]["prob"].as_f64().unwrap();
+    let p1 = top[1]["prob"].as_f64().unwrap();
+    assert!(p0 >= p1 && p0 <= 1.0);
+}
+
+#[test]
+fn classify_a_folder_and_report_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("chelsea.png"), dir.path().join("a.png")).unwrap();
+    std::fs::write(dir.path().join("b.png"), "not a png").unwrap();
+    let w = fixture("checkpoints/timm_v2.safetensors");
+    let (ok, out, err) = cli(&[
+        "classify",
+        "--weights",
+        w.to_str().unwrap(),
+        "--json",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert_eq!(out.lines().count(), 1, "the good image is still classified");
+    assert!(err.contains("b.png"), "{err}");
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn inspect_json_totals() {
+    let (ok, out, err) = cli(&["inspect", "--variant", "tiny", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["total_macs"], 4_470_437_376u64);
+    assert_eq!(v["total_params"], 28_589_128u64);
+    let layers = v["layers"].as_array().unwrap();
+    assert!(layers
+        .iter()
+        .any(|l| l["name"] == "stages.2.blocks.8.mlp.fc2"));
+    let (ok, out, _) = cli(&[
+        "inspect",
+        "--weights",
+        fixture("checkpoints/fb_v2.pth").to_str().unwrap(),
+        "--size",
+        "64x96",
+    ]);
+    assert!(ok);
+    assert!(out.contains("stages.3.blocks.0.mlp.grn"));
+}
+
+#[test]
+fn export_matches_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = load_ref("v2");
+    let input = dir.path().join("input.safetensors");
+    let mut m = std::collections::HashMap::new();
+    m.insert("input".to_string(), r["input"].clone());
+    candle_core::safetensors::save(&m, &input).unwrap();
+    let out = dir.path().join("acts.safetensors");
+    let w = fixture("checkpoints/timm_v2.safetensors");
+    let (ok, _, err) = cli(&[
+        "export",
+        "--weights",
+        w.to_str().unwrap(),
+        "--tensor",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--blocks",
+    ]);
+    assert!(ok, "{err}");
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    assert!(rel_err(&got["logits"], &r["logits"]) < 1e-4);
+    for s in 0..4 {
+        let k = format!("stages.{s}");
+        assert!(rel_err(&got[&k], &r[&k]) < 1e-4, "{k}");
+    }
+    assert_eq!(got["stages.1.blocks.1"].dims(), &[2, 24, 8, 12]);
+    assert_eq!(got["input"].dtype(), DType::F32);
+
+    let img_out = dir.path().join("img.safetensors");
+    let (ok, _, err) = cli(&[
+        "export",
+        "--weights",
+        w.to_str().unwrap(),
+        "--image",
+        fixture("chelsea.png").to_str().unwrap(),
+        "--out",
+        img_out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let got = candle_core::safetensors::load(&img_out, &Device::Cpu).unwrap();
+    assert_eq!(got["input"].dims(), &[1, 3, 224, 224]);
+    assert_eq!(got["stages.3"].dims(), &[1, 40, 7, 7]);
+}
+
+#[test]
+fn bench_json_fields() {
+    let (ok, out, err) = cli(&[
+        "bench",
+        "--variant",
+        "atto",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--size",
+        "64",
+        "--layers",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for k in ["median_ms", "min_ms", "timing_overhead", "capture_overhead"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}");
+    }
+    assert_eq!(v["batch"], 1);
+    assert_eq!(v["device"], "cpu");
+    assert_eq!(v["dtype"], "f32");
+}
+
+#[test]
+fn errors_are_one_clear_line() {
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "inspect".into(),
+            "--variant".into(),
+            "convnext_gigantic".into(),
+        ],
+        vec![
+            "classify".into(),
+            "--weights".into(),
+            "/no/such/file.safetensors".into(),
+            "x.png".into(),
+        ],
+        vec![
+            "classify".into(),
+            "--device".into(),
+            "cuda".into(),
+            "x.png".into(),
+        ],
+        vec![
+            "classify".into(),
+            "--weights".into(),
+            fixture("chelsea.png").display().to_string(),
+            fixture("chelsea.png").display().to_string(),
+        ],
+        vec![
+            "classify".into(),
+            fixture("chelsea.png").display().to_string(),
+        ],
+        vec![
+            "bench".into(),
+            "--variant".into(),
+            "atto".into(),
+            "--size".into(),
+            "50".into(),
+        ],
+    ];
+    for args in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = cli(&a);
+        assert!(!ok, "{args:?} should fail");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{args:?}: {err}"
+        );
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(lines[0].starts_with("error: "), "{err}");
+    }
+}
