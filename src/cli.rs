@@ -72,6 +72,29 @@ pub enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Train the small Fashion-MNIST ConvNeXt (the shipped default model).
+    Train {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value = "weights/convnext_fashion.safetensors")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 12)]
+        epochs: usize,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 2e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop after N optimiser steps.
+        #[arg(long)]
+        steps: Option<usize>,
+    },
+    /// Top-1 accuracy on the Fashion-MNIST test set.
+    Eval {
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// Time the forward pass.
     Bench {
         #[command(flatten)]
@@ -92,6 +115,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Folder with Fashion-MNIST IDX files (`apt-get install dataset-fashion-mnist`).
+    #[arg(long, default_value = crate::train::FASHION_DIR)]
+    pub data: PathBuf,
+    /// Use only the first N images.
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -345,6 +378,95 @@ pub fn run(cli: Cli) -> Result<()> {
             candle_core::safetensors::save(&map, out)
                 .with_context(|| format!("{}: cannot write", out.display()))?;
             eprintln!("wrote {} tensors to {}", map.len(), out.display());
+            Ok(())
+        }
+        Command::Train {
+            data,
+            out,
+            epochs,
+            batch,
+            lr,
+            seed,
+            steps,
+        } => {
+            use crate::train::*;
+            let ds = fashion_mnist(&data.data, "train")?;
+            let test = fashion_mnist(&data.data, "t10k")?;
+            eprintln!("preparing {} training images…", ds.len());
+            let x = prepare_dataset(&ds);
+            let xt = prepare_dataset(&test);
+            let t0 = Instant::now();
+            let mut cfg = TrainConfig::fashion_default();
+            (
+                cfg.epochs,
+                cfg.batch,
+                cfg.lr,
+                cfg.seed,
+                cfg.max_steps,
+                cfg.limit,
+            ) = (*epochs, *batch, *lr, *seed, *steps, data.limit);
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let mut avg = None::<f32>;
+            let trained = train(&cfg, &x, &ds.labels, |step, total, loss, lr| {
+                bar.set_length(total as u64);
+                bar.set_position(step as u64);
+                let a = avg.map_or(loss, |a| 0.98 * a + 0.02 * loss);
+                avg = Some(a);
+                bar.set_message(format!("loss {a:.4} lr {lr:.2e}"));
+                // Progress bars are hidden when stderr is no terminal: log now and then.
+                if bar.is_hidden() && (step % 100 == 0 || step == total) {
+                    eprintln!(
+                        "step {step}/{total} loss {a:.4} lr {lr:.2e} {:.0}s",
+                        t0.elapsed().as_secs_f64()
+                    );
+                }
+            })?;
+            bar.finish();
+            let model = model_from(&trained.ema, &cfg.config)?;
+            let acc = accuracy(&model, &xt, &test.labels, 500)?;
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir).ok();
+            }
+            let extra = serde_json::json!({
+                "dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)",
+                "command": std::env::args().collect::<Vec<_>>().join(" "),
+                "epochs": cfg.epochs, "batch": cfg.batch, "lr": cfg.lr, "min_lr": cfg.min_lr,
+                "weight_decay": cfg.weight_decay, "warmup_epochs": cfg.warmup_epochs,
+                "label_smoothing": cfg.label_smoothing, "drop_path": cfg.drop_path,
+                "ema_decay": cfg.ema_decay, "seed": cfg.seed,
+                "test_top1_ema": acc,
+                "train_seconds": t0.elapsed().as_secs_f64(),
+            });
+            let json = save(&trained.ema, &cfg.config, out, extra)?;
+            println!(
+                "test top-1 (EMA weights): {:.2}%; wrote {} and {}",
+                100.0 * acc,
+                out.display(),
+                json.display()
+            );
+            Ok(())
+        }
+        Command::Eval { data } => {
+            use crate::train::*;
+            let engine = build_engine(&cli, None, &device, DType::F32)?;
+            let mut test = fashion_mnist(&data.data, "t10k")?;
+            if let Some(l) = data.limit {
+                test.labels.truncate(l);
+            }
+            let xt = prepare_dataset(&test);
+            let acc = accuracy(&engine.model, &xt, &test.labels, 500)?;
+            println!(
+                "{}: top-1 {:.2}% on {} Fashion-MNIST test images",
+                engine.source,
+                100.0 * acc,
+                test.labels.len()
+            );
             Ok(())
         }
         Command::Bench {

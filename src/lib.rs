@@ -10,6 +10,7 @@ pub mod ops;
 pub mod preprocess;
 pub mod stats;
 pub mod trace;
+pub mod train;
 
 pub mod cli;
 

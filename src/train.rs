@@ -1,0 +1,450 @@
+//! Training a small ConvNeXt on Fashion-MNIST with the paper's recipe, scaled down: AdamW,
+//! linear warm-up then cosine decay, weight decay (not on norms, biases or gamma), label
+//! smoothing, stochastic depth, layer scale initialised at 1e-6, an EMA of the weights (the
+//! EMA is what gets saved), and light augmentation (horizontal flip, ±2 px shifts).
+use crate::engine::random_weights;
+use crate::error::{Error, Result};
+use crate::model::convnext::TrainOptions;
+use crate::model::{Config, ConvNeXt, Version};
+use crate::preprocess::{Interpolation, PreprocessConfig};
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{Optimizer, VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub const FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
+pub const FASHION_LABELS: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+/// Fashion-MNIST pixel mean and std (on [0, 1]), the same for the three replicated channels.
+pub const FASHION_MEAN: f32 = 0.2860;
+pub const FASHION_STD: f32 = 0.3530;
+pub const INPUT: usize = 32;
+
+/// A set of grey images (`n × rows × cols` bytes) and their labels.
+pub struct Dataset {
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.rows * self.cols;
+        &self.images[i * n..(i + 1) * n]
+    }
+}
+
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| Error::file(path, format!("bad gzip: {e}")))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+fn be32(b: &[u8], at: usize) -> usize {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize
+}
+
+/// Reads an IDX image file (magic 0x803) and its label file (magic 0x801), gzipped or not.
+pub fn read_idx(images: &Path, labels: &Path) -> Result<Dataset> {
+    let im = read_maybe_gz(images)?;
+    let lb = read_maybe_gz(labels)?;
+    if im.len() < 16 || be32(&im, 0) != 0x803 {
+        return Err(Error::file(
+            images,
+            "not an IDX image file (magic 0x00000803)",
+        ));
+    }
+    if lb.len() < 8 || be32(&lb, 0) != 0x801 {
+        return Err(Error::file(
+            labels,
+            "not an IDX label file (magic 0x00000801)",
+        ));
+    }
+    let (n, rows, cols) = (be32(&im, 4), be32(&im, 8), be32(&im, 12));
+    if im.len() != 16 + n * rows * cols || lb.len() != 8 + n || be32(&lb, 4) != n {
+        return Err(Error::file(
+            images,
+            "IDX sizes do not match their headers or their labels",
+        ));
+    }
+    Ok(Dataset {
+        images: im[16..].to_vec(),
+        labels: lb[8..].to_vec(),
+        rows,
+        cols,
+    })
+}
+
+/// `split` is `train` or `t10k`.
+pub fn fashion_mnist(dir: &Path, split: &str) -> Result<Dataset> {
+    let pick = |stem: &str| {
+        let gz = dir.join(format!("{stem}.gz"));
+        if gz.exists() {
+            gz
+        } else {
+            dir.join(stem)
+        }
+    };
+    read_idx(
+        &pick(&format!("{split}-images-idx3-ubyte")),
+        &pick(&format!("{split}-labels-idx1-ubyte")),
+    )
+}
+
+/// The preprocessing the shipped model was trained with (and that users' images get).
+pub fn preprocess_config() -> PreprocessConfig {
+    PreprocessConfig {
+        input_size: (INPUT, INPUT),
+        crop_pct: 1.0,
+        interpolation: Interpolation::Bicubic,
+        mean: [FASHION_MEAN; 3],
+        std: [FASHION_STD; 3],
+    }
+}
+
+/// Every image resized to 32×32 exactly as `preprocess` resizes a user's image, normalised,
+/// one channel (replicated to RGB at batch time).
+pub fn prepare_dataset(ds: &Dataset) -> Vec<f32> {
+    let cfg = preprocess_config();
+    let mut out = Vec::with_capacity(ds.len() * INPUT * INPUT);
+    for i in 0..ds.len() {
+        let g = image::GrayImage::from_raw(ds.cols as u32, ds.rows as u32, ds.image(i).to_vec())
+            .expect("sizes checked when reading");
+        let img = image::DynamicImage::ImageLuma8(g);
+        let crop = crate::preprocess::resize_and_crop(&img, &cfg);
+        out.extend(
+            crop.pixels()
+                .map(|p| (p[0] as f32 / 255.0 - FASHION_MEAN) / FASHION_STD),
+        );
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub config: Config,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub weight_decay: f64,
+    pub warmup_epochs: f64,
+    pub label_smoothing: f64,
+    pub drop_path: f64,
+    pub ema_decay: f64,
+    pub seed: u64,
+    /// Stop after this many steps (tests); `None` runs every epoch.
+    pub max_steps: Option<usize>,
+    /// Use only the first N training images (tests).
+    pub limit: Option<usize>,
+}
+
+impl TrainConfig {
+    pub fn fashion_default() -> Self {
+        Self {
+            config: fashion_config(),
+            epochs: 12,
+            batch: 128,
+            lr: 2e-3,
+            min_lr: 1e-5,
+            weight_decay: 0.05,
+            warmup_epochs: 1.0,
+            label_smoothing: 0.1,
+            drop_path: 0.05,
+            ema_decay: 0.999,
+            seed: 0,
+            max_steps: None,
+            limit: None,
+        }
+    }
+}
+
+/// The shipped model's architecture: ConvNeXt V1 with depths 1-1-3-1, widths 32-64-128-256.
+pub fn fashion_config() -> Config {
+    Config {
+        version: Version::V1,
+        depths: vec![1, 1, 3, 1],
+        dims: vec![32, 64, 128, 256],
+        num_classes: 10,
+        ln_eps: 1e-6,
+        head_ln_eps: 1e-6,
+        layer_scale: true,
+        kernel_size: 7,
+    }
+}
+
+/// A batch of `idx` images as `[B, 3, 32, 32]`, with augmentation when `rng` is given.
+fn batch_tensor(
+    data: &[f32],
+    idx: &[usize],
+    rng: Option<&mut rand::rngs::StdRng>,
+    dev: &Device,
+) -> Result<Tensor> {
+    let n = INPUT * INPUT;
+    let mut out = vec![0f32; idx.len() * 3 * n];
+    let bg = -FASHION_MEAN / FASHION_STD;
+    let mut rng = rng;
+    for (b, &i) in idx.iter().enumerate() {
+        let src = &data[i * n..(i + 1) * n];
+        let (flip, dy, dx) = match rng.as_deref_mut() {
+            Some(r) => (
+                r.random_bool(0.5),
+                r.random_range(-2i32..=2),
+                r.random_range(-2i32..=2),
+            ),
+            None => (false, 0, 0),
+        };
+        let plane = &mut out[b * 3 * n..b * 3 * n + n];
+        for y in 0..INPUT as i32 {
+            for x in 0..INPUT as i32 {
+                let sy = y - dy;
+                let sx0 = x - dx;
+                let sx = if flip { INPUT as i32 - 1 - sx0 } else { sx0 };
+                plane[(y * INPUT as i32 + x) as usize] =
+                    if (0..INPUT as i32).contains(&sy) && (0..INPUT as i32).contains(&sx) {
+                        src[(sy * INPUT as i32 + sx) as usize]
+                    } else {
+                        bg
+                    };
+            }
+        }
+        let (first, rest) = out[b * 3 * n..(b + 1) * 3 * n].split_at_mut(n);
+        rest[..n].copy_from_slice(first);
+        rest[n..].copy_from_slice(first);
+    }
+    Ok(Tensor::from_vec(out, (idx.len(), 3, INPUT, INPUT), dev)?)
+}
+
+fn smoothed_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let nll = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+    let smooth = logp.mean(D::Minus1)?.neg()?;
+    ((nll * (1.0 - eps))? + (smooth * eps)?)?.mean_all()
+}
+
+pub struct Trained {
+    pub varmap: VarMap,
+    /// EMA of every parameter, by timm name.
+    pub ema: HashMap<String, Tensor>,
+    pub losses: Vec<f32>,
+}
+
+/// Trains on `train` (already prepared with [`prepare_dataset`]).
+pub fn train(
+    cfg: &TrainConfig,
+    data: &[f32],
+    labels: &[u8],
+    mut progress: impl FnMut(usize, usize, f32, f64),
+) -> Result<Trained> {
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    {
+        let mut vars = varmap.data().lock().expect("varmap lock");
+        for (name, t) in random_weights(&cfg.config, cfg.seed)? {
+            vars.insert(name, Var::from_tensor(&t)?);
+        }
+    }
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let model = ConvNeXt::new_with(
+        vb,
+        &cfg.config,
+        TrainOptions {
+            differentiable: true,
+        },
+    )?;
+    let named: Vec<(String, Var)> = {
+        let vars = varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<_> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let (decay, no_decay): (Vec<_>, Vec<_>) = named.iter().partition(|(_, v)| v.rank() >= 2);
+    let p = |wd| candle_nn::ParamsAdamW {
+        lr: cfg.lr,
+        weight_decay: wd,
+        ..Default::default()
+    };
+    let mut opt_decay = candle_nn::AdamW::new(
+        decay.iter().map(|(_, v)| v.clone()).collect(),
+        p(cfg.weight_decay),
+    )?;
+    let mut opt_plain =
+        candle_nn::AdamW::new(no_decay.iter().map(|(_, v)| v.clone()).collect(), p(0.0))?;
+    let mut ema: HashMap<String, Tensor> = named
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
+        .collect();
+
+    let n = cfg.limit.unwrap_or(labels.len()).min(labels.len());
+    let steps_per_epoch = n.div_ceil(cfg.batch);
+    let total = cfg
+        .max_steps
+        .unwrap_or(steps_per_epoch * cfg.epochs)
+        .min(steps_per_epoch * cfg.epochs.max(1));
+    let warmup = ((cfg.warmup_epochs * steps_per_epoch as f64) as usize)
+        .min(total / 2)
+        .max(1);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let depth_total = cfg.config.total_blocks().max(1);
+    let mut losses = Vec::new();
+    let mut step = 0;
+    'outer: for _epoch in 0..cfg.epochs.max(1) {
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        for chunk in order.chunks(cfg.batch) {
+            if step >= total {
+                break 'outer;
+            }
+            let lr = if step < warmup {
+                cfg.lr * (step + 1) as f64 / warmup as f64
+            } else {
+                let t = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+                cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
+            };
+            opt_decay.set_learning_rate(lr);
+            opt_plain.set_learning_rate(lr);
+            let x = batch_tensor(data, chunk, Some(&mut rng), &dev)?;
+            let y = Tensor::from_vec(
+                chunk.iter().map(|&i| labels[i] as u32).collect::<Vec<_>>(),
+                chunk.len(),
+                &dev,
+            )?;
+            // Stochastic depth: drop rate grows linearly with depth, as in the paper.
+            let mut k = 0;
+            let masks: Vec<Vec<Tensor>> = cfg
+                .config
+                .depths
+                .iter()
+                .map(|&d| {
+                    (0..d)
+                        .map(|_| {
+                            let rate = cfg.drop_path * k as f64 / (depth_total - 1).max(1) as f64;
+                            k += 1;
+                            let keep = 1.0 - rate;
+                            let m: Vec<f32> = (0..chunk.len())
+                                .map(|_| {
+                                    if rng.random_bool(keep) {
+                                        (1.0 / keep) as f32
+                                    } else {
+                                        0.0
+                                    }
+                                })
+                                .collect();
+                            Tensor::from_vec(m, (chunk.len(), 1, 1, 1), &dev)
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()
+                })
+                .collect::<candle_core::Result<_>>()?;
+            let logits = model.forward_train(&x, &masks)?;
+            let loss = smoothed_cross_entropy(&logits, &y, cfg.label_smoothing)?;
+            let grads = loss.backward()?;
+            opt_decay.step(&grads)?;
+            opt_plain.step(&grads)?;
+            // EMA with a warm-up of its own, so that short runs are not all initialisation.
+            let d = cfg
+                .ema_decay
+                .min((1.0 + step as f64) / (10.0 + step as f64));
+            for (name, v) in &named {
+                let e = ema.get_mut(name).expect("every var has an EMA");
+                *e = ((&*e * d)? + (v.as_tensor() * (1.0 - d))?)?;
+            }
+            let l: f32 = loss.to_scalar()?;
+            losses.push(l);
+            step += 1;
+            progress(step, total, l, lr);
+        }
+    }
+    Ok(Trained {
+        varmap,
+        ema,
+        losses,
+    })
+}
+
+/// Writes timm-named weights and a timm `pretrained_cfg`-style `config.json` beside them
+/// (`X.safetensors` + `X.json`).
+pub fn save(
+    tensors: &HashMap<String, Tensor>,
+    cfg: &Config,
+    out: &Path,
+    extra: serde_json::Value,
+) -> Result<PathBuf> {
+    candle_core::safetensors::save(tensors, out).map_err(|e| Error::file(out, e))?;
+    let pre = preprocess_config();
+    let json = serde_json::json!({
+        "architecture": "convnext_fashion",
+        "num_classes": cfg.num_classes,
+        "num_features": cfg.dims.last(),
+        "model_args": {"depths": cfg.depths, "dims": cfg.dims, "ls_init_value": 1e-6},
+        "label_names": FASHION_LABELS,
+        "pretrained_cfg": {
+            "input_size": [3, pre.input_size.0, pre.input_size.1],
+            "crop_pct": pre.crop_pct,
+            "interpolation": "bicubic",
+            "mean": pre.mean,
+            "std": pre.std,
+            "num_classes": cfg.num_classes,
+            "label_names": FASHION_LABELS,
+        },
+        "training": extra,
+    });
+    let jp = out.with_extension("json");
+    std::fs::write(&jp, serde_json::to_string_pretty(&json).unwrap_or_default())
+        .map_err(|e| Error::file(&jp, e))?;
+    Ok(jp)
+}
+
+/// Top-1 accuracy of a model on prepared images.
+pub fn accuracy(model: &ConvNeXt, data: &[f32], labels: &[u8], batch: usize) -> Result<f64> {
+    let dev = model.device().clone();
+    let mut correct = 0usize;
+    let idx: Vec<usize> = (0..labels.len()).collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let x = batch_tensor(data, chunk, None, &dev)?;
+        let pred: Vec<u32> = model.forward(&x)?.argmax(D::Minus1)?.to_vec1()?;
+        correct += chunk
+            .iter()
+            .zip(pred)
+            .filter(|(&i, p)| labels[i] as u32 == *p)
+            .count();
+    }
+    Ok(correct as f64 / labels.len().max(1) as f64)
+}
+
+/// A model from a tensor map (for evaluating the EMA without a round trip through disk).
+pub fn model_from(tensors: &HashMap<String, Tensor>, cfg: &Config) -> Result<ConvNeXt> {
+    let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
+    Ok(ConvNeXt::new(vb, cfg)?)
+}
