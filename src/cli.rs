@@ -90,6 +90,12 @@ pub enum Command {
         #[arg(long)]
         steps: Option<usize>,
     },
+    /// Download a Hugging Face repo (timm or transformers ConvNeXt) into `weights/`.
+    #[cfg(feature = "hub")]
+    Download {
+        /// e.g. `timm/convnext_tiny.fb_in1k` or `facebook/convnext-tiny-224`.
+        repo: String,
+    },
     /// Top-1 accuracy on the Fashion-MNIST test set.
     Eval {
         #[command(flatten)]
@@ -449,6 +455,19 @@ pub fn run(cli: Cli) -> Result<()> {
                 100.0 * acc,
                 out.display(),
                 json.display()
+            );
+            Ok(())
+        }
+        #[cfg(feature = "hub")]
+        Command::Download { repo } => {
+            let dir = crate::hub::download(repo, &crate::engine::weights_dir())?;
+            let ck = crate::model::Checkpoint::open(&dir)?;
+            println!(
+                "{} ({}, {}) in {}",
+                ck.config.describe(),
+                ck.format,
+                human(ck.num_params() as f64),
+                dir.display()
             );
             Ok(())
         }

@@ -13,6 +13,8 @@ pub mod trace;
 pub mod train;
 
 pub mod cli;
+#[cfg(feature = "hub")]
+pub mod hub;
 
 pub use engine::Engine;
 pub use error::{Error, Result};

@@ -302,7 +302,7 @@ pub fn train(
         candle_nn::AdamW::new(no_decay.iter().map(|(_, v)| v.clone()).collect(), p(0.0))?;
     let mut ema: HashMap<String, Tensor> = named
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach().copy().unwrap()))
         .collect();
 
     let n = cfg.limit.unwrap_or(labels.len()).min(labels.len());
@@ -378,7 +378,8 @@ pub fn train(
                 .min((1.0 + step as f64) / (10.0 + step as f64));
             for (name, v) in &named {
                 let e = ema.get_mut(name).expect("every var has an EMA");
-                *e = ((&*e * d)? + (v.as_tensor() * (1.0 - d))?)?;
+                // Detached: the EMA must not drag the autograd graph of every step along.
+                *e = ((&*e * d)? + (v.as_tensor().detach() * (1.0 - d))?)?;
             }
             let l: f32 = loss.to_scalar()?;
             losses.push(l);
