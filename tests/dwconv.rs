@@ -1,31 +1,9 @@
 //! The fast depthwise kernel against candle's generic ops (and the reference path), forward and
 //! backward, over many shapes.
+mod common;
 use candle_core::{DType, Device, Tensor, Var};
+use common::rel_err as max_rel;
 use convnext_explorer::ops::{depthwise_conv_nhwc, depthwise_conv_nhwc_reference};
-
-fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-    let d: f32 = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let s: f32 = b
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    assert!(d.is_finite(), "unwritten or non-finite output");
-    d / s.max(1e-6)
-}
 
 /// candle's own grouped conv2d (NCHW), the independent reference.
 fn candle_grouped(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
