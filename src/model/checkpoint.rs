@@ -322,7 +322,6 @@ fn detect_format(file: &Path, raw: &[(String, Tensor)]) -> Result<Format> {
 /// Renames one tensor to timm's scheme; `None` for a name that has no place in a ConvNeXt.
 fn canonical_name(format: Format, name: &str) -> Option<String> {
     let parts: Vec<&str> = name.split('.').collect();
-    let rest = |from: usize| parts[from..].join(".");
     let block_part = |p: &str| -> Option<&'static str> {
         Some(match p {
             "conv_dw" | "dwconv" => "conv_dw",
@@ -365,12 +364,11 @@ fn canonical_name(format: Format, name: &str) -> Option<String> {
             _ => return None,
         },
         Format::HuggingFace => {
-            let (root, body) = match parts.first() {
-                Some(&"convnext") | Some(&"convnextv2") => (parts[0], &parts[1..]),
-                Some(&"classifier") => ("", &parts[..]),
+            let body = match parts.first() {
+                Some(&"convnext") | Some(&"convnextv2") => &parts[1..],
+                Some(&"classifier") => &parts[..],
                 _ => return None,
             };
-            let _ = root;
             match body {
                 ["embeddings", "patch_embeddings", p] => format!("stem.0.{p}"),
                 ["embeddings", "layernorm", p] => format!("stem.1.{p}"),
@@ -388,10 +386,7 @@ fn canonical_name(format: Format, name: &str) -> Option<String> {
                 }
                 ["layernorm", p] => format!("head.norm.{p}"),
                 ["classifier", p] => format!("head.fc.{p}"),
-                _ => {
-                    let _ = rest;
-                    return None;
-                }
+                _ => return None,
             }
         }
     };
