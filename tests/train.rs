@@ -3,20 +3,16 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use convnext_explorer::model::convnext::TrainOptions;
-use convnext_explorer::model::{Config, ConvNeXt, Version};
+use convnext_explorer::model::{Config, ConvNeXt};
 use convnext_explorer::train::*;
 use convnext_explorer::Engine;
 
+/// The shipped architecture, shrunk: one block a stage, narrower.
 fn tiny() -> Config {
     Config {
-        version: Version::V1,
         depths: vec![1, 1, 1, 1],
         dims: vec![8, 16, 24, 32],
-        num_classes: 10,
-        ln_eps: 1e-6,
-        head_ln_eps: 1e-6,
-        layer_scale: true,
-        kernel_size: 7,
+        ..fashion_config()
     }
 }
 
