@@ -22,9 +22,9 @@ pub struct Cli {
     /// Weights for the app to open (file or folder); default: the shipped model.
     #[arg(long, global = true)]
     pub weights: Option<PathBuf>,
-    /// Device: cpu, cuda[:N], metal[:N] or auto.
-    #[arg(long, global = true, default_value = "cpu")]
-    pub device: String,
+    /// Device: cpu, cuda[:N], metal[:N] or auto (default: cpu; the app remembers its last).
+    #[arg(long, global = true)]
+    pub device: Option<String>,
     /// CPU threads (default: all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
@@ -212,7 +212,7 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Some(t) = cli.threads {
         set_threads(t);
     }
-    let device = parse_device(&cli.device)?;
+    let device = parse_device(cli.device.as_deref().unwrap_or("cpu"))?;
     let Some(cmd) = &cli.command else {
         bail!("no subcommand (the app is started by main)");
     };

@@ -2,7 +2,9 @@
 //! copied into `weights/<owner>--<name>/` so that the loader and the app find them. Needs the
 //! network, so no test runs it; the files it writes are read by the same loader the tests cover.
 use crate::error::{Error, Result};
+use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Repos users most often want (timm and Hugging Face transformers layouts).
 pub const COMMON_REPOS: &[&str] = &[
@@ -17,35 +19,115 @@ pub const COMMON_REPOS: &[&str] = &[
     "facebook/convnextv2-tiny-1k-224",
 ];
 
-/// Downloads `repo_id` (with a progress bar on the terminal) into `dest_root`; returns the folder.
-pub fn download(repo_id: &str, dest_root: &Path) -> Result<PathBuf> {
-    let err = |e: hf_hub::api::sync::ApiError| {
-        Error::Input(format!("download of `{repo_id}` failed: {e}"))
-    };
-    if repo_id.split('/').count() != 2 || repo_id.contains("..") {
+/// The folder a repo lands in under `dest_root`.
+pub fn dest_folder(repo_id: &str, dest_root: &Path) -> Result<PathBuf> {
+    let ok = repo_id.split('/').count() == 2
+        && !repo_id.contains("..")
+        && repo_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    if !ok {
         return Err(Error::Input(format!(
             "`{repo_id}` is not a Hugging Face repo id (owner/name)"
         )));
     }
-    let api = hf_hub::api::sync::ApiBuilder::new()
-        .with_progress(true)
+    Ok(dest_root.join(repo_id.replace('/', "--")))
+}
+
+/// Downloads `repo_id` (with a progress bar on the terminal) into `dest_root`; returns the folder.
+pub fn download(repo_id: &str, dest_root: &Path) -> Result<PathBuf> {
+    fetch_repo(repo_id, dest_root, true, |repo, file| repo.get(file))
+}
+
+/// Progress of one file: name, bytes so far, bytes in all.
+pub type OnProgress<'a> = dyn FnMut(&str, usize, usize) + 'a;
+
+/// Raised (by unwinding, which hf-hub's progress callback offers no other way to do) when a
+/// download is cancelled; [`download_with_progress`] catches it.
+struct Cancelled;
+
+struct Reporter<'a> {
+    file: String,
+    done: usize,
+    total: usize,
+    on: &'a mut OnProgress<'a>,
+    cancel: &'a AtomicBool,
+}
+
+impl hf_hub::api::Progress for Reporter<'_> {
+    fn init(&mut self, size: usize, filename: &str) {
+        self.file = filename.to_string();
+        self.total = size;
+        (self.on)(&self.file, 0, size);
+    }
+    fn update(&mut self, size: usize) {
+        if self.cancel.load(Ordering::Relaxed) {
+            // resume_unwind skips the panic hook: this is control flow, not a bug.
+            std::panic::resume_unwind(Box::new(Cancelled));
+        }
+        self.done += size;
+        (self.on)(&self.file, self.done, self.total);
+    }
+    fn finish(&mut self) {}
+}
+
+/// Like [`download`], reporting progress to `on` and stopping soon after `cancel` is set.
+pub fn download_with_progress(
+    repo_id: &str,
+    dest_root: &Path,
+    on: &mut OnProgress<'_>,
+    cancel: &AtomicBool,
+) -> Result<PathBuf> {
+    let run = std::panic::AssertUnwindSafe(|| {
+        fetch_repo(repo_id, dest_root, false, |repo, file| {
+            let mut fwd = |f: &str, d: usize, t: usize| on(f, d, t);
+            let reporter = Reporter {
+                file: file.to_string(),
+                done: 0,
+                total: 0,
+                on: &mut fwd,
+                cancel,
+            };
+            repo.download_with_progress(file, reporter)
+        })
+    });
+    match std::panic::catch_unwind(run) {
+        Ok(r) => r,
+        Err(payload) if payload.is::<Cancelled>() => {
+            Err(Error::Input(format!("download of `{repo_id}` cancelled")))
+        }
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
+fn fetch_repo(
+    repo_id: &str,
+    dest_root: &Path,
+    terminal_progress: bool,
+    mut fetch: impl FnMut(&ApiRepo, &str) -> std::result::Result<PathBuf, ApiError>,
+) -> Result<PathBuf> {
+    let err = |e: ApiError| Error::Input(format!("download of `{repo_id}` failed: {e}"));
+    let dest = dest_folder(repo_id, dest_root)?;
+    let api = ApiBuilder::new()
+        .with_progress(terminal_progress)
         .build()
         .map_err(err)?;
     let repo = api.model(repo_id.to_string());
-    let dest = dest_root.join(repo_id.replace('/', "--"));
-    std::fs::create_dir_all(&dest).map_err(|e| Error::file(&dest, e))?;
-    let config = repo.get("config.json").map_err(err)?;
-    copy(&config, &dest.join("config.json"))?;
-    if let Ok(p) = repo.get("preprocessor_config.json") {
-        copy(&p, &dest.join("preprocessor_config.json"))?;
-    }
-    let weights = match repo.get("model.safetensors") {
+    let config = fetch(&repo, "config.json").map_err(err)?;
+    let preprocessor = fetch(&repo, "preprocessor_config.json").ok();
+    let weights = match fetch(&repo, "model.safetensors") {
         Ok(p) => (p, "model.safetensors"),
         Err(_) => (
-            repo.get("pytorch_model.bin").map_err(err)?,
+            fetch(&repo, "pytorch_model.bin").map_err(err)?,
             "pytorch_model.bin",
         ),
     };
+    // Only a complete download becomes a folder in weights/.
+    std::fs::create_dir_all(&dest).map_err(|e| Error::file(&dest, e))?;
+    copy(&config, &dest.join("config.json"))?;
+    if let Some(p) = preprocessor {
+        copy(&p, &dest.join("preprocessor_config.json"))?;
+    }
     copy(&weights.0, &dest.join(weights.1))?;
     Ok(dest)
 }
@@ -53,4 +135,20 @@ pub fn download(repo_id: &str, dest_root: &Path) -> Result<PathBuf> {
 fn copy(from: &Path, to: &Path) -> Result<()> {
     std::fs::copy(from, to).map_err(|e| Error::file(to, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn repo_ids_are_checked_before_any_request() {
+        let root = Path::new("/w");
+        assert_eq!(
+            dest_folder("timm/convnext_tiny.fb_in1k", root).unwrap(),
+            root.join("timm--convnext_tiny.fb_in1k")
+        );
+        for bad in ["convnext", "a/b/c", "../x", "a/..", "a/b c", ""] {
+            assert!(dest_folder(bad, root).is_err(), "{bad}");
+        }
+    }
 }

@@ -1,17 +1,23 @@
 //! ConvNeXt Explorer's engine: model, checkpoints, preprocessing, tracing and analysis, with no
-//! GUI type in it. The command line, the tests and the app all drive it.
+//! GUI type in it (the `app` module, feature `gui`, is the only one that draws). The command
+//! line, the tests and the app all drive the same engine.
+pub mod colormap;
 pub mod device;
 pub mod engine;
 pub mod error;
 pub mod flops;
+pub mod grid;
 pub mod labels;
 pub mod model;
 pub mod ops;
 pub mod preprocess;
+pub mod profile;
 pub mod stats;
 pub mod trace;
 pub mod train;
 
+#[cfg(feature = "gui")]
+pub mod app;
 pub mod cli;
 #[cfg(feature = "hub")]
 pub mod hub;

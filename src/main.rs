@@ -18,7 +18,19 @@ fn main() {
     }
 }
 
+#[cfg(feature = "gui")]
+fn run_app(cli: Cli) -> anyhow::Result<()> {
+    if let Some(t) = cli.threads {
+        convnext_explorer::device::set_threads(t);
+    }
+    convnext_explorer::app::run(convnext_explorer::app::StartOptions {
+        weights: cli.weights,
+        device: cli.device,
+        image: cli.image,
+    })
+}
+
+#[cfg(not(feature = "gui"))]
 fn run_app(_cli: Cli) -> anyhow::Result<()> {
-    // The desktop app is not built yet; the engine and the command line are.
-    anyhow::bail!("the desktop app is not part of this build yet; use a subcommand (see --help)")
+    anyhow::bail!("this build has no desktop app (built without the `gui` feature); use a subcommand (see --help)")
 }

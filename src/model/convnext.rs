@@ -309,6 +309,36 @@ impl ConvNeXt {
         Ok(logits)
     }
 
+    /// Class evidence map: for each position of the last stage's output (channels-last
+    /// `[N, H, W, C]`), what that position contributes to the logit of `class`. Because pooling
+    /// comes before the head's LayerNorm, the head is affine in each position's features once
+    /// the pooled statistics are fixed, so the map's spatial mean equals the logit exactly
+    /// (class activation mapping without approximation). Returns `[N, H, W]` f32.
+    pub fn class_evidence(&self, last: &Tensor, class: usize) -> Result<Tensor> {
+        if class >= self.config.num_classes {
+            candle_core::bail!(
+                "class {class} out of range ({} classes)",
+                self.config.num_classes
+            )
+        }
+        let f = last.to_dtype(DType::F32)?;
+        let pooled = f.mean((1, 2))?; // [N, C]
+        let mu = pooled.mean_keepdim(1)?; // [N, 1]
+        let var = pooled.broadcast_sub(&mu)?.sqr()?.mean_keepdim(1)?;
+        let sigma = (var + self.head_norm.eps)?.sqrt()?;
+        let f32t = |t: &Tensor| t.to_dtype(DType::F32);
+        let w = f32t(&self.head_fc.weight.get(class)?)?; // [C]
+        let g = f32t(&self.head_norm.weight)?;
+        let wg = (&w * &g)?;
+        let bias = ((f32t(&self.head_norm.bias)? * &w)?.sum_all()?
+            + f32t(&self.head_fc.bias.get(class)?)?)?;
+        let n = f.dim(0)?;
+        let centred = f.broadcast_sub(&mu.reshape((n, 1, 1, 1))?)?;
+        let dot = centred.broadcast_mul(&wg)?.sum(3)?; // [N, H, W]
+        dot.broadcast_div(&sigma.reshape((n, 1, 1))?)?
+            .broadcast_add(&bias)
+    }
+
     /// Every block with its id, in forward order.
     pub fn blocks(&self) -> impl Iterator<Item = &Block> {
         self.stages.iter().flat_map(|s| s.blocks.iter())

@@ -1,0 +1,470 @@
+//! Feature maps: pick a layer on the architecture strip, page through its channels, hover for
+//! statistics, click one to see it large over the input; histogram and channel means below.
+use super::{textures, ExplorerApp};
+use crate::colormap::Colormap;
+use crate::grid::{self, GridLayout, Scale, SortBy};
+use crate::stats::{histogram, FeatureMap};
+use crate::trace::LayerId;
+use egui::{Color32, Rect, Sense, Stroke, TextureOptions, Vec2};
+use egui_plot::{Bar, BarChart, Line, Plot, VLine};
+use image::RgbaImage;
+use std::sync::Arc;
+
+pub const PAGE_SIZES: [usize; 5] = [16, 36, 64, 144, 256];
+
+/// The feature map of the selected layer.
+pub fn current_map(app: &ExplorerApp) -> Option<(LayerId, Arc<FeatureMap>)> {
+    let run = app.run.as_ref()?;
+    let layer = app.selection.layer?;
+    run.maps
+        .iter()
+        .find(|(id, _)| *id == layer)
+        .map(|(id, m)| (*id, m.clone()))
+}
+
+/// Channels on the current page, in display order, and the page count.
+pub fn page_channels(app: &ExplorerApp, fm: &FeatureMap) -> (Vec<usize>, usize) {
+    let order = grid::order(fm, app.settings.sort);
+    let per = app.settings.page_size.max(1);
+    let pages = order.len().div_ceil(per).max(1);
+    let page = app.selection.page.min(pages - 1);
+    (
+        order.into_iter().skip(page * per).take(per).collect(),
+        pages,
+    )
+}
+
+fn layout_for(app: &ExplorerApp, fm: &FeatureMap, zoom: usize) -> GridLayout {
+    GridLayout::for_count(
+        app.settings.page_size.min(fm.channels).max(1),
+        zoom,
+        zoom.max(1),
+    )
+}
+
+/// The current page as a picture (for saving): cells at least 48 px wide.
+pub fn grid_image(app: &ExplorerApp) -> Option<RgbaImage> {
+    let (_, fm) = current_map(app)?;
+    let (channels, _) = page_channels(app, &fm);
+    let zoom = 48usize.div_ceil(fm.width).max(1);
+    Some(grid::render_grid(
+        &fm,
+        &channels,
+        layout_for(app, &fm, zoom),
+        app.settings.scale,
+        app.settings.colormap,
+    ))
+}
+
+/// What the large view shows: the selected channel, else the selected class's evidence.
+fn large_map(app: &ExplorerApp) -> Option<(String, Arc<FeatureMap>, usize, Colormap)> {
+    let run = app.run.as_ref()?;
+    if let (Some(c), Some((id, fm))) = (app.selection.channel, current_map(app)) {
+        if c < fm.channels {
+            return Some((format!("{id} · channel {c}"), fm, c, app.settings.colormap));
+        }
+    }
+    let class = app.selection.class?;
+    let (_, ev) = run.evidence.iter().find(|(k, _)| *k == class)?;
+    let label = run
+        .top
+        .iter()
+        .find(|p| p.index == class)
+        .map(|p| crate::labels::short(&p.label).to_string())
+        .unwrap_or_default();
+    // Evidence is signed (for and against the class): always the diverging map.
+    Some((
+        format!("evidence for “{label}” (last stage)"),
+        ev.clone(),
+        0,
+        Colormap::Diverging,
+    ))
+}
+
+/// The large view as a picture: the network's input with the map blended over it.
+pub fn overlay_image(app: &ExplorerApp) -> Option<RgbaImage> {
+    let run = app.run.as_ref()?;
+    let (_, fm, c, cmap) = large_map(app)?;
+    let base = image::DynamicImage::ImageRgb8(run.input.clone());
+    let side = 448u32;
+    let base = base
+        .resize_exact(side, side, image::imageops::FilterType::Triangle)
+        .to_rgba8();
+    let map = grid::channel_image(&fm, c, app.settings.scale, cmap);
+    let map = image::imageops::resize(&map, side, side, image::imageops::FilterType::Triangle);
+    let a = app.settings.overlay_opacity.clamp(0.0, 1.0);
+    Some(RgbaImage::from_fn(side, side, |x, y| {
+        let (p, q) = (base.get_pixel(x, y).0, map.get_pixel(x, y).0);
+        image::Rgba(std::array::from_fn(|k| {
+            if k == 3 {
+                255
+            } else {
+                (p[k] as f32 * (1.0 - a) + q[k] as f32 * a).round() as u8
+            }
+        }))
+    }))
+}
+
+pub fn show(app: &mut ExplorerApp, ui: &mut egui::Ui) {
+    if app.run.is_none() {
+        ui.label("Open an image (drop it on the window, File > Open image, or a sample on the left) to see its feature maps.");
+        return;
+    }
+    layer_strip(app, ui);
+    controls(app, ui);
+    ui.separator();
+    let Some((id, fm)) = current_map(app) else {
+        ui.label("Pick a layer above.");
+        return;
+    };
+    let avail = ui.available_size();
+    let side_w = (avail.x * 0.36).clamp(240.0, 460.0);
+    ui.horizontal_top(|ui| {
+        ui.vertical(|ui| {
+            ui.set_width(avail.x - side_w - 12.0);
+            grid_view(app, ui, id, &fm, avail.y * 0.62);
+        });
+        ui.add_space(8.0);
+        ui.vertical(|ui| {
+            ui.set_width(side_w);
+            large_view(app, ui);
+        });
+    });
+    ui.separator();
+    plots(app, ui, &fm);
+}
+
+fn layer_strip(app: &mut ExplorerApp, ui: &mut egui::Ui) {
+    let Some(run) = &app.run else { return };
+    let shape = |id: LayerId| {
+        run.maps
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, m)| format!("{id}: {} × {} × {}", m.channels, m.height, m.width))
+            .unwrap_or_default()
+    };
+    let depths = app
+        .model
+        .as_ref()
+        .map(|m| m.depths.clone())
+        .unwrap_or_default();
+    let mut pick = None;
+    ui.horizontal_wrapped(|ui| {
+        ui.spacing_mut().item_spacing.x = 3.0;
+        let sel = app.selection.layer;
+        if ui
+            .selectable_label(sel == Some(LayerId::Stem), "stem")
+            .on_hover_text(shape(LayerId::Stem))
+            .clicked()
+        {
+            pick = Some(LayerId::Stem);
+        }
+        for (s, &d) in depths.iter().enumerate() {
+            ui.separator();
+            if ui
+                .selectable_label(sel == Some(LayerId::Stage(s)), format!("stage {s}"))
+                .on_hover_text(format!("{} (the stage's output)", shape(LayerId::Stage(s))))
+                .clicked()
+            {
+                pick = Some(LayerId::Stage(s));
+            }
+            for b in 0..d {
+                let id = LayerId::Block(s, b);
+                if ui
+                    .selectable_label(sel == Some(id), format!("{b}"))
+                    .on_hover_text(shape(id))
+                    .clicked()
+                {
+                    pick = Some(id);
+                }
+            }
+        }
+    });
+    if let Some(id) = pick {
+        app.selection.layer = Some(id);
+        app.selection.page = 0;
+        app.selection.channel = None;
+    }
+}
+
+fn controls(app: &mut ExplorerApp, ui: &mut egui::Ui) {
+    let s = &mut app.settings;
+    let mut reset_page = false;
+    ui.horizontal_wrapped(|ui| {
+        let lbl = ui.label("Sort");
+        egui::ComboBox::from_id_salt("sort")
+            .selected_text(s.sort.name())
+            .show_ui(ui, |ui| {
+                for v in SortBy::ALL {
+                    reset_page |= ui.selectable_value(&mut s.sort, v, v.name()).changed();
+                }
+            })
+            .response
+            .labelled_by(lbl.id);
+        let lbl = ui.label("Colours");
+        egui::ComboBox::from_id_salt("cmap")
+            .selected_text(s.colormap.name())
+            .show_ui(ui, |ui| {
+                for v in Colormap::ALL {
+                    ui.selectable_value(&mut s.colormap, v, v.name());
+                }
+            })
+            .response
+            .labelled_by(lbl.id);
+        ui.label("Scale");
+        ui.selectable_value(&mut s.scale, Scale::PerChannel, "per channel")
+            .on_hover_text("Each channel stretched over its own min..max");
+        ui.selectable_value(&mut s.scale, Scale::Shared, "shared")
+            .on_hover_text("One min..max for the whole layer: strong channels stand out");
+        let lbl = ui.label("Per page");
+        egui::ComboBox::from_id_salt("page_size")
+            .selected_text(s.page_size.to_string())
+            .width(50.0)
+            .show_ui(ui, |ui| {
+                for v in PAGE_SIZES {
+                    reset_page |= ui
+                        .selectable_value(&mut s.page_size, v, v.to_string())
+                        .changed();
+                }
+            })
+            .response
+            .labelled_by(lbl.id);
+    });
+    if reset_page {
+        app.selection.page = 0;
+    }
+}
+
+fn grid_view(
+    app: &mut ExplorerApp,
+    ui: &mut egui::Ui,
+    id: LayerId,
+    fm: &Arc<FeatureMap>,
+    max_h: f32,
+) {
+    let (channels, pages) = page_channels(app, fm);
+    let page = app.selection.page.min(pages - 1);
+    ui.horizontal(|ui| {
+        ui.strong(format!("{id}"));
+        ui.label(format!(
+            "{} channels · {}×{}",
+            fm.channels, fm.height, fm.width
+        ));
+        ui.add_enabled_ui(page > 0, |ui| {
+            if ui
+                .small_button("<")
+                .on_hover_text("Previous page")
+                .clicked()
+            {
+                app.selection.page = page - 1;
+            }
+        });
+        ui.label(format!("page {}/{pages}", page + 1));
+        ui.add_enabled_ui(page + 1 < pages, |ui| {
+            if ui.small_button(">").on_hover_text("Next page").clicked() {
+                app.selection.page = page + 1;
+            }
+        });
+    });
+    let layout = layout_for(app, fm, 1);
+    let s = &app.settings;
+    let key = format!(
+        "grid:{id}:{page}:{:?}:{:?}:{:?}:{}",
+        s.sort, s.colormap, s.scale, s.page_size
+    );
+    let (scale, cmap) = (s.scale, s.colormap);
+    let tex = app
+        .textures
+        .get(ui.ctx(), &key, TextureOptions::NEAREST, || {
+            textures::rgba(&grid::render_grid(fm, &channels, layout, scale, cmap))
+        });
+    let px = tex.size_vec2();
+    let fit = (ui.available_width() / px.x).min(max_h.max(120.0) / px.y);
+    let (rect, resp) = ui.allocate_exact_size(px * fit, Sense::click());
+    ui.painter().image(
+        tex.id(),
+        rect,
+        Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
+        Color32::WHITE,
+    );
+    let cell_rect = |slot: usize| {
+        let (cw, ch) = (fm.width as f32, fm.height as f32);
+        let g = layout.gap as f32;
+        let min = egui::pos2(
+            (slot % layout.cols) as f32 * (cw + g),
+            (slot / layout.cols) as f32 * (ch + g),
+        );
+        Rect::from_min_size(rect.min + min.to_vec2() * fit, Vec2::new(cw, ch) * fit)
+    };
+    if let Some(sel) = app.selection.channel {
+        if let Some(slot) = channels.iter().position(|&c| c == sel) {
+            ui.painter().rect_stroke(
+                cell_rect(slot).expand(1.0),
+                0.0,
+                Stroke::new(2.0, Color32::from_rgb(255, 80, 0)),
+                egui::StrokeKind::Outside,
+            );
+        }
+    }
+    let slot_at = |pos: egui::Pos2| {
+        let p = (pos - rect.min) / fit;
+        layout.cell_at(fm, p.x.max(0.0) as usize, p.y.max(0.0) as usize)
+    };
+    if let Some(pos) = resp.hover_pos() {
+        if let Some(&c) = slot_at(pos).and_then(|s| channels.get(s)) {
+            let st = fm.stats[c];
+            resp.clone().on_hover_text_at_pointer(format!(
+                "channel {c}\nmin {:.4}\nmax {:.4}\nmean {:.4}\nclick to enlarge",
+                st.min, st.max, st.mean
+            ));
+        }
+    }
+    if resp.clicked() {
+        if let Some(&c) = resp
+            .interact_pointer_pos()
+            .and_then(slot_at)
+            .and_then(|s| channels.get(s))
+        {
+            app.selection.channel = Some(c);
+        }
+    }
+    // Also reachable by keyboard and accessibility tools (and UI tests): one button per channel.
+    ui.horizontal_wrapped(|ui| {
+        ui.spacing_mut().item_spacing.x = 2.0;
+        ui.label(egui::RichText::new("channels:").small().weak());
+        for &c in channels.iter().take(16) {
+            if ui
+                .small_button(format!("ch {c}"))
+                .on_hover_text("Show this channel large")
+                .clicked()
+            {
+                app.selection.channel = Some(c);
+            }
+        }
+        if channels.len() > 16 {
+            ui.label(egui::RichText::new("… (click the grid)").small().weak());
+        }
+    });
+}
+
+fn large_view(app: &mut ExplorerApp, ui: &mut egui::Ui) {
+    let Some(run) = &app.run else { return };
+    let Some((title, fm, c, cmap)) = large_map(app) else {
+        ui.label(
+            "Click a channel in the grid (or a class on the left) to see it here, over the input.",
+        );
+        return;
+    };
+    ui.strong(&title);
+    if fm.height * fm.width == 1 {
+        ui.label(
+            egui::RichText::new(
+                "At this input size the map is a single position (1×1): it shows one value.",
+            )
+            .small()
+            .weak(),
+        );
+    }
+    let base = app
+        .textures
+        .get(ui.ctx(), "input", TextureOptions::LINEAR, || {
+            textures::rgb(&run.input)
+        });
+    let scale = app.settings.scale;
+    let key = format!("large:{title}:{c}:{cmap:?}:{scale:?}");
+    let over = app
+        .textures
+        .get(ui.ctx(), &key, TextureOptions::LINEAR, || {
+            textures::rgba(&grid::channel_image(&fm, c, scale, cmap))
+        });
+    let w = ui.available_width().min(420.0);
+    let (rect, _) = ui.allocate_exact_size(Vec2::splat(w), Sense::hover());
+    let uv = Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
+    ui.painter().image(base.id(), rect, uv, Color32::WHITE);
+    let a = app.settings.overlay_opacity.clamp(0.0, 1.0);
+    ui.painter().image(
+        over.id(),
+        rect,
+        uv,
+        Color32::from_white_alpha((a * 255.0) as u8),
+    );
+    ui.add(egui::Slider::new(&mut app.settings.overlay_opacity, 0.0..=1.0).text("opacity"));
+    let st = fm.stats[c];
+    let (lo, hi) = grid::channel_range(&fm, c, scale, cmap);
+    ui.label(format!(
+        "min {:.4} · max {:.4} · mean {:.4}\ncolours span {lo:.3} … {hi:.3} ({})",
+        st.min,
+        st.max,
+        st.mean,
+        cmap.name()
+    ));
+    colour_bar(ui, cmap, w);
+}
+
+fn colour_bar(ui: &mut egui::Ui, cmap: Colormap, w: f32) {
+    let (rect, _) = ui.allocate_exact_size(Vec2::new(w, 10.0), Sense::hover());
+    let n = 64;
+    for i in 0..n {
+        let [r, g, b] = cmap.rgb((i as f32 + 0.5) / n as f32);
+        let x0 = rect.left() + rect.width() * i as f32 / n as f32;
+        let x1 = rect.left() + rect.width() * (i + 1) as f32 / n as f32;
+        ui.painter().rect_filled(
+            Rect::from_min_max(egui::pos2(x0, rect.top()), egui::pos2(x1, rect.bottom())),
+            0.0,
+            Color32::from_rgb(r, g, b),
+        );
+    }
+}
+
+fn plots(app: &mut ExplorerApp, ui: &mut egui::Ui, fm: &FeatureMap) {
+    let h = ui.available_height().max(120.0);
+    let w = ui.available_width() / 2.0 - 8.0;
+    let (lo, hi) = fm.range();
+    let bins = 60;
+    let counts = histogram(&fm.data, bins, lo, hi);
+    let step = ((hi - lo) / bins as f32).max(f32::MIN_POSITIVE) as f64;
+    let bars: Vec<Bar> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Bar::new(lo as f64 + (i as f64 + 0.5) * step, n as f64).width(step))
+        .collect();
+    let means: Vec<[f64; 2]> = fm
+        .stats
+        .iter()
+        .enumerate()
+        .map(|(i, s)| [i as f64, s.mean as f64])
+        .collect();
+    let selected = app.selection.channel;
+    ui.horizontal(|ui| {
+        ui.vertical(|ui| {
+            ui.label("Activation histogram (all channels)");
+            Plot::new("hist")
+                .width(w)
+                .height(h - 24.0)
+                .allow_scroll(false)
+                .show(ui, |p| p.bar_chart(BarChart::new("values", bars)));
+        });
+        ui.vertical(|ui| {
+            ui.label("Mean activation per channel");
+            let r = Plot::new("means")
+                .width(w)
+                .height(h - 24.0)
+                .allow_scroll(false)
+                .show(ui, |p| {
+                    p.line(Line::new("mean", means));
+                    if let Some(c) = selected {
+                        p.vline(
+                            VLine::new("selected", c as f64).color(Color32::from_rgb(255, 80, 0)),
+                        );
+                    }
+                    p.pointer_coordinate()
+                });
+            if r.response.clicked() {
+                if let Some(pt) = r.inner {
+                    let c = pt.x.round().clamp(0.0, (fm.channels - 1) as f64) as usize;
+                    app.selection.channel = Some(c);
+                }
+            }
+        });
+    });
+}

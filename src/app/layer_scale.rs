@@ -1,0 +1,181 @@
+//! Layer scale: the learned per-channel gamma of every block (V1), or GRN's gamma and beta
+//! (V2), along the depth, per channel for one block, and as a distribution. Weights only, so
+//! this tab needs no image.
+use super::ExplorerApp;
+use crate::stats::histogram;
+use egui::Color32;
+use egui_plot::{Bar, BarChart, Plot};
+
+const STAGE_COLOURS: [Color32; 4] = [
+    Color32::from_rgb(31, 119, 180),
+    Color32::from_rgb(255, 127, 14),
+    Color32::from_rgb(44, 160, 44),
+    Color32::from_rgb(214, 39, 40),
+];
+
+fn stage_colour(s: usize) -> Color32 {
+    STAGE_COLOURS[s % STAGE_COLOURS.len()]
+}
+
+/// Per block: `(stage, block, values)` of the parameter shown.
+fn params(app: &ExplorerApp, grn_beta: bool) -> (String, Vec<(usize, usize, Vec<f32>)>) {
+    let Some(m) = &app.model else {
+        return (String::new(), vec![]);
+    };
+    if !m.gammas.is_empty() {
+        return ("layer scale γ".into(), m.gammas.clone());
+    }
+    let name = if grn_beta { "GRN β" } else { "GRN γ" };
+    let v = m
+        .grn
+        .iter()
+        .map(|(s, b, g, beta)| (*s, *b, if grn_beta { beta.clone() } else { g.clone() }))
+        .collect();
+    (name.into(), v)
+}
+
+pub fn show(app: &mut ExplorerApp, ui: &mut egui::Ui) {
+    let Some(model) = &app.model else {
+        ui.label("No model loaded.");
+        return;
+    };
+    let is_v2 = model.gammas.is_empty() && !model.grn.is_empty();
+    let beta_id = egui::Id::unique("grn_beta");
+    let mut beta = ui.data(|d| d.get_temp::<bool>(beta_id)).unwrap_or(false);
+    if is_v2 {
+        ui.horizontal(|ui| {
+            ui.label("ConvNeXt V2 has no layer scale; its Global Response Normalisation learns:");
+            ui.selectable_value(&mut beta, false, "γ (weight)");
+            ui.selectable_value(&mut beta, true, "β (bias)");
+        });
+        ui.data_mut(|d| d.insert_temp(beta_id, beta));
+    }
+    let (name, blocks) = params(app, beta);
+    if blocks.is_empty() {
+        ui.label("This model has neither layer scale nor GRN parameters.");
+        return;
+    }
+    let mean_abs: Vec<f64> = blocks
+        .iter()
+        .map(|(_, _, v)| v.iter().map(|x| x.abs() as f64).sum::<f64>() / v.len().max(1) as f64)
+        .collect();
+    let chosen = app
+        .selection
+        .block
+        .and_then(|sb| blocks.iter().position(|(s, b, _)| (*s, *b) == sb))
+        .unwrap_or(blocks.len() - 1);
+
+    let h = ((ui.available_height() - 80.0) / 2.0).max(140.0);
+    ui.label(format!(
+        "Mean |{name}| per block along the depth, coloured by stage (click a bar to pick a block)"
+    ));
+    let bars: Vec<Bar> = blocks
+        .iter()
+        .zip(&mean_abs)
+        .enumerate()
+        .map(|(i, ((s, b, _), &m))| {
+            let mut bar = Bar::new(i as f64, m)
+                .name(format!("stages.{s}.blocks.{b}"))
+                .fill(stage_colour(*s))
+                .width(0.8);
+            if i == chosen {
+                bar = bar.stroke(egui::Stroke::new(2.0, Color32::WHITE));
+            }
+            bar
+        })
+        .collect();
+    let r = Plot::new("gamma_depth")
+        .height(h)
+        .allow_scroll(false)
+        .x_axis_label("block (in forward order)")
+        .y_axis_label(format!("mean |{name}|"))
+        .show(ui, |p| {
+            p.bar_chart(BarChart::new(name.clone(), bars));
+            p.pointer_coordinate()
+        });
+    if r.response.clicked() {
+        if let Some(pt) = r.inner {
+            let i = pt.x.round().clamp(0.0, (blocks.len() - 1) as f64) as usize;
+            app.selection.block = Some((blocks[i].0, blocks[i].1));
+        }
+    }
+
+    let (s, b, values) = &blocks[chosen];
+    ui.horizontal(|ui| {
+        let lbl = ui.label("Block");
+        egui::ComboBox::from_id_salt("gamma_block")
+            .selected_text(format!("stages.{s}.blocks.{b}"))
+            .height(300.0)
+            .show_ui(ui, |ui| {
+                for (s2, b2, _) in &blocks {
+                    if ui
+                        .selectable_label((s2, b2) == (s, b), format!("stages.{s2}.blocks.{b2}"))
+                        .clicked()
+                    {
+                        app.selection.block = Some((*s2, *b2));
+                    }
+                }
+            })
+            .response
+            .labelled_by(lbl.id);
+        let (lo, hi) = values
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, c), &v| {
+                (a.min(v), c.max(v))
+            });
+        ui.label(format!(
+            "{} channels · min {lo:.3e} · max {hi:.3e} · mean |{name}| {:.3e}",
+            values.len(),
+            mean_abs[chosen]
+        ));
+    });
+    let w = ui.available_width() / 2.0 - 8.0;
+    let mut sorted = values.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let colour = stage_colour(*s);
+    let per_channel: Vec<Bar> = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| Bar::new(i as f64, v as f64).width(1.0).fill(colour))
+        .collect();
+    // log10 |value| over every block: layer scale spans decades (init 1e-6).
+    let logs: Vec<f32> = blocks
+        .iter()
+        .flat_map(|(_, _, v)| v.iter().map(|x| x.abs().max(1e-12).log10()))
+        .collect();
+    let (lo, hi) = logs
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, c), &v| {
+            (a.min(v), c.max(v))
+        });
+    let bins = 50;
+    let step = ((hi - lo) / bins as f32).max(1e-6) as f64;
+    let hist: Vec<Bar> = histogram(&logs, bins, lo, hi)
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Bar::new(lo as f64 + (i as f64 + 0.5) * step, n as f64).width(step))
+        .collect();
+    ui.horizontal(|ui| {
+        ui.vertical(|ui| {
+            ui.label(format!(
+                "{name} of stages.{s}.blocks.{b}, per channel, sorted"
+            ));
+            Plot::new("gamma_channels")
+                .width(w)
+                .height(h)
+                .allow_scroll(false)
+                .show(ui, |p| {
+                    p.bar_chart(BarChart::new("per channel", per_channel))
+                });
+        });
+        ui.vertical(|ui| {
+            ui.label(format!("Distribution of log₁₀ |{name}| (all blocks)"));
+            Plot::new("gamma_hist")
+                .width(w)
+                .height(h)
+                .allow_scroll(false)
+                .x_axis_label("log₁₀ |value|")
+                .show(ui, |p| p.bar_chart(BarChart::new("count", hist)));
+        });
+    });
+}
