@@ -121,6 +121,9 @@ pub struct Selection {
     pub block: Option<(usize, usize)>,
 }
 
+/// Where a requested screenshot goes, and its pixels once the integration delivers them.
+type PendingShot = (PathBuf, Option<Arc<egui::ColorImage>>);
+
 pub struct ExplorerApp {
     pub settings: Settings,
     worker: Worker,
@@ -139,7 +142,7 @@ pub struct ExplorerApp {
     #[cfg(feature = "hub")]
     pub download: download::DownloadPanel,
     /// A screenshot the integration will deliver (path it goes to, pixels when they arrive).
-    screenshot: Arc<Mutex<Option<(PathBuf, Option<Arc<egui::ColorImage>>)>>>,
+    screenshot: Arc<Mutex<Option<PendingShot>>>,
     ctx: egui::Context,
 }
 

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Screenshots of the real app under Xvfb, one per tab, into assets/screenshots/.
+# Needs: apt-get install xvfb imagemagick xdotool; a release build (cargo build --release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=assets/screenshots
+mkdir -p "$out"
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
+# A private settings folder, so the shots do not depend on (or change) the user's settings.
+export HOME=$(mktemp -d)
+image=${1:-assets/samples/sneaker_9.png}
+xvfb-run -a -s "-screen 0 1400x900x24" bash -c "
+  ./target/release/convnext-explorer '$image' & P=\$!
+  sleep 10
+  shot() { sleep \${2:-2}; import -window root '$out/'\$1.png; }
+  click() { xdotool mousemove \$1 \$2 click 1; }
+  # Feature maps: stage 1 selected, its top channel enlarged over the input.
+  click 488 75; sleep 1; click 381 620; shot feature_maps
+  click 462 43; shot layer_scale
+  click 537 43; sleep 1; click 428 75; shot profile 8
+  click 616 43; shot architecture
+  kill \$P
+"
+ls -l "$out"
