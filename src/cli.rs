@@ -118,6 +118,10 @@ pub enum Command {
         /// Time each layer too (the timing observer) and report its overhead.
         #[arg(long)]
         layers: bool,
+        /// Write the per-layer profile (median over the runs) as CSV, as the app exports it,
+        /// and print the time per kind of layer.
+        #[arg(long)]
+        profile_csv: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -496,6 +500,7 @@ pub fn run(cli: Cli) -> Result<()> {
             dtype,
             size,
             layers,
+            profile_csv,
             json,
         } => {
             let dt = parse_dtype(dtype)?;
@@ -552,6 +557,47 @@ pub fn run(cli: Cli) -> Result<()> {
                 result["capture_stages_median_ms"] = median(&captured).into();
                 result["timing_overhead"] = (median(&timed) / median(&plain)).into();
                 result["capture_overhead"] = (median(&captured) / median(&plain)).into();
+            }
+            if let Some(out) = profile_csv {
+                let mut runs: Vec<Vec<(LayerId, std::time::Duration)>> = Vec::new();
+                let mut totals = Vec::new();
+                for _ in 0..*iters {
+                    let mut obs = crate::trace::TimingObserver::new(&device);
+                    let t = Instant::now();
+                    engine.forward_observed(&x, &mut obs)?;
+                    sync(&device)?;
+                    totals.push(t.elapsed());
+                    runs.push(obs.times);
+                }
+                let med = |mut v: Vec<std::time::Duration>| {
+                    v.sort();
+                    v[v.len() / 2]
+                };
+                let times: Vec<(LayerId, std::time::Duration)> = (0..runs[0].len())
+                    .map(|i| (runs[0][i].0, med(runs.iter().map(|r| r[i].1).collect())))
+                    .collect();
+                let layers = flops::layers(&engine.config, *batch, h, w);
+                let rows = crate::profile::rows(&layers, &times, med(totals));
+                std::fs::write(out, crate::profile::to_csv(&rows))
+                    .with_context(|| format!("writing {}", out.display()))?;
+                let mut by_kind: Vec<(String, f64)> = Vec::new();
+                for r in rows.iter().filter(|r| !r.container) {
+                    let kind = r.kind.split_whitespace().next().unwrap_or("").to_string();
+                    match by_kind.iter_mut().find(|(k, _)| *k == kind) {
+                        Some((_, ms)) => *ms += r.ms.unwrap_or(0.0),
+                        None => by_kind.push((kind, r.ms.unwrap_or(0.0))),
+                    }
+                }
+                by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let sum: f64 = by_kind.iter().map(|(_, m)| m).sum();
+                let mut kinds = serde_json::Map::new();
+                for (k, ms) in &by_kind {
+                    if !*json {
+                        eprintln!("{k:>12} {ms:8.2} ms {:5.1}%", 100.0 * ms / sum.max(1e-9));
+                    }
+                    kinds.insert(k.clone(), (*ms).into());
+                }
+                result["ms_per_kind"] = kinds.into();
             }
             if *json {
                 println!("{result}");

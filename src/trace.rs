@@ -123,11 +123,20 @@ pub trait Observer {
     fn layer(&mut self, _id: LayerId, _out: &Tensor) -> Result<()> {
         Ok(())
     }
+    /// Whether this observer needs every named layer reported one by one. One that does not
+    /// lets the model fuse neighbouring layers (fc1's bias into the GELU).
+    fn sees_outputs(&self) -> bool {
+        true
+    }
 }
 
 /// Observes nothing: the plain forward.
 pub struct NoObserver;
-impl Observer for NoObserver {}
+impl Observer for NoObserver {
+    fn sees_outputs(&self) -> bool {
+        false
+    }
+}
 
 /// Channels-last `[N,H,W,C]` to PyTorch's `[N,C,H,W]` (contiguous); other ranks unchanged.
 pub fn to_nchw(t: &Tensor) -> Result<Tensor> {
@@ -245,5 +254,8 @@ impl<A: Observer, B: Observer> Observer for Both<'_, A, B> {
     fn layer(&mut self, id: LayerId, out: &Tensor) -> Result<()> {
         self.1.layer(id, out)?;
         self.0.layer(id, out)
+    }
+    fn sees_outputs(&self) -> bool {
+        self.0.sees_outputs() || self.1.sees_outputs()
     }
 }

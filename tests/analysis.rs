@@ -11,7 +11,8 @@ use convnext_explorer::Engine;
 #[test]
 fn class_evidence_averages_to_the_logit() {
     let dev = Device::Cpu;
-    let shipped = Engine::load(&default_weights().expect("shipped model"), &dev, DType::F32).unwrap();
+    let shipped =
+        Engine::load(&default_weights().expect("shipped model"), &dev, DType::F32).unwrap();
     let random = Engine::random("convnextv2_atto", 7, 3, &dev, DType::F32).unwrap();
     for (engine, size) in [(&shipped, 96), (&random, 64)] {
         let x = Tensor::randn(0f32, 1.0, (2, 3, size, size), &dev).unwrap();
@@ -26,6 +27,9 @@ fn class_evidence_averages_to_the_logit() {
             let e = rel_err(&mean, &logit);
             assert!(e < 1e-4, "class {class}: relative error {e}");
         }
-        assert!(engine.model.class_evidence(last, engine.config.num_classes).is_err());
+        assert!(engine
+            .model
+            .class_evidence(last, engine.config.num_classes)
+            .is_err());
     }
 }
