@@ -262,3 +262,25 @@ fn a_named_variant_opens_with_a_random_weights_notice() {
     h.run_steps(3);
     h.get_by_label_contains("Mean |GRN γ| per block");
 }
+
+#[test]
+fn a_remembered_model_that_no_longer_loads_falls_back_to_the_shipped_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("deleted_since.safetensors");
+    std::fs::write(&gone, b"not a checkpoint").unwrap();
+    let settings = Settings {
+        model: Some(ModelSpec::Weights(gone)),
+        ..Default::default()
+    };
+    let mut h = harness(settings, StartOptions::default());
+    settle(&mut h);
+    let app = h.state();
+    assert!(app
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("deleted_since.safetensors"));
+    assert!(
+        matches!(&app.model.as_ref().expect("fell back").spec, ModelSpec::Weights(p) if p.ends_with("convnext_fashion.safetensors"))
+    );
+}

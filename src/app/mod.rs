@@ -144,6 +144,7 @@ pub struct ExplorerApp {
     /// A screenshot the integration will deliver (path it goes to, pixels when they arrive).
     screenshot: Arc<Mutex<Option<PendingShot>>>,
     ctx: egui::Context,
+    fell_back: bool,
 }
 
 impl ExplorerApp {
@@ -167,6 +168,7 @@ impl ExplorerApp {
             download: download::DownloadPanel::default(),
             screenshot: Arc::new(Mutex::new(None)),
             ctx: ctx.clone(),
+            fell_back: false,
         };
         if let Some(d) = start.device {
             app.settings.device = d;
@@ -239,7 +241,10 @@ impl ExplorerApp {
             match reply {
                 Reply::Loaded(view) => {
                     self.loading = None;
-                    self.error = None;
+                    // After a fallback the error says why this is not the model asked for.
+                    if !(self.fell_back && self.model.is_none()) {
+                        self.error = None;
+                    }
                     self.settings.model = Some(view.spec.clone());
                     self.selection = Selection {
                         layer: Some(LayerId::Stem),
@@ -264,6 +269,12 @@ impl ExplorerApp {
                 Reply::Failed { kind, message } => {
                     if kind == JobKind::Load {
                         self.loading = None;
+                        // The remembered model is gone or broken: open the default instead of
+                        // leaving the window empty (once; the error stays on show).
+                        if self.model.is_none() && !self.fell_back {
+                            self.fell_back = true;
+                            self.load_model(initial_model(None, None));
+                        }
                     }
                     let what = match kind {
                         JobKind::Load => "Could not load the model",
