@@ -284,3 +284,25 @@ fn a_remembered_model_that_no_longer_loads_falls_back_to_the_shipped_one() {
         matches!(&app.model.as_ref().expect("fell back").spec, ModelSpec::Weights(p) if p.ends_with("convnext_fashion.safetensors"))
     );
 }
+
+#[test]
+fn the_weights_list_says_what_each_file_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        root.join("weights/convnext_fashion.safetensors"),
+        dir.path().join("a.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.pth"), b"garbage").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"not listed").unwrap();
+    let list = convnext_explorer::app::scan_weights(dir.path());
+    assert_eq!(list.len(), 2);
+    let ok = list[0].summary.as_ref().unwrap();
+    assert!(
+        ok.contains("timm") && ok.contains("10 classes") && ok.contains("1.18M params"),
+        "{ok}"
+    );
+    let err = list[1].summary.as_ref().unwrap_err();
+    assert!(err.contains("b.pth"), "{err}");
+}
