@@ -92,6 +92,15 @@ impl Block {
     ) -> Result<Self> {
         let dim = cfg.dims[stage];
         let k = cfg.kernel_size;
+        // Inference packs the MLP weights once for the CPU kernel; training keeps candle's
+        // differentiable matmul.
+        let linear = |vb: VarBuilder, i, o| {
+            if t.differentiable {
+                Linear::new(vb, i, o)
+            } else {
+                Linear::new_packed(vb, i, o)
+            }
+        };
         let dw_weight = vb.get((dim, 1, k, k), "conv_dw.weight")?;
         let dw_kkc = if t.differentiable {
             None
@@ -105,12 +114,12 @@ impl Block {
             dw_weight,
             dw_kkc,
             norm: LayerNorm::new(vb.pp("norm"), dim, cfg.ln_eps, t.differentiable)?,
-            fc1: Linear::new(vb.pp("mlp.fc1"), dim, 4 * dim)?,
+            fc1: linear(vb.pp("mlp.fc1"), dim, 4 * dim)?,
             grn: match cfg.version {
                 Version::V2 => Some(Grn::new(vb.pp("mlp.grn"), 4 * dim)?),
                 Version::V1 => None,
             },
-            fc2: Linear::new(vb.pp("mlp.fc2"), 4 * dim, dim)?,
+            fc2: linear(vb.pp("mlp.fc2"), 4 * dim, dim)?,
             gamma: if cfg.layer_scale {
                 Some(vb.get(dim, "gamma")?)
             } else {
@@ -142,8 +151,9 @@ impl Block {
         })?;
         let y = step(obs, Part::Norm, &|| self.norm.forward(&y))?;
         let inference = self.dw_kkc.is_some();
-        let y = if inference && !obs.sees_outputs() {
-            // Nobody looks at fc1's output on its own: add its bias inside the GELU pass.
+        let y = if inference && !obs.sees_outputs() && !self.fc1.is_packed() {
+            // Nobody looks at fc1's output on its own: add its bias inside the GELU pass (the
+            // packed kernel adds it inside the matmul already).
             bias_gelu(&self.fc1.matmul(&y)?, &self.fc1.bias)?
         } else {
             let y = step(obs, Part::Fc1, &|| self.fc1.forward(&y))?;

@@ -1,6 +1,8 @@
 //! The small building blocks, all working channels-last (`[..., C]`).
+use crate::ops::gemm::{PackedLinear, PackedLinearOp};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use std::sync::Arc;
 
 /// LayerNorm over the last (channel) axis.
 #[derive(Clone, Debug)]
@@ -49,6 +51,8 @@ impl Module for LayerNorm {
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
+    /// The weight packed for the CPU kernel (inference, f32, AVX-512).
+    packed: Option<Arc<PackedLinear>>,
 }
 
 impl Linear {
@@ -56,13 +60,33 @@ impl Linear {
         Ok(Self {
             weight: vb.get((out, inp), "weight")?,
             bias: vb.get(out, "bias")?,
+            packed: None,
         })
+    }
+
+    /// Like `new`, with the weight packed for the fast CPU kernel where it applies
+    /// (`CONVNEXT_GENERIC_MATMUL=1` keeps candle's matmul, for comparisons).
+    pub fn new_packed(vb: VarBuilder, inp: usize, out: usize) -> Result<Self> {
+        let mut l = Self::new(vb, inp, out)?;
+        if std::env::var_os("CONVNEXT_GENERIC_MATMUL").is_none()
+            && crate::ops::gemm::available()
+            && l.weight.device().is_cpu()
+            && l.weight.dtype() == DType::F32
+        {
+            let w: Vec<f32> = l.weight.flatten_all()?.to_vec1()?;
+            let b: Vec<f32> = l.bias.to_vec1()?;
+            l.packed = Some(Arc::new(PackedLinear::new(&w, out, inp, &b)));
+        }
+        Ok(l)
     }
 }
 
 impl Linear {
     /// `x Wᵀ` without the bias (for callers that fuse the bias into what follows).
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(p) = self.packed(x) {
+            return x.contiguous()?.apply_op1(PackedLinearOp(p, false));
+        }
         let dims = x.dims().to_vec();
         let inp = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / inp.max(1);
@@ -73,8 +97,22 @@ impl Linear {
     }
 }
 
+impl Linear {
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    fn packed(&self, x: &Tensor) -> Option<Arc<PackedLinear>> {
+        let p = self.packed.as_ref()?;
+        (x.device().is_cpu() && x.dtype() == DType::F32).then(|| p.clone())
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(p) = self.packed(x) {
+            return x.contiguous()?.apply_op1(PackedLinearOp(p, true));
+        }
         self.matmul(x)?.broadcast_add(&self.bias)
     }
 }

@@ -1,6 +1,7 @@
 //! Hand-written kernels where candle's generic path is too slow for an interactive explorer.
 pub mod dwconv;
 pub mod gelu;
+pub mod gemm;
 pub mod simd;
 
 pub use dwconv::{depthwise_conv_nhwc, depthwise_conv_nhwc_reference};
