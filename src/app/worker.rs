@@ -87,6 +87,16 @@ pub enum Job {
     },
 }
 
+impl Job {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            Job::Load { .. } => JobKind::Load,
+            Job::Classify(_) => JobKind::Classify,
+            Job::Profile { .. } => JobKind::Profile,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobKind {
     Load,
@@ -190,7 +200,23 @@ impl Worker {
                         q.fetch_sub(1, Ordering::SeqCst);
                         continue;
                     }
-                    for reply in state.handle(job) {
+                    // A bug in a job must not take the worker (and every later job) with it.
+                    let kind = job.kind();
+                    let replies = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        state.handle(job)
+                    }))
+                    .unwrap_or_else(|p| {
+                        let what = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        vec![Reply::Failed {
+                            kind,
+                            message: format!("internal error: {what}"),
+                        }]
+                    });
+                    for reply in replies {
                         let _ = tx.send(reply);
                     }
                     q.fetch_sub(1, Ordering::SeqCst);
