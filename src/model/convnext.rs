@@ -249,11 +249,11 @@ impl ConvNeXt {
     }
 
     pub fn dtype(&self) -> DType {
-        self.head_fc.weight.dtype()
+        self.head_fc.bias.dtype()
     }
 
     pub fn device(&self) -> &candle_core::Device {
-        self.head_fc.weight.device()
+        self.head_fc.bias.device()
     }
 
     /// Logits `[N, classes]` for an `[N, 3, H, W]` batch.
@@ -350,7 +350,11 @@ impl ConvNeXt {
         let var = pooled.broadcast_sub(&mu)?.sqr()?.mean_keepdim(1)?;
         let sigma = (var + self.head_norm.eps)?.sqrt()?;
         let f32t = |t: &Tensor| t.to_dtype(DType::F32);
-        let w = f32t(&self.head_fc.weight.get(class)?)?; // [C]
+        let fc = self
+            .head_fc
+            .weight()
+            .ok_or_else(|| candle_core::Error::Msg("head weight not kept".into()))?;
+        let w = f32t(&fc.get(class)?)?; // [C]
         let g = f32t(&self.head_norm.weight)?;
         let wg = (&w * &g)?;
         let bias = ((f32t(&self.head_norm.bias)? * &w)?.sum_all()?

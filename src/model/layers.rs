@@ -49,7 +49,8 @@ impl Module for LayerNorm {
 /// `y = x Wᵀ + b` on the last axis of any-rank input.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    pub weight: Tensor,
+    /// `[out, in]`; dropped once packed (the packed copy is the only one kept).
+    weight: Option<Tensor>,
     pub bias: Tensor,
     /// The weight packed for the CPU kernel (inference, f32, AVX-512).
     packed: Option<Arc<PackedLinear>>,
@@ -58,7 +59,7 @@ pub struct Linear {
 impl Linear {
     pub fn new(vb: VarBuilder, inp: usize, out: usize) -> Result<Self> {
         Ok(Self {
-            weight: vb.get((out, inp), "weight")?,
+            weight: Some(vb.get((out, inp), "weight")?),
             bias: vb.get(out, "bias")?,
             packed: None,
         })
@@ -68,14 +69,16 @@ impl Linear {
     /// (`CONVNEXT_GENERIC_MATMUL=1` keeps candle's matmul, for comparisons).
     pub fn new_packed(vb: VarBuilder, inp: usize, out: usize) -> Result<Self> {
         let mut l = Self::new(vb, inp, out)?;
-        if std::env::var_os("CONVNEXT_GENERIC_MATMUL").is_none()
+        let use_packed = std::env::var_os("CONVNEXT_GENERIC_MATMUL").is_none()
             && crate::ops::gemm::available()
-            && l.weight.device().is_cpu()
-            && l.weight.dtype() == DType::F32
-        {
-            let w: Vec<f32> = l.weight.flatten_all()?.to_vec1()?;
-            let b: Vec<f32> = l.bias.to_vec1()?;
-            l.packed = Some(Arc::new(PackedLinear::new(&w, out, inp, &b)));
+            && l.bias.device().is_cpu()
+            && l.bias.dtype() == DType::F32;
+        if use_packed {
+            if let Some(w) = l.weight.take() {
+                let w: Vec<f32> = w.flatten_all()?.to_vec1()?;
+                let b: Vec<f32> = l.bias.to_vec1()?;
+                l.packed = Some(Arc::new(PackedLinear::new(&w, out, inp, &b)));
+            }
         }
         Ok(l)
     }
@@ -90,14 +93,26 @@ impl Linear {
         let dims = x.dims().to_vec();
         let inp = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / inp.max(1);
-        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
+        let w = self.weight.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "a packed Linear takes f32 CPU input, got {:?} on {:?}",
+                x.dtype(),
+                x.device()
+            ))
+        })?;
+        let y = x.reshape((rows, inp))?.matmul(&w.t()?)?;
         let mut out = dims;
-        *out.last_mut().unwrap() = self.weight.dim(0)?;
+        *out.last_mut().unwrap() = w.dim(0)?;
         y.reshape(out)
     }
 }
 
 impl Linear {
+    /// The `[out, in]` weight (absent when packed).
+    pub fn weight(&self) -> Option<&Tensor> {
+        self.weight.as_ref()
+    }
+
     pub fn is_packed(&self) -> bool {
         self.packed.is_some()
     }
