@@ -504,6 +504,7 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let dt = parse_dtype(dtype)?;
+            let rss_before = proc_status_kb("VmRSS");
             let engine = build_engine(&cli, Some(model), &device, dt)?;
             let (h, w) = match size {
                 Some(s) => parse_size(s)?,
@@ -557,6 +558,22 @@ pub fn run(cli: Cli) -> Result<()> {
                 result["capture_stages_median_ms"] = median(&captured).into();
                 result["timing_overhead"] = (median(&timed) / median(&plain)).into();
                 result["capture_overhead"] = (median(&captured) / median(&plain)).into();
+            }
+            // Peak memory above what the process held before loading, against the budget:
+            // 1.2 × (weights + the two largest activations).
+            if let (Some(before), Some(peak)) = (rss_before, proc_status_kb("VmHWM")) {
+                let elt = dt.size_in_bytes() as f64;
+                let mut acts: Vec<f64> = flops::layers(&engine.config, *batch, h, w)
+                    .iter()
+                    .map(|l| l.out_shape.iter().product::<usize>() as f64 * elt)
+                    .collect();
+                acts.sort_by(|a, b| b.total_cmp(a));
+                let budget =
+                    1.2 * (engine.num_params as f64 * elt + acts.iter().take(2).sum::<f64>());
+                let used = (peak.saturating_sub(before)) as f64 * 1024.0;
+                result["peak_mb"] = (used / 1e6).into();
+                result["memory_budget_mb"] = (budget / 1e6).into();
+                result["memory_ratio"] = (used / budget).into();
             }
             if let Some(out) = profile_csv {
                 let mut runs: Vec<Vec<(LayerId, std::time::Duration)>> = Vec::new();
@@ -614,6 +631,13 @@ pub fn run(cli: Cli) -> Result<()> {
                     result["min_ms"].as_f64().unwrap_or(0.0),
                     iters
                 );
+                if let Some(r) = result["memory_ratio"].as_f64() {
+                    println!(
+                        "peak memory {:.0} MB above the start, {:.2}× the budget of 1.2 × (weights + two largest activations)",
+                        result["peak_mb"].as_f64().unwrap_or(0.0),
+                        r
+                    );
+                }
                 if *layers {
                     println!(
                         "timing observer ×{:.3}, capturing stage outputs ×{:.3}",
@@ -625,6 +649,17 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A `kB` field of `/proc/self/status` (Linux); `None` elsewhere.
+fn proc_status_kb(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 pub fn median(v: &[f64]) -> f64 {

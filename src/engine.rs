@@ -74,7 +74,7 @@ impl Engine {
     pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Engine> {
         let ck = Checkpoint::open(path)?;
         let num_params = ck.num_params();
-        let vb = VarBuilder::from_tensors(ck.tensors, dtype, device);
+        let vb = taking_var_builder(ck.tensors, dtype, device);
         let model = ConvNeXt::new(vb, &ck.config).map_err(|e| Error::file(&ck.path, e))?;
         let (labels, label_source) = labels::labels_for(ck.config.num_classes, ck.json.as_ref());
         let preprocess =
@@ -107,7 +107,7 @@ impl Engine {
         let config = Config::variant(variant, num_classes)?;
         let tensors = random_weights(&config, seed)?;
         let num_params = tensors.values().map(|t| t.elem_count()).sum();
-        let vb = VarBuilder::from_tensors(tensors, dtype, device);
+        let vb = taking_var_builder(tensors, dtype, device);
         let model = ConvNeXt::new(vb, &config)?;
         let (labels, label_source) = labels::labels_for(num_classes, None);
         Ok(Engine {
@@ -198,6 +198,64 @@ impl Engine {
     pub fn layers(&self, batch: usize) -> Vec<LayerInfo> {
         let (h, w) = self.preprocess.input_size;
         flops::layers(&self.config, batch, h, w)
+    }
+}
+
+/// A VarBuilder that hands each tensor over once and forgets it, so that a layer that repacks its
+/// weight (the CPU GEMM) frees the original while the model is still being built: loading then
+/// peaks near one copy of the weights, not two.
+fn taking_var_builder(
+    tensors: HashMap<String, Tensor>,
+    dtype: DType,
+    device: &Device,
+) -> VarBuilder<'static> {
+    VarBuilder::from_backend(
+        Box::new(TakingBackend(std::sync::Mutex::new(tensors))),
+        dtype,
+        device.clone(),
+    )
+}
+
+struct TakingBackend(std::sync::Mutex<HashMap<String, Tensor>>);
+
+impl TakingBackend {
+    fn take(&self, name: &str) -> candle_core::Result<Tensor> {
+        self.0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("weights lock poisoned".into()))?
+            .remove(name)
+            .ok_or_else(|| candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            })
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for TakingBackend {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.take(name)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: s,
+                got: t.shape().clone(),
+            });
+        }
+        t.to_device(dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.take(name)?.to_device(dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.lock().map(|m| m.contains_key(name)).unwrap_or(false)
     }
 }
 
