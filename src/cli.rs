@@ -78,7 +78,7 @@ pub enum Command {
         data: DataArgs,
         #[arg(long, default_value = "weights/convnext_fashion.safetensors")]
         out: PathBuf,
-        #[arg(long, default_value_t = 12)]
+        #[arg(long, default_value_t = 20)]
         epochs: usize,
         #[arg(long, default_value_t = 128)]
         batch: usize,

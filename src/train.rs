@@ -169,7 +169,7 @@ impl TrainConfig {
     pub fn fashion_default() -> Self {
         Self {
             config: fashion_config(),
-            epochs: 12,
+            epochs: 20,
             batch: 128,
             lr: 2e-3,
             min_lr: 1e-5,

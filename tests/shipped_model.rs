@@ -18,7 +18,7 @@ fn accuracy_on_committed_test_subset() {
     let acc = accuracy(&e.model, &prepare_dataset(&ds), &ds.labels, 250).unwrap();
     // The shipped model reaches 88.95% on the full test set (weights/README.md), short of the 90%
     // the project aims at; these bounds guard what ships against regressions.
-    assert!(acc >= 0.87, "top-1 {acc} on the first 1000 test images");
+    assert!(acc >= 0.90, "top-1 {acc} on the first 1000 test images");
 }
 
 #[test]
@@ -32,7 +32,7 @@ fn accuracy_on_full_test_set_where_installed() {
     let ds = fashion_mnist(dir, "t10k").unwrap();
     assert_eq!(ds.len(), 10_000);
     let acc = accuracy(&e.model, &prepare_dataset(&ds), &ds.labels, 500).unwrap();
-    assert!(acc >= 0.889, "top-1 {acc} on the 10,000 test images");
+    assert!(acc >= 0.90, "top-1 {acc} on the 10,000 test images");
 }
 
 #[test]
