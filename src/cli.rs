@@ -576,25 +576,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 result["memory_ratio"] = (used / budget).into();
             }
             if let Some(out) = profile_csv {
-                let mut runs: Vec<Vec<(LayerId, std::time::Duration)>> = Vec::new();
-                let mut totals = Vec::new();
-                for _ in 0..*iters {
-                    let mut obs = crate::trace::TimingObserver::new(&device);
-                    let t = Instant::now();
-                    engine.forward_observed(&x, &mut obs)?;
-                    sync(&device)?;
-                    totals.push(t.elapsed());
-                    runs.push(obs.times);
-                }
-                let med = |mut v: Vec<std::time::Duration>| {
-                    v.sort();
-                    v[v.len() / 2]
-                };
-                let times: Vec<(LayerId, std::time::Duration)> = (0..runs[0].len())
-                    .map(|i| (runs[0][i].0, med(runs.iter().map(|r| r[i].1).collect())))
-                    .collect();
+                let measured = crate::profile::time_layers(&engine, &x, *iters, false)?;
                 let layers = flops::layers(&engine.config, *batch, h, w);
-                let rows = crate::profile::rows(&layers, &times, med(totals));
+                let rows = crate::profile::rows(&layers, &measured.times, measured.total);
                 std::fs::write(out, crate::profile::to_csv(&rows))
                     .with_context(|| format!("writing {}", out.display()))?;
                 let mut by_kind: Vec<(String, f64)> = Vec::new();

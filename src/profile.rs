@@ -1,11 +1,13 @@
 //! The per-layer profile: the analytic layer list joined with measured times, as the app's
 //! table shows it and as CSV/JSON for export.
+use crate::engine::Engine;
 use crate::flops::LayerInfo;
-use crate::trace::LayerId;
+use crate::trace::{LayerId, NoObserver, TimingObserver};
+use candle_core::Tensor;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ProfileRow {
@@ -57,6 +59,59 @@ pub fn rows(
             }
         })
         .collect()
+}
+
+/// What [`time_layers`] measured.
+pub struct LayerTimes {
+    /// Median time per layer (containers included), in forward order.
+    pub times: Vec<(LayerId, Duration)>,
+    /// Median time of a whole forward with the timing observer on.
+    pub total: Duration,
+    /// Median of plain forwards (no observer), interleaved with the observed ones, when asked.
+    pub plain: Option<Duration>,
+}
+
+/// Times `runs` (at least one) forwards of `x` layer by layer; with `plain`, also a plain
+/// forward before each observed one, so that what the observer costs shows as the gap.
+pub fn time_layers(
+    engine: &Engine,
+    x: &Tensor,
+    runs: usize,
+    plain: bool,
+) -> crate::Result<LayerTimes> {
+    let runs = runs.max(1);
+    let mut per_layer: Vec<Vec<(LayerId, Duration)>> = Vec::with_capacity(runs);
+    let (mut totals, mut plains) = (Vec::with_capacity(runs), Vec::new());
+    for _ in 0..runs {
+        if plain {
+            let t = Instant::now();
+            engine.forward_observed(x, &mut NoObserver)?;
+            engine.device.synchronize()?;
+            plains.push(t.elapsed());
+        }
+        let mut obs = TimingObserver::new(&engine.device);
+        let t = Instant::now();
+        engine.forward_observed(x, &mut obs)?;
+        engine.device.synchronize()?;
+        totals.push(t.elapsed());
+        per_layer.push(obs.times);
+    }
+    let times = (0..per_layer[0].len())
+        .map(|i| {
+            let id = per_layer[0][i].0;
+            (id, median(per_layer.iter().map(|r| r[i].1).collect()))
+        })
+        .collect();
+    Ok(LayerTimes {
+        times,
+        total: median(totals),
+        plain: plain.then(|| median(plains)),
+    })
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 /// Time and MACs per stage (the stem and head as their own groups), from leaf rows.

@@ -6,7 +6,7 @@ use crate::flops::LayerInfo;
 use crate::model::config::Version;
 use crate::preprocess;
 use crate::stats::FeatureMap;
-use crate::trace::{Both, CaptureLevel, CaptureObserver, LayerId, NoObserver, TimingObserver};
+use crate::trace::{Both, CaptureLevel, CaptureObserver, LayerId, TimingObserver};
 use candle_core::{DType, Tensor};
 use image::{DynamicImage, RgbImage, RgbaImage};
 use serde::{Deserialize, Serialize};
@@ -329,47 +329,15 @@ impl WorkerState {
         let runs = runs.clamp(1, 1000);
         // One warm-up so that first-touch allocation and kernel compilation stay out.
         engine.forward(&x)?;
-        let mut per_layer: Vec<Vec<(LayerId, Duration)>> = Vec::with_capacity(runs);
-        let (mut totals, mut plains) = (Vec::new(), Vec::new());
-        for _ in 0..runs {
-            let t = Instant::now();
-            engine.forward_observed(&x, &mut NoObserver)?;
-            sync(engine)?;
-            plains.push(t.elapsed());
-            let mut obs = TimingObserver::new(&engine.device);
-            let t = Instant::now();
-            engine.forward_observed(&x, &mut obs)?;
-            sync(engine)?;
-            totals.push(t.elapsed());
-            per_layer.push(obs.times);
-        }
-        let ids: Vec<LayerId> = per_layer[0].iter().map(|(id, _)| *id).collect();
-        let times = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (*id, median(per_layer.iter().map(|r| r[i].1).collect())))
-            .collect();
+        let measured = crate::profile::time_layers(engine, &x, runs, true)?;
         Ok(Reply::Profiled(ProfileView {
             runs,
-            times,
-            total: median(totals),
-            plain: median(plains),
+            times: measured.times,
+            total: measured.total,
+            plain: measured.plain.unwrap_or_default(),
             input_size: (x.dim(2)?, x.dim(3)?),
         }))
     }
-}
-
-fn sync(engine: &Engine) -> candle_core::Result<()> {
-    if engine.device.is_cpu() {
-        Ok(())
-    } else {
-        engine.device.synchronize()
-    }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 pub fn model_view(engine: &Engine, spec: ModelSpec) -> anyhow::Result<ModelView> {
