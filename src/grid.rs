@@ -112,6 +112,15 @@ impl GridLayout {
         )
     }
 
+    /// Top-left pixel of a slot's cell.
+    pub fn cell_origin(&self, fm: &FeatureMap, slot: usize) -> (usize, usize) {
+        let (cw, ch) = self.cell_px(fm);
+        (
+            (slot % self.cols) * (cw + self.gap),
+            (slot / self.cols) * (ch + self.gap),
+        )
+    }
+
     /// Which cell (slot in the page) holds pixel `(x, y)`, if any (gaps hold none).
     pub fn cell_at(&self, fm: &FeatureMap, x: usize, y: usize) -> Option<usize> {
         let (cw, ch) = self.cell_px(fm);
@@ -133,10 +142,7 @@ pub fn render_grid(
     let mut img = RgbaImage::new(w as u32, h as u32);
     let (cw, ch) = layout.cell_px(fm);
     for (slot, &c) in channels.iter().enumerate().take(layout.cols * layout.rows) {
-        let (ox, oy) = (
-            (slot % layout.cols) * (cw + layout.gap),
-            (slot / layout.cols) * (ch + layout.gap),
-        );
+        let (ox, oy) = layout.cell_origin(fm, slot);
         let (lo, hi) = channel_range(fm, c, scale, cmap);
         let plane = fm.plane(c);
         for y in 0..ch {

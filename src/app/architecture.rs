@@ -1,4 +1,5 @@
 //! Architecture: the layer list with shapes, parameters and MACs, at any input size.
+use super::plots::shape_text;
 use super::{nonzero, ExplorerApp};
 use crate::flops::{human, layers, totals};
 use egui::RichText;
@@ -50,12 +51,6 @@ pub fn show(app: &mut ExplorerApp, ui: &mut egui::Ui) {
         size.1
     ));
     ui.separator();
-    let shape = |s: &[usize]| {
-        s.iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("×")
-    };
     TableBuilder::new(ui)
         .striped(true)
         .resizable(true)
@@ -84,10 +79,10 @@ pub fn show(app: &mut ExplorerApp, ui: &mut egui::Ui) {
                     ui.label(&l.kind);
                 });
                 row.col(|ui| {
-                    ui.label(shape(&l.in_shape));
+                    ui.label(shape_text(&l.in_shape));
                 });
                 row.col(|ui| {
-                    ui.label(shape(&l.out_shape));
+                    ui.label(shape_text(&l.out_shape));
                 });
                 row.col(|ui| {
                     ui.label(nonzero(l.params as f64));

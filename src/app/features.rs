@@ -1,12 +1,13 @@
 //! Feature maps: pick a layer on the architecture strip, page through its channels, hover for
 //! statistics, click one to see it large over the input; histogram and channel means below.
+use super::plots::histogram_bars;
 use super::{textures, ExplorerApp};
 use crate::colormap::Colormap;
 use crate::grid::{self, GridLayout, Scale, SortBy};
-use crate::stats::{histogram, FeatureMap};
+use crate::stats::FeatureMap;
 use crate::trace::LayerId;
 use egui::{Color32, Rect, Sense, Stroke, TextureOptions, Vec2};
-use egui_plot::{Bar, BarChart, Line, Plot, VLine};
+use egui_plot::{BarChart, Line, Plot, VLine};
 use image::RgbaImage;
 use std::sync::Arc;
 
@@ -288,13 +289,12 @@ fn grid_view(
         Color32::WHITE,
     );
     let cell_rect = |slot: usize| {
-        let (cw, ch) = (fm.width as f32, fm.height as f32);
-        let g = layout.gap as f32;
-        let min = egui::pos2(
-            (slot % layout.cols) as f32 * (cw + g),
-            (slot / layout.cols) as f32 * (ch + g),
-        );
-        Rect::from_min_size(rect.min + min.to_vec2() * fit, Vec2::new(cw, ch) * fit)
+        let (x, y) = layout.cell_origin(fm, slot);
+        let (cw, ch) = layout.cell_px(fm);
+        Rect::from_min_size(
+            rect.min + Vec2::new(x as f32, y as f32) * fit,
+            Vec2::new(cw as f32, ch as f32) * fit,
+        )
     };
     if let Some(sel) = app.selection.channel {
         if let Some(slot) = channels.iter().position(|&c| c == sel) {
@@ -420,14 +420,7 @@ fn plots(app: &mut ExplorerApp, ui: &mut egui::Ui, fm: &FeatureMap) {
     let h = ui.available_height().max(120.0);
     let w = ui.available_width() / 2.0 - 8.0;
     let (lo, hi) = fm.range();
-    let bins = 60;
-    let counts = histogram(&fm.data, bins, lo, hi);
-    let step = ((hi - lo) / bins as f32).max(f32::MIN_POSITIVE) as f64;
-    let bars: Vec<Bar> = counts
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| Bar::new(lo as f64 + (i as f64 + 0.5) * step, n as f64).width(step))
-        .collect();
+    let bars = histogram_bars(&fm.data, 60, lo, hi, f32::MIN_POSITIVE);
     let means: Vec<[f64; 2]> = fm
         .stats
         .iter()

@@ -1,21 +1,10 @@
 //! Layer scale: the learned per-channel gamma of every block (V1), or GRN's gamma and beta
 //! (V2), along the depth, per channel for one block, and as a distribution. Weights only, so
 //! this tab needs no image.
+use super::plots::{histogram_bars, stage_colour};
 use super::ExplorerApp;
-use crate::stats::histogram;
 use egui::Color32;
 use egui_plot::{Bar, BarChart, Plot};
-
-const STAGE_COLOURS: [Color32; 4] = [
-    Color32::from_rgb(31, 119, 180),
-    Color32::from_rgb(255, 127, 14),
-    Color32::from_rgb(44, 160, 44),
-    Color32::from_rgb(214, 39, 40),
-];
-
-fn stage_colour(s: usize) -> Color32 {
-    STAGE_COLOURS[s % STAGE_COLOURS.len()]
-}
 
 /// Per block: `(stage, block, values)` of the parameter shown.
 fn params(app: &ExplorerApp, grn_beta: bool) -> (String, Vec<(usize, usize, Vec<f32>)>) {
@@ -76,7 +65,7 @@ pub fn show(app: &mut ExplorerApp, ui: &mut egui::Ui) {
         .map(|(i, ((s, b, _), &m))| {
             let mut bar = Bar::new(i as f64, m)
                 .name(format!("stages.{s}.blocks.{b}"))
-                .fill(stage_colour(*s))
+                .fill(stage_colour(Some(*s)))
                 .width(0.8);
             if i == chosen {
                 bar = bar.stroke(egui::Stroke::new(2.0, Color32::WHITE));
@@ -132,7 +121,7 @@ pub fn show(app: &mut ExplorerApp, ui: &mut egui::Ui) {
     let w = ui.available_width() / 2.0 - 8.0;
     let mut sorted = values.clone();
     sorted.sort_by(|a, b| b.total_cmp(a));
-    let colour = stage_colour(*s);
+    let colour = stage_colour(Some(*s));
     let per_channel: Vec<Bar> = sorted
         .iter()
         .enumerate()
@@ -148,13 +137,7 @@ pub fn show(app: &mut ExplorerApp, ui: &mut egui::Ui) {
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, c), &v| {
             (a.min(v), c.max(v))
         });
-    let bins = 50;
-    let step = ((hi - lo) / bins as f32).max(1e-6) as f64;
-    let hist: Vec<Bar> = histogram(&logs, bins, lo, hi)
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| Bar::new(lo as f64 + (i as f64 + 0.5) * step, n as f64).width(step))
-        .collect();
+    let hist = histogram_bars(&logs, 50, lo, hi, 1e-6);
     ui.horizontal(|ui| {
         ui.vertical(|ui| {
             ui.label(format!(

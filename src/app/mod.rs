@@ -5,6 +5,7 @@ mod architecture;
 mod download;
 mod features;
 mod layer_scale;
+mod plots;
 mod profile;
 mod sidebar;
 mod textures;
@@ -13,7 +14,7 @@ pub mod worker;
 use crate::colormap::Colormap;
 use crate::engine::{default_weights, weights_dir};
 use crate::grid::{Scale, SortBy};
-use crate::model::checkpoint::{is_weights_file, Checkpoint};
+use crate::model::checkpoint::{is_weights_file, Checkpoint, WEIGHTS_EXTENSIONS};
 use crate::trace::LayerId;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -208,6 +209,20 @@ impl ExplorerApp {
             self.load_model(ModelSpec::Weights(path.to_path_buf()));
         } else {
             self.open_image(ImageSource::Path(path.to_path_buf()));
+        }
+    }
+
+    /// File > Open image (and the sidebar's button).
+    pub fn open_image_dialog(&mut self) {
+        if let Some(p) = pick_file("Images", IMAGE_EXTS) {
+            self.open_image(ImageSource::Path(p));
+        }
+    }
+
+    /// File > Open weights (and the sidebar's button).
+    pub fn open_weights_dialog(&mut self) {
+        if let Some(p) = pick_file("Checkpoints", WEIGHTS_EXTENSIONS) {
+            self.load_model(ModelSpec::Weights(p));
         }
     }
 
@@ -409,16 +424,11 @@ impl ExplorerApp {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
                 if ui.button("Open image…").clicked() {
-                    if let Some(p) = pick_file("Images", IMAGE_EXTS) {
-                        self.open_image(ImageSource::Path(p));
-                    }
+                    self.open_image_dialog();
                     ui.close();
                 }
                 if ui.button("Open weights…").clicked() {
-                    if let Some(p) = pick_file("Checkpoints", &["safetensors", "pth", "pt", "bin"])
-                    {
-                        self.load_model(ModelSpec::Weights(p));
-                    }
+                    self.open_weights_dialog();
                     ui.close();
                 }
                 #[cfg(feature = "hub")]

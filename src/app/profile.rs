@@ -1,4 +1,5 @@
 //! Profile: where the time and the MACs go, per layer and per stage, with the median of N runs.
+use super::plots::{shape_text, stage_colour};
 use super::{nonzero, ExplorerApp};
 use crate::flops::{human, totals};
 use crate::profile::{group_totals, rows, to_csv, to_json, ProfileRow};
@@ -22,13 +23,6 @@ pub fn current_rows(app: &ExplorerApp) -> Vec<ProfileRow> {
         Some(p) => rows(&m.layers, &p.times, p.total),
         None => rows(&m.layers, &[], std::time::Duration::ZERO),
     }
-}
-
-fn shape(s: &[usize]) -> String {
-    s.iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("×")
 }
 
 pub fn show(app: &mut ExplorerApp, ui: &mut egui::Ui) {
@@ -122,7 +116,7 @@ pub fn show(app: &mut ExplorerApp, ui: &mut egui::Ui) {
                     Bar::new(i as f64, v)
                         .name(&r.name)
                         .width(0.9)
-                        .fill(colour(r.stage))
+                        .fill(stage_colour(r.stage))
                 })
                 .collect();
             Plot::new("per_layer")
@@ -178,16 +172,6 @@ pub fn show(app: &mut ExplorerApp, ui: &mut egui::Ui) {
     });
     ui.separator();
     table(app, ui, all, mult);
-}
-
-fn colour(stage: Option<usize>) -> Color32 {
-    match stage {
-        Some(0) => Color32::from_rgb(31, 119, 180),
-        Some(1) => Color32::from_rgb(255, 127, 14),
-        Some(2) => Color32::from_rgb(44, 160, 44),
-        Some(_) => Color32::from_rgb(214, 39, 40),
-        None => Color32::GRAY,
-    }
 }
 
 fn table(app: &mut ExplorerApp, ui: &mut egui::Ui, all: Vec<ProfileRow>, mult: f64) {
@@ -271,7 +255,11 @@ fn table(app: &mut ExplorerApp, ui: &mut egui::Ui, all: Vec<ProfileRow>, mult: f
                     ui.label(&r.kind);
                 });
                 row.col(|ui| {
-                    ui.label(format!("{} -> {}", shape(&r.in_shape), shape(&r.out_shape)));
+                    ui.label(format!(
+                        "{} -> {}",
+                        shape_text(&r.in_shape),
+                        shape_text(&r.out_shape)
+                    ));
                 });
                 row.col(|ui| {
                     ui.label(nonzero(r.params as f64));

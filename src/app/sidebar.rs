@@ -136,11 +136,7 @@ fn model_section(app: &mut ExplorerApp, ui: &mut egui::Ui) {
             }
             ui.horizontal(|ui| {
                 if ui.button("Open weights…").clicked() {
-                    if let Some(p) =
-                        super::pick_file("Checkpoints", &["safetensors", "pth", "pt", "bin"])
-                    {
-                        app.load_model(ModelSpec::Weights(p));
-                    }
+                    app.open_weights_dialog();
                 }
                 if ui.button("Rescan").clicked() {
                     app.rescan_weights();
@@ -200,9 +196,7 @@ fn image_section(app: &mut ExplorerApp, ui: &mut egui::Ui) {
         ui.label("Drop an image on the window, open one, or pick a sample.");
     }
     if ui.button("Open image…").clicked() {
-        if let Some(p) = super::pick_file("Images", super::IMAGE_EXTS) {
-            app.open_image(ImageSource::Path(p));
-        }
+        app.open_image_dialog();
     }
     egui::CollapsingHeader::new("Samples")
         .default_open(true)

@@ -139,11 +139,13 @@ pub fn resolve_weights_file(path: &Path) -> Result<PathBuf> {
     }
 }
 
+/// File extensions weights come in (the loader still reads by content).
+pub const WEIGHTS_EXTENSIONS: &[&str] = &["safetensors", "pth", "pt", "bin", "ckpt"];
+
 pub fn is_weights_file(p: &Path) -> bool {
-    matches!(
-        p.extension().and_then(|e| e.to_str()),
-        Some("safetensors" | "pth" | "pt" | "bin" | "ckpt")
-    )
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| WEIGHTS_EXTENSIONS.contains(&e))
 }
 
 /// `X.json` beside `X.safetensors`, else `config.json` in the same folder; and HF's
