@@ -300,17 +300,20 @@ impl ExplorerApp {
                 }
             }
         }
-        let shot = self.screenshot.lock().expect("screenshot").take();
-        if let Some((path, pixels)) = shot {
-            match pixels {
-                Some(img) => {
-                    self.notice = Some(match save_color_image(&img, &path) {
-                        Ok(()) => format!("Saved screenshot to {}", path.display()),
-                        Err(e) => format!("Could not save the screenshot: {e}"),
-                    })
-                }
-                None => *self.screenshot.lock().expect("screenshot") = Some((path, None)),
+        // Take the request only once its pixels are there (putting it back instead could lose
+        // pixels that arrive in between).
+        let shot = {
+            let mut slot = self.screenshot.lock().expect("screenshot");
+            match slot.as_ref() {
+                Some((_, Some(_))) => slot.take(),
+                _ => None,
             }
+        };
+        if let Some((path, Some(img))) = shot {
+            self.notice = Some(match save_color_image(&img, &path) {
+                Ok(()) => format!("Saved screenshot to {}", path.display()),
+                Err(e) => format!("Could not save the screenshot: {e}"),
+            })
         }
     }
 
