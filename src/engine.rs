@@ -50,16 +50,22 @@ pub struct Prediction {
     pub prob: f32,
 }
 
+/// A folder the project ships (`weights`, `assets/samples`): relative to the working directory
+/// when it is there (an installed or moved binary run from a checkout), else in the source tree.
+pub fn project_dir(rel: &str) -> PathBuf {
+    let here = PathBuf::from(rel);
+    if here.is_dir() {
+        return here;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
 /// The folder the shipped default model and users' own weights live in.
 pub fn weights_dir() -> PathBuf {
     if let Ok(d) = std::env::var("CONVNEXT_WEIGHTS_DIR") {
         return PathBuf::from(d);
     }
-    let here = PathBuf::from("weights");
-    if here.is_dir() {
-        return here;
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights")
+    project_dir("weights")
 }
 
 /// The project's shipped model, trained on Fashion-MNIST (see `weights/README.md`).

@@ -12,7 +12,7 @@ mod textures;
 pub mod worker;
 
 use crate::colormap::Colormap;
-use crate::engine::{default_weights, weights_dir};
+use crate::engine::{default_weights, project_dir, weights_dir};
 use crate::grid::{Scale, SortBy};
 use crate::model::checkpoint::{is_weights_file, Checkpoint, WEIGHTS_EXTENSIONS};
 use crate::trace::LayerId;
@@ -606,14 +606,7 @@ pub fn scan_weights(dir: &Path) -> Vec<WeightsEntry> {
 
 /// Sample images shipped in `assets/samples`.
 pub fn sample_images() -> Vec<PathBuf> {
-    let dir = {
-        let here = PathBuf::from("assets/samples");
-        if here.is_dir() {
-            here
-        } else {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/samples")
-        }
-    };
+    let dir = project_dir("assets/samples");
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
