@@ -107,3 +107,77 @@ fn gradients_match_the_differentiable_reference() {
         assert!(max_rel(a, r) < 1e-4, "grad {name}");
     }
 }
+
+/// The CUDA / Metal kernel against the CPU kernel, forward in every dtype and backward, where the
+/// build has the feature. Without a device on the machine there is nothing to compare: the test
+/// says so and passes (`gpu_kernels_on_host.rs` runs the same kernel source on the host).
+#[cfg(any(feature = "cuda", feature = "metal"))]
+#[test]
+fn gpu_kernel_equals_the_cpu_kernel() {
+    let gpu = if cfg!(feature = "cuda") {
+        Device::new_cuda(0)
+    } else {
+        Device::new_metal(0)
+    };
+    let gpu = match gpu {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("no GPU on this machine ({e}); the device kernel was not run");
+            return;
+        }
+    };
+    let cpu = Device::Cpu;
+    for (n, h, w, c, k) in [
+        (1, 1, 1, 1, 7),
+        (2, 7, 7, 33, 7),
+        (1, 56, 56, 96, 7),
+        (1, 2, 3, 3072, 7),
+        (2, 8, 6, 40, 3),
+    ] {
+        let x = Tensor::randn(0f32, 1., (n, h, w, c), &cpu).unwrap();
+        let wt = Tensor::randn(0f32, 1., (k, k, c), &cpu).unwrap();
+        let b = Tensor::randn(0f32, 1., c, &cpu).unwrap();
+        let want = depthwise_conv_nhwc(&x, &wt, &b).unwrap();
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::F16, 2e-2), (DType::BF16, 2e-2)] {
+            let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(&gpu).unwrap();
+            let got = depthwise_conv_nhwc(&on(&x), &on(&wt), &on(&b)).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            let got = got.to_device(&cpu).unwrap();
+            let e = max_rel(&got, &want);
+            assert!(e < tol, "{dtype:?} {:?}: rel err {e}", (n, h, w, c, k));
+        }
+    }
+    // Backward on the device (input grad through the kernel, weight grad composed) vs the CPU.
+    let grads = |dev: &Device| {
+        let x = Var::from_tensor(
+            &Tensor::arange(0f32, 2. * 9. * 6. * 20., &cpu)
+                .unwrap()
+                .reshape((2, 9, 6, 20))
+                .unwrap()
+                .sin()
+                .unwrap()
+                .to_device(dev)
+                .unwrap(),
+        )
+        .unwrap();
+        let w = Var::from_tensor(
+            &Tensor::arange(0f32, 7. * 7. * 20., &cpu)
+                .unwrap()
+                .reshape((7, 7, 20))
+                .unwrap()
+                .cos()
+                .unwrap()
+                .to_device(dev)
+                .unwrap(),
+        )
+        .unwrap();
+        let b = Var::zeros(20, DType::F32, dev).unwrap();
+        let y = depthwise_conv_nhwc(&x, &w, &b).unwrap();
+        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        [x.as_tensor(), w.as_tensor(), b.as_tensor()]
+            .map(|v| g.get(v).unwrap().to_device(&cpu).unwrap())
+    };
+    for (a, r) in grads(&gpu).iter().zip(grads(&cpu).iter()) {
+        assert!(max_rel(a, r) < 1e-4);
+    }
+}

@@ -12,11 +12,11 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-/// Depthwise conv with the fast CPU kernel where the tensor lives on the CPU, and the composed
-/// (device-generic, differentiable) path elsewhere. Gradients flow through both.
+/// Depthwise conv with a kernel of ours on the CPU, on CUDA (`cuda` feature) and on Metal
+/// (`metal` feature), and the composed device-generic path elsewhere. Gradients flow through all.
 pub fn depthwise_conv_nhwc(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     check_shapes(x, w, b)?;
-    if x.device().is_cpu() {
+    if has_kernel(x.device()) {
         let x = x.contiguous()?;
         let w = w.contiguous()?;
         let b = b.contiguous()?;
@@ -48,6 +48,13 @@ pub fn depthwise_conv_nhwc_reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Resu
         }
     }
     Ok(acc)
+}
+
+/// Whether [`DwConv`] has a forward kernel for this device in this build.
+fn has_kernel(device: &candle_core::Device) -> bool {
+    device.is_cpu()
+        || (cfg!(feature = "cuda") && device.is_cuda())
+        || (cfg!(feature = "metal") && device.is_metal())
 }
 
 fn check_shapes(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<()> {
@@ -126,6 +133,32 @@ impl CustomOp3 for DwConv {
         forward_cpu(s1, l1, s2, l2, s3, l3)
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::dwconv_cuda::forward(s1, l1, s2, l2, s3, l3)
+    }
+
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        s1: &candle_core::MetalStorage,
+        l1: &Layout,
+        s2: &candle_core::MetalStorage,
+        l2: &Layout,
+        s3: &candle_core::MetalStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        super::dwconv_metal::forward(s1, l1, s2, l2, s3, l3)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -145,10 +178,30 @@ impl CustomOp3 for DwConv {
             .contiguous()?;
         let zero = w.get(0)?.get(0)?.zeros_like()?;
         let gx = grad.apply_op3_no_bwd(&w_flip, &zero, &DwConv)?;
-        let gw = x.apply_op2_no_bwd(&grad, &DwConvWeightGrad { k })?;
+        let gw = if x.device().is_cpu() {
+            x.apply_op2_no_bwd(&grad, &DwConvWeightGrad { k })?
+        } else {
+            weight_grad_composed(x, &grad, k)?
+        };
         let gb = grad.sum((0, 1, 2))?;
         Ok((Some(gx), Some(gw), Some(gb)))
     }
+}
+
+/// The weight gradient from candle's own ops, for devices without a kernel of ours: one product
+/// of the gradient with a shifted view of the padded input per tap, summed over N, H, W.
+fn weight_grad_composed(x: &Tensor, grad: &Tensor, k: usize) -> Result<Tensor> {
+    let (_, h, wd, _) = x.dims4()?;
+    let p = k / 2;
+    let xp = x.pad_with_zeros(1, p, p)?.pad_with_zeros(2, p, p)?;
+    let mut taps = Vec::with_capacity(k * k);
+    for i in 0..k {
+        let rows = xp.narrow(1, i, h)?;
+        for j in 0..k {
+            taps.push((rows.narrow(2, j, wd)? * grad)?.sum((0, 1, 2))?);
+        }
+    }
+    Tensor::stack(&taps, 0)?.reshape((k, k, ()))
 }
 
 /// dL/dw for the depthwise conv: `gw[i,j,c] = Σ g[n,h,w,c] · x[n,h+i-p,w+j-p,c]`.
@@ -328,6 +381,40 @@ fn dw_row_impl(
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The GPUs' composed weight gradient equals the CPU kernel's.
+    #[test]
+    fn composed_weight_grad_equals_the_kernel() {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 9, 6, 20), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1., (2, 9, 6, 20), &dev).unwrap();
+        for k in [3, 7] {
+            let kernel = x.apply_op2_no_bwd(&g, &DwConvWeightGrad { k }).unwrap();
+            let composed = weight_grad_composed(&x, &g, k).unwrap();
+            assert_eq!(kernel.dims(), &[k, k, 20]);
+            let diff: f32 = (kernel - &composed)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            let scale: f32 = composed
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(diff / scale < 1e-5, "k={k}: {diff} vs {scale}");
         }
     }
 }

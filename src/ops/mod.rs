@@ -1,5 +1,9 @@
 //! Hand-written kernels where candle's generic path is too slow for an interactive explorer.
 pub mod dwconv;
+#[cfg(feature = "cuda")]
+mod dwconv_cuda;
+#[cfg(feature = "metal")]
+mod dwconv_metal;
 pub mod gelu;
 pub mod gemm;
 pub mod simd;
