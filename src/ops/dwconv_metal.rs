@@ -98,7 +98,7 @@ pub(crate) fn forward(
     enc.set_input_buffer(0, Some(s1.buffer()), l1.start_offset() * size);
     enc.set_input_buffer(1, Some(s2.buffer()), l2.start_offset() * size);
     enc.set_input_buffer(2, Some(s3.buffer()), l3.start_offset() * size);
-    enc.set_output_buffer(3, Some(&output), 0);
+    enc.set_output_buffer(3, Some(&*output), 0);
     enc.set_bytes(4, &params);
     // Whole threadgroups; the kernel returns early past the last element.
     enc.dispatch_thread_groups(
