@@ -2,7 +2,7 @@
 //! backward, over many shapes.
 mod common;
 use candle_core::{DType, Device, Tensor, Var};
-use common::rel_err as max_rel;
+use common::{dwconv_problem, rel_err as max_rel, DWCONV_SHAPES};
 use convnext_explorer::ops::{depthwise_conv_nhwc, depthwise_conv_nhwc_reference};
 
 /// candle's own grouped conv2d (NCHW), the independent reference.
@@ -25,26 +25,12 @@ fn candle_grouped(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
 
 #[test]
 fn fast_kernel_equals_candle_grouped_conv() {
-    let dev = Device::Cpu;
-    let shapes = [
-        (1, 1, 1, 1, 7),
-        (1, 3, 5, 1, 7),
-        (2, 7, 7, 33, 7),
-        (3, 12, 9, 64, 7),
-        (1, 56, 56, 96, 7),
-        (1, 14, 14, 768, 7),
-        (2, 8, 6, 40, 3),
-        (1, 2, 3, 3072, 7),
-        (1, 112, 4, 5, 7),
-    ];
-    for (n, h, w, c, k) in shapes {
-        let x = Tensor::randn(0f32, 1., (n, h, w, c), &dev).unwrap();
-        let wt = Tensor::randn(0f32, 1., (k, k, c), &dev).unwrap();
-        let b = Tensor::randn(0f32, 1., c, &dev).unwrap();
+    for &shape in DWCONV_SHAPES {
+        let [x, wt, b] = dwconv_problem(shape);
         let fast = depthwise_conv_nhwc(&x, &wt, &b).unwrap();
         let slow = candle_grouped(&x, &wt, &b);
         let e = max_rel(&fast, &slow);
-        assert!(e < 1e-5, "{:?}: rel err {e}", (n, h, w, c, k));
+        assert!(e < 1e-5, "{shape:?}: rel err {e}");
         let r = depthwise_conv_nhwc_reference(&x, &wt, &b).unwrap();
         assert!(max_rel(&r, &slow) < 1e-5);
     }
@@ -127,16 +113,8 @@ fn gpu_kernel_equals_the_cpu_kernel() {
         }
     };
     let cpu = Device::Cpu;
-    for (n, h, w, c, k) in [
-        (1, 1, 1, 1, 7),
-        (2, 7, 7, 33, 7),
-        (1, 56, 56, 96, 7),
-        (1, 2, 3, 3072, 7),
-        (2, 8, 6, 40, 3),
-    ] {
-        let x = Tensor::randn(0f32, 1., (n, h, w, c), &cpu).unwrap();
-        let wt = Tensor::randn(0f32, 1., (k, k, c), &cpu).unwrap();
-        let b = Tensor::randn(0f32, 1., c, &cpu).unwrap();
+    for &shape in DWCONV_SHAPES {
+        let [x, wt, b] = dwconv_problem(shape);
         let want = depthwise_conv_nhwc(&x, &wt, &b).unwrap();
         for (dtype, tol) in [(DType::F32, 1e-5), (DType::F16, 2e-2), (DType::BF16, 2e-2)] {
             let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(&gpu).unwrap();
@@ -144,7 +122,7 @@ fn gpu_kernel_equals_the_cpu_kernel() {
             assert_eq!(got.dtype(), dtype);
             let got = got.to_device(&cpu).unwrap();
             let e = max_rel(&got, &want);
-            assert!(e < tol, "{dtype:?} {:?}: rel err {e}", (n, h, w, c, k));
+            assert!(e < tol, "{dtype:?} {shape:?}: rel err {e}");
         }
     }
     // Backward on the device (input grad through the kernel, weight grad composed) vs the CPU.

@@ -5,7 +5,7 @@
 //! where the build has the feature and the machine the device.
 mod common;
 use candle_core::{Device, Tensor};
-use common::rel_err;
+use common::{dwconv_problem, rel_err, DWCONV_SHAPES};
 use convnext_explorer::ops::depthwise_conv_nhwc_reference;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,23 +84,10 @@ fn run(
 #[test]
 fn cuda_and_metal_kernels_equal_the_reference_on_the_host() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = Device::Cpu;
-    let shapes = [
-        (1, 1, 1, 1, 7),
-        (1, 3, 5, 1, 7),
-        (2, 7, 7, 33, 7),
-        (3, 12, 9, 64, 7),
-        (1, 2, 3, 3072, 7),
-        (2, 8, 6, 40, 3),
-        (1, 56, 56, 96, 7),
-        (1, 112, 4, 5, 7),
-    ];
     for backend in ["CUDA", "METAL"] {
         let exe = build_harness(backend, dir.path());
-        for (n, h, w, c, k) in shapes {
-            let x = Tensor::randn(0f32, 1., (n, h, w, c), &dev).unwrap();
-            let wt = Tensor::randn(0f32, 1., (k, k, c), &dev).unwrap();
-            let b = Tensor::randn(0f32, 1., c, &dev).unwrap();
+        for &shape in DWCONV_SHAPES {
+            let [x, wt, b] = dwconv_problem(shape);
             let want = depthwise_conv_nhwc_reference(&x, &wt, &b).unwrap();
             // CUDA: as launched, and with a grid too small for one thread per element so that
             // the grid-stride loop has to cover the rest.
@@ -112,11 +99,7 @@ fn cuda_and_metal_kernels_equal_the_reference_on_the_host() {
             for &cap in caps {
                 let got = run(&exe, dir.path(), &x, &wt, &b, cap);
                 let e = rel_err(&got, &want);
-                assert!(
-                    e < 1e-5,
-                    "{backend} {:?} cap {cap:?}: rel err {e}",
-                    (n, h, w, c, k)
-                );
+                assert!(e < 1e-5, "{backend} {shape:?} cap {cap:?}: rel err {e}");
             }
         }
     }

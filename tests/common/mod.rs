@@ -31,3 +31,23 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     assert!(diff.is_finite(), "non-finite values");
     diff / scale.max(1e-12)
 }
+
+/// Depthwise-conv problems `(n, h, w, c, k)` every kernel is held to: one pixel, one channel,
+/// odd widths, the ConvNeXt-T stage shapes, 3072 channels, tall and thin, a 3×3 kernel.
+pub const DWCONV_SHAPES: &[(usize, usize, usize, usize, usize)] = &[
+    (1, 1, 1, 1, 7),
+    (1, 3, 5, 1, 7),
+    (2, 7, 7, 33, 7),
+    (3, 12, 9, 64, 7),
+    (1, 56, 56, 96, 7),
+    (1, 14, 14, 768, 7),
+    (2, 8, 6, 40, 3),
+    (1, 2, 3, 3072, 7),
+    (1, 112, 4, 5, 7),
+];
+
+/// Random input `[n,h,w,c]`, weight `[k,k,c]` and bias `[c]` on the CPU.
+pub fn dwconv_problem((n, h, w, c, k): (usize, usize, usize, usize, usize)) -> [Tensor; 3] {
+    let r = |shape: &[usize]| Tensor::randn(0f32, 1., shape, &Device::Cpu).unwrap();
+    [r(&[n, h, w, c]), r(&[k, k, c]), r(&[c])]
+}
