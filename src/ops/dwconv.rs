@@ -31,21 +31,14 @@ pub fn depthwise_conv_nhwc(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor>
 /// it is also the reference the fast kernel is tested against.
 pub fn depthwise_conv_nhwc_reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     check_shapes(x, w, b)?;
-    let (_, h, wd, _) = x.dims4()?;
     let k = w.dim(0)?;
-    let p = k / 2;
-    let xp = x.pad_with_zeros(1, p, p)?.pad_with_zeros(2, p, p)?;
     let mut acc = b
         .reshape((1, 1, 1, ()))?
         .broadcast_as(x.shape())?
         .contiguous()?;
-    for i in 0..k {
-        let rows = xp.narrow(1, i, h)?;
-        for j in 0..k {
-            let tap = rows.narrow(2, j, wd)?;
-            let wij = w.get(i)?.get(j)?.reshape((1, 1, 1, ()))?;
-            acc = (acc + tap.broadcast_mul(&wij)?)?;
-        }
+    for (t, tap) in shifted_views(x, k)?.iter().enumerate() {
+        let wij = w.get(t / k)?.get(t % k)?.reshape((1, 1, 1, ()))?;
+        acc = (acc + tap.broadcast_mul(&wij)?)?;
     }
     Ok(acc)
 }
@@ -191,17 +184,27 @@ impl CustomOp3 for DwConv {
 /// The weight gradient from candle's own ops, for devices without a kernel of ours: one product
 /// of the gradient with a shifted view of the padded input per tap, summed over N, H, W.
 fn weight_grad_composed(x: &Tensor, grad: &Tensor, k: usize) -> Result<Tensor> {
+    let taps = shifted_views(x, k)?
+        .iter()
+        .map(|tap| (tap * grad)?.sum((0, 1, 2)))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::stack(&taps, 0)?.reshape((k, k, ()))
+}
+
+/// The K×K views of the zero-padded input that tap `(i, j)` reads, in row-major tap order: view
+/// `i·K + j` is `x[n, h+i-p, w+j-p, c]` over the output grid.
+fn shifted_views(x: &Tensor, k: usize) -> Result<Vec<Tensor>> {
     let (_, h, wd, _) = x.dims4()?;
     let p = k / 2;
     let xp = x.pad_with_zeros(1, p, p)?.pad_with_zeros(2, p, p)?;
-    let mut taps = Vec::with_capacity(k * k);
+    let mut views = Vec::with_capacity(k * k);
     for i in 0..k {
         let rows = xp.narrow(1, i, h)?;
         for j in 0..k {
-            taps.push((rows.narrow(2, j, wd)? * grad)?.sum((0, 1, 2))?);
+            views.push(rows.narrow(2, j, wd)?);
         }
     }
-    Tensor::stack(&taps, 0)?.reshape((k, k, ()))
+    Ok(views)
 }
 
 /// dL/dw for the depthwise conv: `gw[i,j,c] = Σ g[n,h,w,c] · x[n,h+i-p,w+j-p,c]`.
