@@ -2,7 +2,7 @@
 //! `kernels/dwconv.metal`, compiled from source once per device.
 use candle_core::backend::BackendStorage;
 use candle_core::{DType, Layout, MetalDevice, MetalStorage, Result, Shape};
-use candle_metal_kernels::metal::ComputePipeline;
+use candle_metal_kernels::metal::{ComputePipeline, Library};
 use objc2_metal::MTLSize;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -20,28 +20,40 @@ struct DwParams {
     k: u32,
 }
 
+/// The pipeline for one dtype's kernel; the source is compiled once per device, not per dtype.
 fn pipeline(device: &MetalDevice, name: &'static str) -> Result<ComputePipeline> {
-    type Cache = Mutex<HashMap<(u64, &'static str), ComputePipeline>>;
-    static PIPELINES: OnceLock<Cache> = OnceLock::new();
-    let key = (device.metal_device().registry_id(), name);
-    let mut cache = PIPELINES
+    #[derive(Default)]
+    struct Cache {
+        libraries: HashMap<u64, Library>,
+        pipelines: HashMap<(u64, &'static str), ComputePipeline>,
+    }
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+    let dev = device.metal_device();
+    let id = dev.registry_id();
+    let mut cache = CACHE
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = cache.get(&key) {
+    if let Some(p) = cache.pipelines.get(&(id, name)) {
         return Ok(p.clone());
     }
-    let dev = device.metal_device();
-    let library = dev
-        .new_library_with_source(SOURCE, None)
-        .map_err(candle_core::Error::wrap)?;
+    let library = match cache.libraries.get(&id) {
+        Some(l) => l.clone(),
+        None => {
+            let l = dev
+                .new_library_with_source(SOURCE, None)
+                .map_err(candle_core::Error::wrap)?;
+            cache.libraries.insert(id, l.clone());
+            l
+        }
+    };
     let function = library
         .get_function(name, None)
         .map_err(candle_core::Error::wrap)?;
     let p = dev
         .new_compute_pipeline_state_with_function(&function)
         .map_err(candle_core::Error::wrap)?;
-    cache.insert(key, p.clone());
+    cache.pipelines.insert((id, name), p.clone());
     Ok(p)
 }
 
