@@ -10,15 +10,14 @@ fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
     for _ in 0..3 {
         f();
     }
-    let mut v: Vec<f64> = (0..iters)
+    let v: Vec<f64> = (0..iters)
         .map(|_| {
             let t = Instant::now();
             f();
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    convnext_explorer::stats::median(&v)
 }
 
 fn main() {

@@ -7,9 +7,11 @@ use crate::labels::{self, LabelSource};
 use crate::model::checkpoint::{expected_tensors, Checkpoint, Format};
 use crate::model::{Config, ConvNeXt};
 use crate::preprocess::{self, PreprocessConfig};
+use crate::text::{file_label, human};
 use crate::trace::Observer;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -76,15 +78,60 @@ pub fn default_weights() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// Which model to build: weights from a file or folder, or a named architecture with seeded
+/// random weights (for shapes, MACs and timing).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ModelSpec {
+    Weights(PathBuf),
+    Variant {
+        name: String,
+        classes: usize,
+        seed: u64,
+    },
+}
+
+impl std::fmt::Display for ModelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSpec::Weights(p) => write!(f, "{}", p.display()),
+            ModelSpec::Variant { name, .. } => write!(f, "{name} (random weights)"),
+        }
+    }
+}
+
+impl ModelSpec {
+    /// A short name for lists and titles: the file's name, or the variant's.
+    pub fn label(&self) -> String {
+        match self {
+            ModelSpec::Weights(p) => file_label(p),
+            ModelSpec::Variant { name, .. } => name.clone(),
+        }
+    }
+}
+
 impl Engine {
+    /// Builds the model a spec names.
+    pub fn build(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<Engine> {
+        match spec {
+            ModelSpec::Weights(p) => Engine::load(p, device, dtype),
+            ModelSpec::Variant {
+                name,
+                classes,
+                seed,
+            } => Engine::random(name, *classes, *seed, device, dtype),
+        }
+    }
+
     pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Engine> {
-        let ck = Checkpoint::open(path)?;
+        Engine::from_checkpoint(Checkpoint::open(path)?, device, dtype)
+    }
+
+    pub fn from_checkpoint(ck: Checkpoint, device: &Device, dtype: DType) -> Result<Engine> {
         let num_params = ck.num_params();
+        let (labels, label_source) = ck.labels();
+        let preprocess = ck.preprocess();
         let vb = taking_var_builder(ck.tensors, dtype, device);
         let model = ConvNeXt::new(vb, &ck.config).map_err(|e| Error::file(&ck.path, e))?;
-        let (labels, label_source) = labels::labels_for(ck.config.num_classes, ck.json.as_ref());
-        let preprocess =
-            PreprocessConfig::from_json(ck.json.as_ref(), ck.preprocessor_json.as_ref());
         Ok(Engine {
             model,
             config: ck.config,
@@ -141,7 +188,7 @@ impl Engine {
             "{} · {} · {} params · {} classes · {} {}",
             self.config.describe(),
             self.source,
-            flops::human(self.num_params as f64),
+            human(self.num_params as f64),
             self.config.num_classes,
             device_name(&self.device),
             dtype_name(self.dtype)
@@ -226,13 +273,11 @@ struct TakingBackend(std::sync::Mutex<HashMap<String, Tensor>>);
 
 impl TakingBackend {
     fn take(&self, name: &str) -> candle_core::Result<Tensor> {
-        self.0
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("weights lock poisoned".into()))?
-            .remove(name)
-            .ok_or_else(|| candle_core::Error::CannotFindTensor {
+        crate::sync::lock(&self.0).remove(name).ok_or_else(|| {
+            candle_core::Error::CannotFindTensor {
                 path: name.to_string(),
-            })
+            }
+        })
     }
 }
 
@@ -261,7 +306,7 @@ impl candle_nn::var_builder::SimpleBackend for TakingBackend {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0.lock().map(|m| m.contains_key(name)).unwrap_or(false)
+        crate::sync::lock(&self.0).contains_key(name)
     }
 }
 

@@ -41,6 +41,12 @@ pub enum Error {
     #[error("invalid input: {0}")]
     Input(String),
 
+    #[error("download of `{repo}` failed: {msg}")]
+    Download { repo: String, msg: String },
+
+    #[error("{0} cancelled")]
+    Cancelled(String),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 

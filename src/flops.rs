@@ -59,7 +59,8 @@ impl Builder {
     }
 
     fn close(&mut self, out_shape: Vec<usize>) {
-        let i = self.open.pop().expect("balanced layer list");
+        // Every close follows an open in this file.
+        let Some(i) = self.open.pop() else { return };
         let (p, m, e) = self.layers[i + 1..]
             .iter()
             .filter(|l| !l.container)
@@ -107,170 +108,179 @@ pub fn layers(cfg: &Config, n: usize, h: usize, w: usize) -> Vec<LayerInfo> {
         layers: Vec::new(),
         open: Vec::new(),
     };
-    let k = cfg.kernel_size;
-    let (mut hh, mut ww) = (h / 4, w / 4);
-    let d0 = cfg.dims[0];
-    let input = vec![n, 3, h, w];
-    let mut x = vec![n, d0, hh, ww];
-    b.open(LayerId::Stem, "Stem", input.clone());
-    b.leaf(
-        LayerId::StemConv,
-        "Conv2d 4×4 /4",
-        input,
-        x.clone(),
-        d0 * 3 * 16 + d0,
-        numel(&x) * 48,
-        0,
-    );
-    b.leaf(
-        LayerId::StemNorm,
-        "LayerNorm",
-        x.clone(),
-        x.clone(),
-        2 * d0,
-        5 * numel(&x),
-        0,
-    );
-    b.close(x.clone());
-    for (s, &depth) in cfg.depths.iter().enumerate() {
-        let d = cfg.dims[s];
-        b.open(LayerId::Stage(s), "Stage", x.clone());
+    let mut x = b.stem(cfg, n, h, w);
+    for s in 0..cfg.depths.len() {
+        x = b.stage(cfg, s, x);
+    }
+    b.head(cfg, x);
+    b.layers
+}
+
+impl Builder {
+    fn stem(&mut self, cfg: &Config, n: usize, h: usize, w: usize) -> Vec<usize> {
+        let d0 = cfg.dims[0];
+        let input = vec![n, 3, h, w];
+        let x = vec![n, d0, h / 4, w / 4];
+        self.open(LayerId::Stem, "Stem", input.clone());
+        let conv_macs = numel(&x) * 48;
+        let conv_params = d0 * 3 * 16 + d0;
+        self.leaf(
+            LayerId::StemConv,
+            "Conv2d 4×4 /4",
+            input,
+            x.clone(),
+            conv_params,
+            conv_macs,
+            0,
+        );
+        self.layer_norm(LayerId::StemNorm, &x);
+        self.close(x.clone());
+        x
+    }
+
+    fn layer_norm(&mut self, id: LayerId, x: &[usize]) {
+        let c = x[1];
+        self.leaf(
+            id,
+            "LayerNorm",
+            x.to_vec(),
+            x.to_vec(),
+            2 * c,
+            5 * numel(x),
+            0,
+        );
+    }
+
+    /// Stage `s` on input `x`; returns its output shape.
+    fn stage(&mut self, cfg: &Config, s: usize, mut x: Vec<usize>) -> Vec<usize> {
+        self.open(LayerId::Stage(s), "Stage", x.clone());
         if s > 0 {
-            let p = cfg.dims[s - 1];
-            b.open(LayerId::Downsample(s), "Downsample", x.clone());
-            b.leaf(
-                LayerId::DownsampleNorm(s),
-                "LayerNorm",
-                x.clone(),
-                x.clone(),
-                2 * p,
-                5 * numel(&x),
-                0,
-            );
-            (hh, ww) = (hh / 2, ww / 2);
-            let y = vec![n, d, hh, ww];
-            b.leaf(
+            let (p, d) = (cfg.dims[s - 1], cfg.dims[s]);
+            self.open(LayerId::Downsample(s), "Downsample", x.clone());
+            self.layer_norm(LayerId::DownsampleNorm(s), &x);
+            let y = vec![x[0], d, x[2] / 2, x[3] / 2];
+            let (params, macs) = (d * p * 4 + d, numel(&y) * (p as u64) * 4);
+            self.leaf(
                 LayerId::DownsampleConv(s),
                 "Conv2d 2×2 /2",
-                x.clone(),
+                x,
                 y.clone(),
-                d * p * 4 + d,
-                numel(&y) * (p as u64) * 4,
+                params,
+                macs,
                 0,
             );
-            b.close(y.clone());
+            self.close(y.clone());
             x = y;
         }
-        let wide = vec![n, 4 * d, hh, ww];
-        let e = numel(&x);
-        for bi in 0..depth {
-            let part = |p| LayerId::BlockPart(s, bi, p);
-            b.open(LayerId::Block(s, bi), "Block", x.clone());
-            b.leaf(
-                part(Part::ConvDw),
-                &format!("DwConv {k}×{k}"),
-                x.clone(),
-                x.clone(),
-                d * k * k + d,
-                e * (k * k) as u64,
-                0,
-            );
-            b.leaf(
-                part(Part::Norm),
-                "LayerNorm",
-                x.clone(),
-                x.clone(),
-                2 * d,
-                5 * e,
-                0,
-            );
-            b.leaf(
-                part(Part::Fc1),
-                "Linear",
-                x.clone(),
-                wide.clone(),
-                4 * d * d + 4 * d,
-                e * 4 * d as u64,
-                0,
-            );
-            b.leaf(
-                part(Part::Act),
-                "GELU",
-                wide.clone(),
-                wide.clone(),
-                0,
-                0,
-                4 * e,
-            );
-            if cfg.version == Version::V2 {
-                b.leaf(
-                    part(Part::Grn),
-                    "GRN",
-                    wide.clone(),
-                    wide.clone(),
-                    8 * d,
-                    0,
-                    4 * 4 * e,
-                );
-            }
-            b.leaf(
-                part(Part::Fc2),
-                "Linear",
-                wide.clone(),
-                x.clone(),
-                4 * d * d + d,
-                e * 4 * d as u64,
-                0,
-            );
-            if cfg.layer_scale {
-                b.leaf(
-                    part(Part::Gamma),
-                    "LayerScale",
-                    x.clone(),
-                    x.clone(),
-                    d,
-                    0,
-                    e,
-                );
-            }
-            b.leaf(part(Part::Add), "Add", x.clone(), x.clone(), 0, 0, e);
-            b.close(x.clone());
+        for b in 0..cfg.depths[s] {
+            self.block(cfg, s, b, &x);
         }
-        b.close(x.clone());
+        self.close(x.clone());
+        x
     }
-    let c = *cfg.dims.last().unwrap_or(&0);
-    let pooled = vec![n, c];
-    let logits = vec![n, cfg.num_classes];
-    b.open(LayerId::Head, "Head", x.clone());
-    b.leaf(
-        LayerId::HeadPool,
-        "GlobalAvgPool",
-        x.clone(),
-        pooled.clone(),
-        0,
-        numel(&x),
-        0,
-    );
-    b.leaf(
-        LayerId::HeadNorm,
-        "LayerNorm",
-        pooled.clone(),
-        pooled.clone(),
-        2 * c,
-        5 * numel(&pooled),
-        0,
-    );
-    b.leaf(
-        LayerId::HeadFc,
-        "Linear",
-        pooled.clone(),
-        logits.clone(),
-        c * cfg.num_classes + cfg.num_classes,
-        numel(&logits) * c as u64,
-        0,
-    );
-    b.close(logits);
-    b.layers
+
+    fn block(&mut self, cfg: &Config, s: usize, b: usize, x: &[usize]) {
+        let (d, k) = (cfg.dims[s], cfg.kernel_size);
+        let (x, e) = (x.to_vec(), numel(x));
+        let wide = vec![x[0], 4 * d, x[2], x[3]];
+        let part = |p| LayerId::BlockPart(s, b, p);
+        self.open(LayerId::Block(s, b), "Block", x.clone());
+        let dw = format!("DwConv {k}×{k}");
+        let (params, macs) = (d * k * k + d, e * (k * k) as u64);
+        self.leaf(
+            part(Part::ConvDw),
+            &dw,
+            x.clone(),
+            x.clone(),
+            params,
+            macs,
+            0,
+        );
+        self.layer_norm(part(Part::Norm), &x);
+        let (fc1_params, fc_macs) = (4 * d * d + 4 * d, e * 4 * d as u64);
+        self.leaf(
+            part(Part::Fc1),
+            "Linear",
+            x.clone(),
+            wide.clone(),
+            fc1_params,
+            fc_macs,
+            0,
+        );
+        self.leaf(
+            part(Part::Act),
+            "GELU",
+            wide.clone(),
+            wide.clone(),
+            0,
+            0,
+            4 * e,
+        );
+        if cfg.version == Version::V2 {
+            self.leaf(
+                part(Part::Grn),
+                "GRN",
+                wide.clone(),
+                wide.clone(),
+                8 * d,
+                0,
+                4 * 4 * e,
+            );
+        }
+        let fc2_params = 4 * d * d + d;
+        self.leaf(
+            part(Part::Fc2),
+            "Linear",
+            wide,
+            x.clone(),
+            fc2_params,
+            fc_macs,
+            0,
+        );
+        if cfg.layer_scale {
+            self.leaf(
+                part(Part::Gamma),
+                "LayerScale",
+                x.clone(),
+                x.clone(),
+                d,
+                0,
+                e,
+            );
+        }
+        self.leaf(part(Part::Add), "Add", x.clone(), x.clone(), 0, 0, e);
+        self.close(x);
+    }
+
+    fn head(&mut self, cfg: &Config, x: Vec<usize>) {
+        let c = *cfg.dims.last().unwrap_or(&0);
+        let pooled = vec![x[0], c];
+        let logits = vec![x[0], cfg.num_classes];
+        self.open(LayerId::Head, "Head", x.clone());
+        let pool_macs = numel(&x);
+        self.leaf(
+            LayerId::HeadPool,
+            "GlobalAvgPool",
+            x,
+            pooled.clone(),
+            0,
+            pool_macs,
+            0,
+        );
+        self.layer_norm(LayerId::HeadNorm, &pooled);
+        let params = c * cfg.num_classes + cfg.num_classes;
+        let macs = numel(&logits) * c as u64;
+        self.leaf(
+            LayerId::HeadFc,
+            "Linear",
+            pooled,
+            logits.clone(),
+            params,
+            macs,
+            0,
+        );
+        self.close(logits);
+    }
 }
 
 pub fn totals(layers: &[LayerInfo]) -> Totals {
@@ -285,27 +295,5 @@ pub fn totals(layers: &[LayerInfo]) -> Totals {
             .map(|l| l.macs)
             .sum(),
         elementwise: leaves().map(|l| l.elementwise).sum(),
-    }
-}
-
-/// `4.47G`, `28.6M`: three significant digits with an SI suffix.
-pub fn human(x: f64) -> String {
-    let (v, s) = if x >= 1e12 {
-        (x / 1e12, "T")
-    } else if x >= 1e9 {
-        (x / 1e9, "G")
-    } else if x >= 1e6 {
-        (x / 1e6, "M")
-    } else if x >= 1e3 {
-        (x / 1e3, "k")
-    } else {
-        (x, "")
-    };
-    if v >= 100.0 {
-        format!("{v:.0}{s}")
-    } else if v >= 10.0 {
-        format!("{v:.1}{s}")
-    } else {
-        format!("{v:.2}{s}")
     }
 }

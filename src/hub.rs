@@ -2,9 +2,9 @@
 //! copied into `weights/<owner>--<name>/` so that the loader and the app find them. Needs the
 //! network, so no test runs it; the files it writes are read by the same loader the tests cover.
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Repos users most often want (timm and Hugging Face transformers layouts).
 pub const COMMON_REPOS: &[&str] = &[
@@ -39,54 +39,49 @@ pub fn download(repo_id: &str, dest_root: &Path) -> Result<PathBuf> {
     fetch_repo(repo_id, dest_root, true, |repo, file| repo.get(file))
 }
 
-/// Progress of one file: name, bytes so far, bytes in all.
-pub type OnProgress<'a> = dyn FnMut(&str, usize, usize) + 'a;
-
 /// Raised (by unwinding, which hf-hub's progress callback offers no other way to do) when a
 /// download is cancelled; [`download_with_progress`] catches it.
 struct Cancelled;
 
+/// hf-hub's progress callbacks, forwarded to a [`Progress`].
 struct Reporter<'a> {
     file: String,
     done: usize,
     total: usize,
-    on: &'a mut OnProgress<'a>,
-    cancel: &'a AtomicBool,
+    progress: &'a mut dyn Progress,
 }
 
 impl hf_hub::api::Progress for Reporter<'_> {
     fn init(&mut self, size: usize, filename: &str) {
         self.file = filename.to_string();
         self.total = size;
-        (self.on)(&self.file, 0, size);
+        self.progress.update(0, size, &self.file);
     }
     fn update(&mut self, size: usize) {
-        if self.cancel.load(Ordering::Relaxed) {
+        if self.progress.cancelled() {
             // resume_unwind skips the panic hook: this is control flow, not a bug.
             std::panic::resume_unwind(Box::new(Cancelled));
         }
         self.done += size;
-        (self.on)(&self.file, self.done, self.total);
+        self.progress.update(self.done, self.total, &self.file);
     }
     fn finish(&mut self) {}
 }
 
-/// Like [`download`], reporting progress to `on` and stopping soon after `cancel` is set.
+/// Like [`download`], reporting each file's bytes to `progress` and stopping soon after it
+/// says the user cancelled ([`Error::Cancelled`]).
 pub fn download_with_progress(
     repo_id: &str,
     dest_root: &Path,
-    on: &mut OnProgress<'_>,
-    cancel: &AtomicBool,
+    progress: &mut dyn Progress,
 ) -> Result<PathBuf> {
     let run = std::panic::AssertUnwindSafe(|| {
         fetch_repo(repo_id, dest_root, false, |repo, file| {
-            let mut fwd = |f: &str, d: usize, t: usize| on(f, d, t);
             let reporter = Reporter {
                 file: file.to_string(),
                 done: 0,
                 total: 0,
-                on: &mut fwd,
-                cancel,
+                progress: &mut *progress,
             };
             repo.download_with_progress(file, reporter)
         })
@@ -94,7 +89,7 @@ pub fn download_with_progress(
     match std::panic::catch_unwind(run) {
         Ok(r) => r,
         Err(payload) if payload.is::<Cancelled>() => {
-            Err(Error::Input(format!("download of `{repo_id}` cancelled")))
+            Err(Error::Cancelled(format!("download of `{repo_id}`")))
         }
         Err(payload) => std::panic::resume_unwind(payload),
     }
@@ -106,7 +101,10 @@ fn fetch_repo(
     terminal_progress: bool,
     mut fetch: impl FnMut(&ApiRepo, &str) -> std::result::Result<PathBuf, ApiError>,
 ) -> Result<PathBuf> {
-    let err = |e: ApiError| Error::Input(format!("download of `{repo_id}` failed: {e}"));
+    let err = |e: ApiError| Error::Download {
+        repo: repo_id.to_string(),
+        msg: e.to_string(),
+    };
     let dest = dest_folder(repo_id, dest_root)?;
     let api = ApiBuilder::new()
         .with_progress(terminal_progress)
@@ -148,7 +146,8 @@ mod tests {
             root.join("timm--convnext_tiny.fb_in1k")
         );
         for bad in ["convnext", "a/b/c", "../x", "a/..", "a/b c", ""] {
-            assert!(dest_folder(bad, root).is_err(), "{bad}");
+            let e = dest_folder(bad, root).err().unwrap().to_string();
+            assert!(e.contains("not a Hugging Face repo id"), "{bad}: {e}");
         }
     }
 }

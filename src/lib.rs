@@ -12,7 +12,10 @@ pub mod model;
 pub mod ops;
 pub mod preprocess;
 pub mod profile;
+pub mod progress;
 pub mod stats;
+pub mod sync;
+pub mod text;
 pub mod trace;
 pub mod train;
 

@@ -2,6 +2,9 @@
 //! table shows it and as CSV/JSON for export.
 use crate::engine::Engine;
 use crate::flops::LayerInfo;
+use crate::progress::Progress;
+use crate::stats::median_duration;
+use crate::text::shape_text;
 use crate::trace::{LayerId, NoObserver, TimingObserver};
 use candle_core::Tensor;
 use serde::Serialize;
@@ -71,19 +74,30 @@ pub struct LayerTimes {
     pub plain: Option<Duration>,
 }
 
-/// Times `runs` (at least one) forwards of `x` layer by layer; with `plain`, also a plain
-/// forward before each observed one, so that what the observer costs shows as the gap.
+/// Whether [`time_layers`] also times plain forwards, interleaved with the observed ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlainBaseline {
+    Interleaved,
+    Skip,
+}
+
+/// Times `runs` (at least one) forwards of `x` layer by layer, reporting each run to
+/// `progress` (which may cancel between runs). With [`PlainBaseline::Interleaved`] a plain
+/// forward precedes each observed one, so that what the observer costs shows as the gap.
 pub fn time_layers(
     engine: &Engine,
     x: &Tensor,
     runs: usize,
-    plain: bool,
+    baseline: PlainBaseline,
+    progress: &mut dyn Progress,
 ) -> crate::Result<LayerTimes> {
     let runs = runs.max(1);
     let mut per_layer: Vec<Vec<(LayerId, Duration)>> = Vec::with_capacity(runs);
     let (mut totals, mut plains) = (Vec::with_capacity(runs), Vec::new());
-    for _ in 0..runs {
-        if plain {
+    for run in 0..runs {
+        progress.check("profiling")?;
+        progress.update(run, runs, "profile run");
+        if baseline == PlainBaseline::Interleaved {
             let t = Instant::now();
             engine.forward_observed(x, &mut NoObserver)?;
             engine.device.synchronize()?;
@@ -96,22 +110,19 @@ pub fn time_layers(
         totals.push(t.elapsed());
         per_layer.push(obs.times);
     }
+    progress.update(runs, runs, "profile run");
     let times = (0..per_layer[0].len())
         .map(|i| {
             let id = per_layer[0][i].0;
-            (id, median(per_layer.iter().map(|r| r[i].1).collect()))
+            let runs: Vec<Duration> = per_layer.iter().map(|r| r[i].1).collect();
+            (id, median_duration(&runs))
         })
         .collect();
     Ok(LayerTimes {
         times,
-        total: median(totals),
-        plain: plain.then(|| median(plains)),
+        total: median_duration(&totals),
+        plain: (baseline == PlainBaseline::Interleaved).then(|| median_duration(&plains)),
     })
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 /// Time and MACs per stage (the stem and head as their own groups), from leaf rows.
@@ -131,27 +142,24 @@ pub fn group_totals(rows: &[ProfileRow]) -> Vec<GroupTotal> {
             None if r.name.starts_with("stem") => "stem".to_string(),
             None => "head".to_string(),
         };
-        if out.last().map(|g| g.name != name).unwrap_or(true) {
-            out.push(GroupTotal {
-                name,
-                ms: 0.0,
-                macs: 0,
-                params: 0,
-            });
-        }
-        let g = out.last_mut().expect("pushed above");
+        let g = match out.last_mut() {
+            Some(g) if g.name == name => g,
+            _ => {
+                out.push(GroupTotal {
+                    name,
+                    ms: 0.0,
+                    macs: 0,
+                    params: 0,
+                });
+                let last = out.len() - 1;
+                &mut out[last]
+            }
+        };
         g.ms += r.ms.unwrap_or(0.0);
         g.macs += r.macs;
         g.params += r.params;
     }
     out
-}
-
-fn shape(s: &[usize]) -> String {
-    s.iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("x")
 }
 
 /// CSV with a header row; shapes as `1x96x56x56`, empty cells for untimed layers.
@@ -166,8 +174,8 @@ pub fn to_csv(rows: &[ProfileRow]) -> String {
             r.name,
             r.kind,
             r.container,
-            shape(&r.in_shape),
-            shape(&r.out_shape),
+            shape_text(&r.in_shape, 'x'),
+            shape_text(&r.out_shape, 'x'),
             r.params,
             r.macs,
             opt(r.ms),

@@ -82,9 +82,40 @@ pub fn histogram(values: &[f32], bins: usize, lo: f32, hi: f32) -> Vec<u32> {
     h
 }
 
+/// The median: the middle value, or the mean of the middle two for an even count; NaN for
+/// none. Every figure the project reports as "median" comes from here.
+pub fn median(values: &[f64]) -> f64 {
+    let mut s = values.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[m],
+        _ => 0.5 * (s[m - 1] + s[m]),
+    }
+}
+
+/// [`median`] of durations.
+pub fn median_duration(values: &[std::time::Duration]) -> std::time::Duration {
+    let secs: Vec<f64> = values.iter().map(|d| d.as_secs_f64()).collect();
+    match values.len() {
+        0 => std::time::Duration::ZERO,
+        _ => std::time::Duration::from_secs_f64(median(&secs)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_no_values() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        let ms = |v: u64| std::time::Duration::from_millis(v);
+        assert_eq!(median_duration(&[ms(1), ms(4)]), ms(2) + ms(1) / 2);
+    }
     #[test]
     fn histogram_counts_every_finite_value() {
         let h = histogram(&[0.0, 0.5, 1.0, 2.0, -1.0, f32::NAN], 2, 0.0, 1.0);

@@ -134,8 +134,12 @@ pub fn prepare_dataset(ds: &Dataset) -> Vec<f32> {
     let cfg = preprocess_config();
     let mut out = Vec::with_capacity(ds.len() * INPUT * INPUT);
     for i in 0..ds.len() {
-        let g = image::GrayImage::from_raw(ds.cols as u32, ds.rows as u32, ds.image(i).to_vec())
-            .expect("sizes checked when reading");
+        // `read_idx` checked that every image holds rows × cols bytes.
+        let Some(g) =
+            image::GrayImage::from_raw(ds.cols as u32, ds.rows as u32, ds.image(i).to_vec())
+        else {
+            continue;
+        };
         let img = image::DynamicImage::ImageLuma8(g);
         let crop = crate::preprocess::resize_and_crop(&img, &cfg);
         out.extend(
@@ -267,131 +271,178 @@ pub fn train(
     mut progress: impl FnMut(usize, usize, f32, f64),
 ) -> Result<Trained> {
     let dev = Device::Cpu;
-    let varmap = VarMap::new();
-    {
-        let mut vars = varmap.data().lock().expect("varmap lock");
-        for (name, t) in random_weights(&cfg.config, cfg.seed)? {
-            vars.insert(name, Var::from_tensor(&t)?);
-        }
-    }
+    let (varmap, named) = init_vars(cfg)?;
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-    let model = ConvNeXt::new_with(
-        vb,
-        &cfg.config,
-        TrainOptions {
-            differentiable: true,
-        },
-    )?;
-    let named: Vec<(String, Var)> = {
-        let vars = varmap.data().lock().expect("varmap lock");
-        let mut v: Vec<_> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+    let differentiable = TrainOptions {
+        differentiable: true,
     };
-    let (decay, no_decay): (Vec<_>, Vec<_>) = named.iter().partition(|(_, v)| v.rank() >= 2);
-    let p = |wd| candle_nn::ParamsAdamW {
-        lr: cfg.lr,
-        weight_decay: wd,
-        ..Default::default()
-    };
-    let mut opt_decay = candle_nn::AdamW::new(
-        decay.iter().map(|(_, v)| v.clone()).collect(),
-        p(cfg.weight_decay),
-    )?;
-    let mut opt_plain =
-        candle_nn::AdamW::new(no_decay.iter().map(|(_, v)| v.clone()).collect(), p(0.0))?;
-    let mut ema: HashMap<String, Tensor> = named
+    let model = ConvNeXt::new_with(vb, &cfg.config, differentiable)?;
+    let mut opt = Optimisers::new(cfg, &named)?;
+    // The EMA starts as a copy of the initial weights, in the order of `named`.
+    let mut ema: Vec<Tensor> = named
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach().copy().unwrap()))
-        .collect();
-
+        .map(|(_, v)| v.as_tensor().detach().copy())
+        .collect::<candle_core::Result<_>>()?;
     let n = cfg.limit.unwrap_or(labels.len()).min(labels.len());
-    let steps_per_epoch = n.div_ceil(cfg.batch);
-    let total = cfg
-        .max_steps
-        .unwrap_or(steps_per_epoch * cfg.epochs)
-        .min(steps_per_epoch * cfg.epochs.max(1));
-    let warmup = ((cfg.warmup_epochs * steps_per_epoch as f64) as usize)
-        .min(total / 2)
-        .max(1);
+    let schedule = Schedule::new(cfg, n);
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    let depth_total = cfg.config.total_blocks().max(1);
     let mut losses = Vec::new();
-    let mut step = 0;
     'outer: for _epoch in 0..cfg.epochs.max(1) {
         let mut order: Vec<usize> = (0..n).collect();
         for i in (1..order.len()).rev() {
             order.swap(i, rng.random_range(0..=i));
         }
         for chunk in order.chunks(cfg.batch) {
-            if step >= total {
+            let step = losses.len();
+            if step >= schedule.total {
                 break 'outer;
             }
-            let lr = if step < warmup {
-                cfg.lr * (step + 1) as f64 / warmup as f64
-            } else {
-                let t = (step - warmup) as f64 / (total - warmup).max(1) as f64;
-                cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
-            };
-            opt_decay.set_learning_rate(lr);
-            opt_plain.set_learning_rate(lr);
+            let lr = schedule.lr(step);
+            opt.set_learning_rate(lr);
             let x = batch_tensor(data, chunk, Some(&mut rng), &dev)?;
-            let y = Tensor::from_vec(
-                chunk.iter().map(|&i| labels[i] as u32).collect::<Vec<_>>(),
-                chunk.len(),
-                &dev,
-            )?;
-            // Stochastic depth: drop rate grows linearly with depth, as in the paper.
-            let mut k = 0;
-            let masks: Vec<Vec<Tensor>> = cfg
-                .config
-                .depths
-                .iter()
-                .map(|&d| {
-                    (0..d)
-                        .map(|_| {
-                            let rate = cfg.drop_path * k as f64 / (depth_total - 1).max(1) as f64;
-                            k += 1;
-                            let keep = 1.0 - rate;
-                            let m: Vec<f32> = (0..chunk.len())
-                                .map(|_| {
-                                    if rng.random_bool(keep) {
-                                        (1.0 / keep) as f32
-                                    } else {
-                                        0.0
-                                    }
-                                })
-                                .collect();
-                            Tensor::from_vec(m, (chunk.len(), 1, 1, 1), &dev)
-                        })
-                        .collect::<candle_core::Result<Vec<_>>>()
-                })
-                .collect::<candle_core::Result<_>>()?;
+            let targets: Vec<u32> = chunk.iter().map(|&i| labels[i] as u32).collect();
+            let y = Tensor::from_vec(targets, chunk.len(), &dev)?;
+            let masks = drop_path_masks(cfg, chunk.len(), &mut rng, &dev)?;
             let logits = model.forward_train(&x, &masks)?;
             let loss = smoothed_cross_entropy(&logits, &y, cfg.label_smoothing)?;
-            let grads = loss.backward()?;
-            opt_decay.step(&grads)?;
-            opt_plain.step(&grads)?;
+            opt.step(&loss.backward()?)?;
             // EMA with a warm-up of its own, so that short runs are not all initialisation.
             let d = cfg
                 .ema_decay
                 .min((1.0 + step as f64) / (10.0 + step as f64));
-            for (name, v) in &named {
-                let e = ema.get_mut(name).expect("every var has an EMA");
+            for (e, (_, v)) in ema.iter_mut().zip(&named) {
                 // Detached: the EMA must not drag the autograd graph of every step along.
                 *e = ((&*e * d)? + (v.as_tensor().detach() * (1.0 - d))?)?;
             }
             let l: f32 = loss.to_scalar()?;
             losses.push(l);
-            step += 1;
-            progress(step, total, l, lr);
+            progress(step + 1, schedule.total, l, lr);
         }
     }
+    let ema = named.into_iter().map(|(k, _)| k).zip(ema).collect();
     Ok(Trained {
         varmap,
         ema,
         losses,
     })
+}
+
+/// timm-style initial weights as trainable variables, and the variables by name (sorted, so
+/// that the optimiser sees them in the same order on every run).
+fn init_vars(cfg: &TrainConfig) -> Result<(VarMap, Vec<(String, Var)>)> {
+    let varmap = VarMap::new();
+    let mut vars = crate::sync::lock(varmap.data());
+    for (name, t) in random_weights(&cfg.config, cfg.seed)? {
+        vars.insert(name, Var::from_tensor(&t)?);
+    }
+    let mut named: Vec<(String, Var)> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    drop(vars);
+    Ok((varmap, named))
+}
+
+/// AdamW with weight decay on matrices and kernels, and without it on norms, biases and gamma.
+struct Optimisers {
+    decay: candle_nn::AdamW,
+    plain: candle_nn::AdamW,
+}
+
+impl Optimisers {
+    fn new(cfg: &TrainConfig, named: &[(String, Var)]) -> Result<Self> {
+        let (decay, plain): (Vec<_>, Vec<_>) = named.iter().partition(|(_, v)| v.rank() >= 2);
+        let make = |vars: Vec<&(String, Var)>, wd| {
+            let params = candle_nn::ParamsAdamW {
+                lr: cfg.lr,
+                weight_decay: wd,
+                ..Default::default()
+            };
+            candle_nn::AdamW::new(vars.into_iter().map(|(_, v)| v.clone()).collect(), params)
+        };
+        Ok(Self {
+            decay: make(decay, cfg.weight_decay)?,
+            plain: make(plain, 0.0)?,
+        })
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.decay.set_learning_rate(lr);
+        self.plain.set_learning_rate(lr);
+    }
+
+    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
+        self.decay.step(grads)?;
+        self.plain.step(grads)?;
+        Ok(())
+    }
+}
+
+/// Linear warm-up, then cosine decay to `min_lr`, over `total` steps.
+struct Schedule {
+    total: usize,
+    warmup: usize,
+    lr: f64,
+    min_lr: f64,
+}
+
+impl Schedule {
+    fn new(cfg: &TrainConfig, images: usize) -> Self {
+        let steps_per_epoch = images.div_ceil(cfg.batch);
+        let total = cfg
+            .max_steps
+            .unwrap_or(steps_per_epoch * cfg.epochs)
+            .min(steps_per_epoch * cfg.epochs.max(1));
+        let warmup = ((cfg.warmup_epochs * steps_per_epoch as f64) as usize)
+            .min(total / 2)
+            .max(1);
+        Self {
+            total,
+            warmup,
+            lr: cfg.lr,
+            min_lr: cfg.min_lr,
+        }
+    }
+
+    fn lr(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            self.lr * (step + 1) as f64 / self.warmup as f64
+        } else {
+            let t = (step - self.warmup) as f64 / (self.total - self.warmup).max(1) as f64;
+            self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+    }
+}
+
+/// Stochastic depth: per block a `[B,1,1,1]` keep mask scaled by 1/keep-probability, the drop
+/// rate growing linearly with depth as in the paper.
+fn drop_path_masks(
+    cfg: &TrainConfig,
+    batch: usize,
+    rng: &mut rand::rngs::StdRng,
+    dev: &Device,
+) -> Result<Vec<Vec<Tensor>>> {
+    let depth_total = cfg.config.total_blocks().max(1);
+    let mut k = 0;
+    let mut masks = Vec::with_capacity(cfg.config.depths.len());
+    for &d in &cfg.config.depths {
+        let mut stage = Vec::with_capacity(d);
+        for _ in 0..d {
+            let rate = cfg.drop_path * k as f64 / (depth_total - 1).max(1) as f64;
+            k += 1;
+            let keep = 1.0 - rate;
+            let m: Vec<f32> = (0..batch)
+                .map(|_| {
+                    if rng.random_bool(keep) {
+                        (1.0 / keep) as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            stage.push(Tensor::from_vec(m, (batch, 1, 1, 1), dev)?);
+        }
+        masks.push(stage);
+    }
+    Ok(masks)
 }
 
 /// Writes timm-named weights and a timm `pretrained_cfg`-style `config.json` beside them

@@ -27,9 +27,13 @@ fn class_evidence_averages_to_the_logit() {
             let e = rel_err(&mean, &logit);
             assert!(e < 1e-4, "class {class}: relative error {e}");
         }
-        assert!(engine
+        let n = engine.config.num_classes;
+        let e = engine
             .model
-            .class_evidence(last, engine.config.num_classes)
-            .is_err());
+            .class_evidence(last, n)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(&format!("class {n} out of range")), "{e}");
     }
 }

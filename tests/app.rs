@@ -1,8 +1,9 @@
 //! The app, driven through egui_kittest: the real `eframe::App`, the real worker thread, the
 //! shipped model. Snapshots render on the CPU (wgpu on llvmpipe/lavapipe).
 #![cfg(feature = "gui")]
-use convnext_explorer::app::worker::{ImageSource, ModelSpec};
-use convnext_explorer::app::{ExplorerApp, Settings, StartOptions, Tab};
+use convnext_explorer::app::worker::ImageSource;
+use convnext_explorer::app::{ExplorerApp, Request, Settings, StartOptions, Tab};
+use convnext_explorer::engine::ModelSpec;
 use convnext_explorer::trace::LayerId;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
@@ -19,7 +20,7 @@ fn sample(name: &str) -> PathBuf {
 fn harness(settings: Settings, start: StartOptions) -> Harness<'static, ExplorerApp> {
     Harness::builder()
         .with_size([1400.0, 900.0])
-        .build_eframe(move |cc| ExplorerApp::new(&cc.egui_ctx, settings, start))
+        .build_eframe(move |cc| ExplorerApp::new(&cc.egui_ctx, settings, start).unwrap())
 }
 
 fn shipped(image: Option<&str>) -> Harness<'static, ExplorerApp> {
@@ -39,8 +40,8 @@ fn settle(h: &mut Harness<'static, ExplorerApp>) {
     let start = Instant::now();
     loop {
         h.step();
-        let scanned = h.state().weights.lock().unwrap().is_some();
-        if !h.state().busy() && scanned {
+        let shared = h.state().shared();
+        if !shared.busy() && shared.weights.is_some() {
             break;
         }
         assert!(
@@ -80,14 +81,18 @@ fn mask_timings(h: &mut Harness<'static, ExplorerApp>) {
 fn opens_on_the_shipped_model_and_classifies_a_sample() {
     let mut h = shipped(Some("sneaker_9.png"));
     let app = h.state();
-    let model = app.model.as_ref().expect("a model");
+    let model = app.shared().model.as_ref().expect("a model");
     assert!(!model.is_random);
     assert!(
         matches!(&model.spec, ModelSpec::Weights(p) if p.ends_with("convnext_fashion.safetensors"))
     );
-    let run = app.run.as_ref().expect("a run");
+    let run = app.shared().run.as_ref().expect("a run");
     assert_eq!(run.top[0].label, "Sneaker");
-    assert!(app.error.is_none(), "{:?}", app.error);
+    assert!(
+        app.shared().status.error.is_none(),
+        "{:?}",
+        app.shared().status.error
+    );
     // The prediction list shows it, and the grid shows the stem's 32 channels.
     h.get_by_label_contains("%  Sneaker");
     h.get_by_label_contains("32 channels");
@@ -99,18 +104,18 @@ fn switching_layers_changes_the_grid_and_a_channel_opens_large() {
     let mut h = shipped(Some("bag_18.png"));
     h.get_by_label("stage 2").click();
     h.run_steps(2);
-    assert_eq!(h.state().selection.layer, Some(LayerId::Stage(2)));
+    assert_eq!(h.state().shared().selection.layer, Some(LayerId::Stage(2)));
     h.get_by_label_contains("128 channels · 2×2");
     h.get_by_label("1").click(); // block 1 of stage 0 (stage labels come first in the strip)
     h.run_steps(2);
-    let layer = h.state().selection.layer.expect("a layer");
+    let layer = h.state().shared().selection.layer.expect("a layer");
     assert!(matches!(layer, LayerId::Block(_, 1)), "{layer:?}");
     h.get_by_label("stage 1").click();
     h.run_steps(2);
     h.get_by_label_contains("64 channels · 4×4");
     // The first button is the first channel of the page: the highest mean, by default.
     let c = {
-        let run = h.state().run.as_ref().unwrap();
+        let run = h.state().shared().run.as_ref().unwrap();
         let (_, fm) = run
             .maps
             .iter()
@@ -120,7 +125,7 @@ fn switching_layers_changes_the_grid_and_a_channel_opens_large() {
     };
     h.get_by_label(&format!("ch {c}")).click();
     h.run_steps(2);
-    assert_eq!(h.state().selection.channel, Some(c));
+    assert_eq!(h.state().shared().selection.channel, Some(c));
     h.get_by_label_contains(&format!("stages.1 · channel {c}"));
     snap(&mut h, "app_channel_overlay");
 }
@@ -131,8 +136,8 @@ fn clicking_a_class_shows_its_evidence() {
     h.get_by_label_contains("%  Trouser").click();
     h.run_steps(2);
     let app = h.state();
-    let trouser = app.run.as_ref().unwrap().top[0].index;
-    assert_eq!(app.selection.class, Some(trouser));
+    let trouser = app.shared().run.as_ref().unwrap().top[0].index;
+    assert_eq!(app.shared().selection.class, Some(trouser));
     h.get_by_label_contains("evidence for “Trouser”");
 }
 
@@ -141,7 +146,7 @@ fn tabs_show_layer_scale_profile_and_architecture() {
     let mut h = shipped(Some("coat_6.png"));
     h.get_by_label("Layer scale").click();
     h.run_steps(3);
-    assert_eq!(h.state().settings.tab, Tab::LayerScale);
+    assert_eq!(h.state().shared().settings.tab, Tab::LayerScale);
     h.get_by_label_contains("Mean |layer scale γ| per block");
     snap(&mut h, "app_layer_scale");
 
@@ -154,11 +159,11 @@ fn tabs_show_layer_scale_profile_and_architecture() {
     h.run_steps(3);
     h.get_by_label_contains("press Run profile for times");
     snap(&mut h, "app_profile_macs");
-    h.state_mut().settings.profile_runs = 2;
+    h.state_mut().shared_mut().settings.profile_runs = 2;
     h.get_by_label("Run profile").click();
     h.run_steps(1);
     settle(&mut h);
-    let p = h.state().profile.as_ref().expect("a profile");
+    let p = h.state().shared().profile.as_ref().expect("a profile");
     assert_eq!(p.runs, 2);
     assert!(p.total > Duration::ZERO);
     h.get_by_label_contains("median of 2 runs");
@@ -175,18 +180,19 @@ fn a_broken_checkpoint_shows_an_error_and_keeps_the_model() {
     .unwrap();
     std::fs::write(&bad, &good[..good.len() / 3]).unwrap();
     // File ▸ Open weights ends in this call (the dialog itself is not driven in tests).
-    h.state_mut().load_model(ModelSpec::Weights(bad));
+    h.state_mut()
+        .request(Request::Load(ModelSpec::Weights(bad)));
     settle(&mut h);
     let app = h.state();
-    let err = app.error.clone().expect("an error");
+    let err = app.shared().status.error.clone().expect("an error");
     assert!(
         err.contains("Could not load the model") && err.contains("broken.safetensors"),
         "{err}"
     );
     assert!(
-        matches!(&app.model.as_ref().unwrap().spec, ModelSpec::Weights(p) if p.ends_with("convnext_fashion.safetensors"))
+        matches!(&app.shared().model.as_ref().unwrap().spec, ModelSpec::Weights(p) if p.ends_with("convnext_fashion.safetensors"))
     );
-    assert_eq!(app.run.as_ref().unwrap().name, "dress_13.png");
+    assert_eq!(app.shared().run.as_ref().unwrap().name, "dress_13.png");
     h.get_by_label_contains("Could not load the model");
 }
 
@@ -196,19 +202,22 @@ fn a_corrupt_image_shows_an_error_and_keeps_the_results() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("corrupt.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\nthis is not an image").unwrap();
-    h.state_mut().open_image(ImageSource::Path(bad));
+    h.state_mut()
+        .request(Request::OpenImage(ImageSource::Path(bad)));
     settle(&mut h);
     let app = h.state();
     assert!(
-        app.error
+        app.shared()
+            .status
+            .error
             .as_deref()
             .unwrap_or("")
             .contains("Could not open the image"),
         "{:?}",
-        app.error
+        app.shared().status.error
     );
-    assert_eq!(app.run.as_ref().unwrap().name, "sandal_8.png");
-    assert_eq!(app.run.as_ref().unwrap().top[0].label, "Sandal");
+    assert_eq!(app.shared().run.as_ref().unwrap().name, "sandal_8.png");
+    assert_eq!(app.shared().run.as_ref().unwrap().top[0].label, "Sandal");
 }
 
 #[derive(Debug)]
@@ -225,14 +234,19 @@ impl egui::DroppedFile for Dropped {
 #[test]
 fn dropping_a_file_classifies_it() {
     let mut h = shipped(None);
-    assert!(h.state().run.is_none());
+    assert!(h.state().shared().run.is_none());
     h.get_by_label_contains("Drop an image on the window");
     h.input_mut()
         .dropped_files
         .push(Arc::new(Dropped(sample("ankle_boot_0.png"))));
     h.step();
     settle(&mut h);
-    let run = h.state().run.as_ref().expect("the dropped image ran");
+    let run = h
+        .state()
+        .shared()
+        .run
+        .as_ref()
+        .expect("the dropped image ran");
     assert_eq!(run.name, "ankle_boot_0.png");
     assert_eq!(run.top[0].label, "Ankle boot");
 }
@@ -243,7 +257,10 @@ fn a_sample_button_opens_the_sample() {
     h.get_by_label("pullover_1").click();
     h.step();
     settle(&mut h);
-    assert_eq!(h.state().run.as_ref().unwrap().name, "pullover_1.png");
+    assert_eq!(
+        h.state().shared().run.as_ref().unwrap().name,
+        "pullover_1.png"
+    );
 }
 
 #[test]
@@ -258,9 +275,9 @@ fn a_named_variant_opens_with_a_random_weights_notice() {
     };
     let mut h = harness(settings, StartOptions::default());
     settle(&mut h);
-    let m = h.state().model.as_ref().expect("a model");
+    let m = h.state().shared().model.as_ref().expect("a model");
     assert!(m.is_random);
-    assert_eq!(m.dims, vec![40, 80, 160, 320]);
+    assert_eq!(m.config.dims, vec![40, 80, 160, 320]);
     h.get_by_label_contains("predictions are meaningless");
     // V2 has GRN instead of layer scale: the tab says so and plots GRN γ.
     h.get_by_label("Layer scale").click();
@@ -281,12 +298,14 @@ fn a_remembered_model_that_no_longer_loads_falls_back_to_the_shipped_one() {
     settle(&mut h);
     let app = h.state();
     assert!(app
+        .shared()
+        .status
         .error
         .as_deref()
         .unwrap_or("")
         .contains("deleted_since.safetensors"));
     assert!(
-        matches!(&app.model.as_ref().expect("fell back").spec, ModelSpec::Weights(p) if p.ends_with("convnext_fashion.safetensors"))
+        matches!(&app.shared().model.as_ref().expect("fell back").spec, ModelSpec::Weights(p) if p.ends_with("convnext_fashion.safetensors"))
     );
 }
 

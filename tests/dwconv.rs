@@ -64,9 +64,11 @@ fn bad_shapes_are_errors() {
     let x = Tensor::zeros((1, 4, 4, 8), DType::F32, &dev).unwrap();
     let w = Tensor::zeros((7, 7, 9), DType::F32, &dev).unwrap();
     let b = Tensor::zeros(8, DType::F32, &dev).unwrap();
-    assert!(depthwise_conv_nhwc(&x, &w, &b).is_err());
+    let e = depthwise_conv_nhwc(&x, &w, &b).err().unwrap().to_string();
+    assert!(e.contains("[7, 7, 9]") && e.contains("do not fit"), "{e}");
     let w = Tensor::zeros((6, 6, 8), DType::F32, &dev).unwrap();
-    assert!(depthwise_conv_nhwc(&x, &w, &b).is_err());
+    let e = depthwise_conv_nhwc(&x, &w, &b).err().unwrap().to_string();
+    assert!(e.contains("[6, 6, 8]") && e.contains("odd K"), "{e}");
 }
 
 #[test]

@@ -137,7 +137,8 @@ fn bad_images() {
         .unwrap()
         .to_string()
         .contains("readme.jpg"));
-    assert!(decode_image(&[], "x").is_err());
+    let e = decode_image(&[], "dropped.png").err().unwrap().to_string();
+    assert!(e.contains("dropped.png") && e.contains("empty"), "{e}");
 
     // 1×1 is a valid image: it must classify, not crash.
     let one = image::DynamicImage::new_rgb8(1, 1);
@@ -178,9 +179,21 @@ fn unknown_variant_device_dtype_and_input_size() {
         .to_string()
         .contains("--features cuda"));
     #[cfg(not(feature = "metal"))]
-    assert!(convnext_explorer::device::parse_device("metal").is_err());
-    assert!(convnext_explorer::device::parse_device("tpu").is_err());
-    assert!(convnext_explorer::device::parse_dtype("f8").is_err());
+    assert!(convnext_explorer::device::parse_device("metal")
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("--features metal"));
+    let e = convnext_explorer::device::parse_device("tpu")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("tpu") && e.contains("expected cpu"), "{e}");
+    let e = convnext_explorer::device::parse_dtype("f8")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("f8") && e.contains("bf16"), "{e}");
 
     let e = Engine::random("atto", 10, 0, &Device::Cpu, DType::F32).unwrap();
     let x = Tensor::zeros((1, 3, 50, 64), DType::F32, &Device::Cpu).unwrap();
@@ -191,5 +204,9 @@ fn unknown_variant_device_dtype_and_input_size() {
         .to_string()
         .contains("multiple of 32"));
     let x = Tensor::zeros((1, 1, 64, 64), DType::F32, &Device::Cpu).unwrap();
-    assert!(e.forward(&x).is_err());
+    let err = e.forward(&x).err().unwrap().to_string();
+    assert!(
+        err.contains("[N, 3, H, W]") && err.contains("[1, 1, 64, 64]"),
+        "{err}"
+    );
 }

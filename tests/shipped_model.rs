@@ -16,8 +16,7 @@ fn accuracy_on_committed_test_subset() {
     let e = engine();
     let ds = fashion_mnist(&common::fixture("fashion"), "t10k").unwrap();
     let acc = accuracy(&e.model, &prepare_dataset(&ds), &ds.labels, 250).unwrap();
-    // The shipped model reaches 88.95% on the full test set (weights/README.md), short of the 90%
-    // the project aims at; these bounds guard what ships against regressions.
+    // The shipped model's figures are in weights/README.md; the project's target is 90%.
     assert!(acc >= 0.90, "top-1 {acc} on the first 1000 test images");
 }
 
@@ -25,7 +24,12 @@ fn accuracy_on_committed_test_subset() {
 fn accuracy_on_full_test_set_where_installed() {
     let dir = Path::new(FASHION_DIR);
     if !dir.join("t10k-images-idx3-ubyte.gz").exists() {
-        eprintln!("dataset-fashion-mnist not installed: full test set not checked");
+        // CI installs the dataset (.ci/run): there, its absence is a failure, not a skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but {FASHION_DIR} lacks the Fashion-MNIST test set"
+        );
+        eprintln!("SKIPPED: dataset-fashion-mnist not installed, full test set not checked");
         return;
     }
     let e = engine();

@@ -106,5 +106,9 @@ fn idx_reader_rejects_foreign_files() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a");
     std::fs::write(&a, b"\0\0\x08\x01junk").unwrap();
-    assert!(read_idx(&a, &a).is_err());
+    let e = read_idx(&a, &a).err().unwrap().to_string();
+    assert!(
+        e.contains(a.to_str().unwrap()) && e.contains("not an IDX"),
+        "{e}"
+    );
 }

@@ -1,7 +1,7 @@
 //! Feature maps: pick a layer on the architecture strip, page through its channels, hover for
 //! statistics, click one to see it large over the input; histogram and channel means below.
 use super::plots::histogram_bars;
-use super::{textures, ExplorerApp};
+use super::{save_as, textures, worker::SaveContent, Shared};
 use crate::colormap::Colormap;
 use crate::grid::{self, GridLayout, Scale, SortBy};
 use crate::stats::FeatureMap;
@@ -14,9 +14,9 @@ use std::sync::Arc;
 pub const PAGE_SIZES: [usize; 5] = [16, 36, 64, 144, 256];
 
 /// The feature map of the selected layer.
-pub fn current_map(app: &ExplorerApp) -> Option<(LayerId, Arc<FeatureMap>)> {
-    let run = app.run.as_ref()?;
-    let layer = app.selection.layer?;
+pub fn current_map(shared: &Shared) -> Option<(LayerId, Arc<FeatureMap>)> {
+    let run = shared.run.as_ref()?;
+    let layer = shared.selection.layer?;
     run.maps
         .iter()
         .find(|(id, _)| *id == layer)
@@ -24,48 +24,53 @@ pub fn current_map(app: &ExplorerApp) -> Option<(LayerId, Arc<FeatureMap>)> {
 }
 
 /// Channels on the current page, in display order, and the page count.
-pub fn page_channels(app: &ExplorerApp, fm: &FeatureMap) -> (Vec<usize>, usize) {
-    let order = grid::order(fm, app.settings.sort);
-    let per = app.settings.page_size.max(1);
+pub fn page_channels(shared: &Shared, fm: &FeatureMap) -> (Vec<usize>, usize) {
+    let order = grid::order(fm, shared.settings.sort);
+    let per = shared.settings.page_size.max(1);
     let pages = order.len().div_ceil(per).max(1);
-    let page = app.selection.page.min(pages - 1);
+    let page = shared.selection.page.min(pages - 1);
     (
         order.into_iter().skip(page * per).take(per).collect(),
         pages,
     )
 }
 
-fn layout_for(app: &ExplorerApp, fm: &FeatureMap, zoom: usize) -> GridLayout {
+fn layout_for(shared: &Shared, fm: &FeatureMap, zoom: usize) -> GridLayout {
     GridLayout::for_count(
-        app.settings.page_size.min(fm.channels).max(1),
+        shared.settings.page_size.min(fm.channels).max(1),
         zoom,
         zoom.max(1),
     )
 }
 
 /// The current page as a picture (for saving): cells at least 48 px wide.
-pub fn grid_image(app: &ExplorerApp) -> Option<RgbaImage> {
-    let (_, fm) = current_map(app)?;
-    let (channels, _) = page_channels(app, &fm);
+pub fn grid_image(shared: &Shared) -> Option<RgbaImage> {
+    let (_, fm) = current_map(shared)?;
+    let (channels, _) = page_channels(shared, &fm);
     let zoom = 48usize.div_ceil(fm.width).max(1);
     Some(grid::render_grid(
         &fm,
         &channels,
-        layout_for(app, &fm, zoom),
-        app.settings.scale,
-        app.settings.colormap,
+        layout_for(shared, &fm, zoom),
+        shared.settings.scale,
+        shared.settings.colormap,
     ))
 }
 
 /// What the large view shows: the selected channel, else the selected class's evidence.
-fn large_map(app: &ExplorerApp) -> Option<(String, Arc<FeatureMap>, usize, Colormap)> {
-    let run = app.run.as_ref()?;
-    if let (Some(c), Some((id, fm))) = (app.selection.channel, current_map(app)) {
+fn large_map(shared: &Shared) -> Option<(String, Arc<FeatureMap>, usize, Colormap)> {
+    let run = shared.run.as_ref()?;
+    if let (Some(c), Some((id, fm))) = (shared.selection.channel, current_map(shared)) {
         if c < fm.channels {
-            return Some((format!("{id} · channel {c}"), fm, c, app.settings.colormap));
+            return Some((
+                format!("{id} · channel {c}"),
+                fm,
+                c,
+                shared.settings.colormap,
+            ));
         }
     }
-    let class = app.selection.class?;
+    let class = shared.selection.class?;
     let (_, ev) = run.evidence.iter().find(|(k, _)| *k == class)?;
     let label = run
         .top
@@ -83,17 +88,17 @@ fn large_map(app: &ExplorerApp) -> Option<(String, Arc<FeatureMap>, usize, Color
 }
 
 /// The large view as a picture: the network's input with the map blended over it.
-pub fn overlay_image(app: &ExplorerApp) -> Option<RgbaImage> {
-    let run = app.run.as_ref()?;
-    let (_, fm, c, cmap) = large_map(app)?;
+pub fn overlay_image(shared: &Shared) -> Option<RgbaImage> {
+    let run = shared.run.as_ref()?;
+    let (_, fm, c, cmap) = large_map(shared)?;
     let base = image::DynamicImage::ImageRgb8(run.input.clone());
     let side = 448u32;
     let base = base
         .resize_exact(side, side, image::imageops::FilterType::Triangle)
         .to_rgba8();
-    let map = grid::channel_image(&fm, c, app.settings.scale, cmap);
+    let map = grid::channel_image(&fm, c, shared.settings.scale, cmap);
     let map = image::imageops::resize(&map, side, side, image::imageops::FilterType::Triangle);
-    let a = app.settings.overlay_opacity.clamp(0.0, 1.0);
+    let a = shared.settings.overlay_opacity.clamp(0.0, 1.0);
     Some(RgbaImage::from_fn(side, side, |x, y| {
         let (p, q) = (base.get_pixel(x, y).0, map.get_pixel(x, y).0);
         image::Rgba(std::array::from_fn(|k| {
@@ -106,15 +111,40 @@ pub fn overlay_image(app: &ExplorerApp) -> Option<RgbaImage> {
     }))
 }
 
-pub fn show(app: &mut ExplorerApp, ui: &mut egui::Ui) {
-    if app.run.is_none() {
+/// The feature-map tab. Its choices (layer, page, channel) live in the shared selection, since
+/// other panels set them too.
+#[derive(Default)]
+pub struct FeaturesPanel;
+
+impl FeaturesPanel {
+    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+        show(shared, ui)
+    }
+
+    /// File > Save feature grid as PNG.
+    pub fn save_grid(&mut self, shared: &mut Shared) {
+        let img = grid_image(shared).ok_or_else(|| "no feature map".to_string());
+        let content = img.map(SaveContent::Png);
+        save_as(shared, "feature_grid.png", ("PNG", "png"), content);
+    }
+
+    /// File > Save overlay as PNG.
+    pub fn save_overlay(&mut self, shared: &mut Shared) {
+        let img = overlay_image(shared).ok_or_else(|| "select a channel (or class) first".into());
+        let content = img.map(SaveContent::Png);
+        save_as(shared, "overlay.png", ("PNG", "png"), content);
+    }
+}
+
+fn show(shared: &mut Shared, ui: &mut egui::Ui) {
+    if shared.run.is_none() {
         ui.label("Open an image (drop it on the window, File > Open image, or a sample on the left) to see its feature maps.");
         return;
     }
-    layer_strip(app, ui);
-    controls(app, ui);
+    layer_strip(shared, ui);
+    controls(shared, ui);
     ui.separator();
-    let Some((id, fm)) = current_map(app) else {
+    let Some((id, fm)) = current_map(shared) else {
         ui.label("Pick a layer above.");
         return;
     };
@@ -123,20 +153,20 @@ pub fn show(app: &mut ExplorerApp, ui: &mut egui::Ui) {
     ui.horizontal_top(|ui| {
         ui.vertical(|ui| {
             ui.set_width(avail.x - side_w - 12.0);
-            grid_view(app, ui, id, &fm, avail.y * 0.62);
+            grid_view(shared, ui, id, &fm, avail.y * 0.62);
         });
         ui.add_space(8.0);
         ui.vertical(|ui| {
             ui.set_width(side_w);
-            large_view(app, ui);
+            large_view(shared, ui);
         });
     });
     ui.separator();
-    plots(app, ui, &fm);
+    plots(shared, ui, &fm);
 }
 
-fn layer_strip(app: &mut ExplorerApp, ui: &mut egui::Ui) {
-    let Some(run) = &app.run else { return };
+fn layer_strip(shared: &mut Shared, ui: &mut egui::Ui) {
+    let Some(run) = &shared.run else { return };
     let shape = |id: LayerId| {
         run.maps
             .iter()
@@ -144,15 +174,15 @@ fn layer_strip(app: &mut ExplorerApp, ui: &mut egui::Ui) {
             .map(|(_, m)| format!("{id}: {} × {} × {}", m.channels, m.height, m.width))
             .unwrap_or_default()
     };
-    let depths = app
+    let depths = shared
         .model
         .as_ref()
-        .map(|m| m.depths.clone())
+        .map(|m| m.config.depths.clone())
         .unwrap_or_default();
     let mut pick = None;
     ui.horizontal_wrapped(|ui| {
         ui.spacing_mut().item_spacing.x = 3.0;
-        let sel = app.selection.layer;
+        let sel = shared.selection.layer;
         if ui
             .selectable_label(sel == Some(LayerId::Stem), "stem")
             .on_hover_text(shape(LayerId::Stem))
@@ -182,14 +212,14 @@ fn layer_strip(app: &mut ExplorerApp, ui: &mut egui::Ui) {
         }
     });
     if let Some(id) = pick {
-        app.selection.layer = Some(id);
-        app.selection.page = 0;
-        app.selection.channel = None;
+        shared.selection.layer = Some(id);
+        shared.selection.page = 0;
+        shared.selection.channel = None;
     }
 }
 
-fn controls(app: &mut ExplorerApp, ui: &mut egui::Ui) {
-    let s = &mut app.settings;
+fn controls(shared: &mut Shared, ui: &mut egui::Ui) {
+    let s = &mut shared.settings;
     let mut reset_page = false;
     ui.horizontal_wrapped(|ui| {
         let lbl = ui.label("Sort");
@@ -232,19 +262,19 @@ fn controls(app: &mut ExplorerApp, ui: &mut egui::Ui) {
             .labelled_by(lbl.id);
     });
     if reset_page {
-        app.selection.page = 0;
+        shared.selection.page = 0;
     }
 }
 
 fn grid_view(
-    app: &mut ExplorerApp,
+    shared: &mut Shared,
     ui: &mut egui::Ui,
     id: LayerId,
     fm: &Arc<FeatureMap>,
     max_h: f32,
 ) {
-    let (channels, pages) = page_channels(app, fm);
-    let page = app.selection.page.min(pages - 1);
+    let (channels, pages) = page_channels(shared, fm);
+    let page = shared.selection.page.min(pages - 1);
     ui.horizontal(|ui| {
         ui.strong(format!("{id}"));
         ui.label(format!(
@@ -257,24 +287,24 @@ fn grid_view(
                 .on_hover_text("Previous page")
                 .clicked()
             {
-                app.selection.page = page - 1;
+                shared.selection.page = page - 1;
             }
         });
         ui.label(format!("page {}/{pages}", page + 1));
         ui.add_enabled_ui(page + 1 < pages, |ui| {
             if ui.small_button(">").on_hover_text("Next page").clicked() {
-                app.selection.page = page + 1;
+                shared.selection.page = page + 1;
             }
         });
     });
-    let layout = layout_for(app, fm, 1);
-    let s = &app.settings;
+    let layout = layout_for(shared, fm, 1);
+    let s = &shared.settings;
     let key = format!(
         "grid:{id}:{page}:{:?}:{:?}:{:?}:{}",
         s.sort, s.colormap, s.scale, s.page_size
     );
     let (scale, cmap) = (s.scale, s.colormap);
-    let tex = app
+    let tex = shared
         .textures
         .get(ui.ctx(), &key, TextureOptions::NEAREST, || {
             textures::rgba(&grid::render_grid(fm, &channels, layout, scale, cmap))
@@ -296,7 +326,7 @@ fn grid_view(
             Vec2::new(cw as f32, ch as f32) * fit,
         )
     };
-    if let Some(sel) = app.selection.channel {
+    if let Some(sel) = shared.selection.channel {
         if let Some(slot) = channels.iter().position(|&c| c == sel) {
             ui.painter().rect_stroke(
                 cell_rect(slot).expand(1.0),
@@ -325,7 +355,7 @@ fn grid_view(
             .and_then(slot_at)
             .and_then(|s| channels.get(s))
         {
-            app.selection.channel = Some(c);
+            shared.selection.channel = Some(c);
         }
     }
     // Also reachable by keyboard and accessibility tools (and UI tests): one button per channel.
@@ -338,7 +368,7 @@ fn grid_view(
                 .on_hover_text("Show this channel large")
                 .clicked()
             {
-                app.selection.channel = Some(c);
+                shared.selection.channel = Some(c);
             }
         }
         if channels.len() > 16 {
@@ -347,9 +377,9 @@ fn grid_view(
     });
 }
 
-fn large_view(app: &mut ExplorerApp, ui: &mut egui::Ui) {
-    let Some(run) = &app.run else { return };
-    let Some((title, fm, c, cmap)) = large_map(app) else {
+fn large_view(shared: &mut Shared, ui: &mut egui::Ui) {
+    let Some(run) = &shared.run else { return };
+    let Some((title, fm, c, cmap)) = large_map(shared) else {
         ui.label(
             "Click a channel in the grid (or a class on the left) to see it here, over the input.",
         );
@@ -365,14 +395,14 @@ fn large_view(app: &mut ExplorerApp, ui: &mut egui::Ui) {
             .weak(),
         );
     }
-    let base = app
+    let base = shared
         .textures
         .get(ui.ctx(), "input", TextureOptions::LINEAR, || {
             textures::rgb(&run.input)
         });
-    let scale = app.settings.scale;
+    let scale = shared.settings.scale;
     let key = format!("large:{title}:{c}:{cmap:?}:{scale:?}");
-    let over = app
+    let over = shared
         .textures
         .get(ui.ctx(), &key, TextureOptions::LINEAR, || {
             textures::rgba(&grid::channel_image(&fm, c, scale, cmap))
@@ -381,14 +411,14 @@ fn large_view(app: &mut ExplorerApp, ui: &mut egui::Ui) {
     let (rect, _) = ui.allocate_exact_size(Vec2::splat(w), Sense::hover());
     let uv = Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
     ui.painter().image(base.id(), rect, uv, Color32::WHITE);
-    let a = app.settings.overlay_opacity.clamp(0.0, 1.0);
+    let a = shared.settings.overlay_opacity.clamp(0.0, 1.0);
     ui.painter().image(
         over.id(),
         rect,
         uv,
         Color32::from_white_alpha((a * 255.0) as u8),
     );
-    ui.add(egui::Slider::new(&mut app.settings.overlay_opacity, 0.0..=1.0).text("opacity"));
+    ui.add(egui::Slider::new(&mut shared.settings.overlay_opacity, 0.0..=1.0).text("opacity"));
     let st = fm.stats[c];
     let (lo, hi) = grid::channel_range(&fm, c, scale, cmap);
     ui.label(format!(
@@ -416,7 +446,7 @@ fn colour_bar(ui: &mut egui::Ui, cmap: Colormap, w: f32) {
     }
 }
 
-fn plots(app: &mut ExplorerApp, ui: &mut egui::Ui, fm: &FeatureMap) {
+fn plots(shared: &mut Shared, ui: &mut egui::Ui, fm: &FeatureMap) {
     let h = ui.available_height().max(120.0);
     let w = ui.available_width() / 2.0 - 8.0;
     let (lo, hi) = fm.range();
@@ -427,7 +457,7 @@ fn plots(app: &mut ExplorerApp, ui: &mut egui::Ui, fm: &FeatureMap) {
         .enumerate()
         .map(|(i, s)| [i as f64, s.mean as f64])
         .collect();
-    let selected = app.selection.channel;
+    let selected = shared.selection.channel;
     ui.horizontal(|ui| {
         ui.vertical(|ui| {
             ui.label("Activation histogram (all channels)");
@@ -455,7 +485,7 @@ fn plots(app: &mut ExplorerApp, ui: &mut egui::Ui, fm: &FeatureMap) {
             if r.response.clicked() {
                 if let Some(pt) = r.inner {
                     let c = pt.x.round().clamp(0.0, (fm.channels - 1) as f64) as usize;
-                    app.selection.channel = Some(c);
+                    shared.selection.channel = Some(c);
                 }
             }
         });

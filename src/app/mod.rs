@@ -1,27 +1,32 @@
-//! The desktop app: a thin layer of panels over the engine. State lives in [`ExplorerApp`];
-//! each panel module draws one part of it; all heavy work goes to the [`worker`] thread.
+//! The desktop app: a thin layer of panels over the engine. [`Shared`] holds what every panel
+//! reads (the model and run the worker last sent, the selection, the settings); each panel is a
+//! struct that owns its own state and draws with `ui(&mut self, ui, &mut Shared)`, asking for
+//! work through [`Request`]s. All heavy work goes to the one [`worker`] thread.
 mod architecture;
 #[cfg(feature = "hub")]
 mod download;
 mod features;
 mod layer_scale;
+mod layer_table;
 mod plots;
 mod profile;
 mod sidebar;
 mod textures;
+mod views;
 pub mod worker;
 
 use crate::colormap::Colormap;
-use crate::engine::{default_weights, project_dir, weights_dir};
+use crate::engine::{default_weights, project_dir, weights_dir, ModelSpec};
 use crate::grid::{Scale, SortBy};
-use crate::model::checkpoint::{is_weights_file, Checkpoint, WEIGHTS_EXTENSIONS};
+use crate::model::checkpoint::is_weights_file;
+use crate::preprocess::is_image_file;
 use crate::trace::LayerId;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use worker::{
-    ImageSource, Job, JobKind, ModelSpec, ModelView, ProfileView, Reply, RunView, Worker,
-};
+use std::path::PathBuf;
+use std::sync::Arc;
+pub use views::{ModelView, ProfileView, RunView};
+pub use worker::{scan_weights, WeightsEntry};
+use worker::{ImageSource, Job, JobKind, JobSender, Reply, SaveContent, Worker};
 
 /// The variant opened when there is no trained model at all.
 pub const FALLBACK_VARIANT: &str = "convnext_atto";
@@ -104,13 +109,6 @@ pub struct StartOptions {
     pub image: Option<PathBuf>,
 }
 
-/// A checkpoint found in `weights/`, with what the loader made of it.
-#[derive(Clone, Debug)]
-pub struct WeightsEntry {
-    pub path: PathBuf,
-    pub summary: Result<String, String>,
-}
-
 /// What the user is looking at.
 #[derive(Clone, Debug, Default)]
 pub struct Selection {
@@ -122,212 +120,305 @@ pub struct Selection {
     pub block: Option<(usize, usize)>,
 }
 
-/// Where a requested screenshot goes, and its pixels once the integration delivers them.
-type PendingShot = (PathBuf, Option<Arc<egui::ColorImage>>);
+/// How far the worker's current long job is.
+#[derive(Clone, Debug)]
+pub struct JobStatus {
+    pub kind: JobKind,
+    pub done: usize,
+    pub total: usize,
+    pub what: String,
+}
 
-pub struct ExplorerApp {
-    pub settings: Settings,
-    worker: Worker,
-    pub model: Option<ModelView>,
-    pub run: Option<RunView>,
-    pub profile: Option<ProfileView>,
-    /// The model being loaded, for the spinner.
+/// What the status bar and the spinners show.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    /// The model being loaded.
     pub loading: Option<String>,
     /// The last error, shown until dismissed or replaced.
     pub error: Option<String>,
-    /// One-line notices (saved files, screenshots).
+    /// One-line notices (saved files, downloads).
     pub notice: Option<String>,
-    pub selection: Selection,
-    pub weights: Arc<Mutex<Option<Vec<WeightsEntry>>>>,
-    textures: textures::Textures,
+    /// Progress of the running long job, if it reported any.
+    pub job: Option<JobStatus>,
+    /// Jobs sent to the worker and not finished.
+    pub pending: usize,
+}
+
+/// What a panel asks the app to do; the app turns requests into worker jobs after drawing.
+pub enum Request {
+    Load(ModelSpec),
+    /// The current model again, on the device and dtype now chosen.
+    Reload,
+    OpenImage(ImageSource),
+    /// A dropped or chosen file: weights load as the model, anything else is tried as an image.
+    OpenPath(PathBuf),
+    Profile,
+    CancelJob,
+    RescanWeights,
     #[cfg(feature = "hub")]
-    pub download: download::DownloadPanel,
-    /// A screenshot the integration will deliver (path it goes to, pixels when they arrive).
-    screenshot: Arc<Mutex<Option<PendingShot>>>,
+    Download(String),
+    #[cfg(feature = "hub")]
+    ShowDownload,
+    Save {
+        path: PathBuf,
+        content: SaveContent,
+    },
+    Screenshot(PathBuf),
+}
+
+/// The state every panel reads.
+pub struct Shared {
+    pub settings: Settings,
+    pub model: Option<ModelView>,
+    pub run: Option<RunView>,
+    pub profile: Option<ProfileView>,
+    pub selection: Selection,
+    /// What `weights/` holds, once the worker has looked.
+    pub weights: Option<Vec<WeightsEntry>>,
+    pub status: Status,
+    textures: textures::Textures,
+    requests: Vec<Request>,
+}
+
+impl Shared {
+    pub fn request(&mut self, r: Request) {
+        self.requests.push(r);
+    }
+
+    pub fn busy(&self) -> bool {
+        self.status.pending > 0
+    }
+
+    /// Shows the outcome of a save as a notice or an error.
+    fn report(&mut self, result: Result<String, String>) {
+        match result {
+            Ok(n) => self.status.notice = Some(n),
+            Err(e) => self.status.error = Some(e),
+        }
+    }
+}
+
+/// The panels, each with its own state.
+#[derive(Default)]
+struct Panels {
+    sidebar: sidebar::Sidebar,
+    features: features::FeaturesPanel,
+    layer_scale: layer_scale::LayerScalePanel,
+    profile: profile::ProfilePanel,
+    architecture: architecture::ArchitecturePanel,
+    #[cfg(feature = "hub")]
+    download: download::DownloadWindow,
+}
+
+pub struct ExplorerApp {
+    shared: Shared,
+    panels: Panels,
+    worker: Worker,
     ctx: egui::Context,
     fell_back: bool,
 }
 
 impl ExplorerApp {
-    /// A new app: starts the worker and asks it for the first model (and image).
-    pub fn new(ctx: &egui::Context, settings: Settings, start: StartOptions) -> Self {
+    /// A new app: starts the worker and asks it for the first model (and image) and for the
+    /// list of `weights/`.
+    pub fn new(
+        ctx: &egui::Context,
+        settings: Settings,
+        start: StartOptions,
+    ) -> std::io::Result<Self> {
         let repaint = ctx.clone();
-        let worker = Worker::spawn(move || repaint.request_repaint());
+        let worker = Worker::spawn(move || repaint.request_repaint())?;
         let mut app = Self {
-            settings,
+            shared: Shared {
+                settings,
+                model: None,
+                run: None,
+                profile: None,
+                selection: Selection::default(),
+                weights: None,
+                status: Status::default(),
+                textures: textures::Textures::default(),
+                requests: Vec::new(),
+            },
+            panels: Panels::default(),
             worker,
-            model: None,
-            run: None,
-            profile: None,
-            loading: None,
-            error: None,
-            notice: None,
-            selection: Selection::default(),
-            weights: Arc::new(Mutex::new(None)),
-            textures: textures::Textures::default(),
-            #[cfg(feature = "hub")]
-            download: download::DownloadPanel::default(),
-            screenshot: Arc::new(Mutex::new(None)),
             ctx: ctx.clone(),
             fell_back: false,
         };
         if let Some(d) = start.device {
-            app.settings.device = d;
+            app.shared.settings.device = d;
         }
-        let spec = initial_model(start.weights, app.settings.model.clone());
-        app.load_model(spec);
+        let spec = initial_model(start.weights, app.shared.settings.model.clone());
+        app.shared.request(Request::Load(spec));
         if let Some(img) = start.image {
-            app.open_image(ImageSource::Path(img));
+            app.shared
+                .request(Request::OpenImage(ImageSource::Path(img)));
         }
-        app.rescan_weights();
-        app
+        app.shared.request(Request::RescanWeights);
+        app.handle_requests();
+        Ok(app)
     }
 
-    pub fn load_model(&mut self, spec: ModelSpec) {
-        self.loading = Some(spec.to_string());
-        self.worker.send(Job::Load {
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub fn shared_mut(&mut self) -> &mut Shared {
+        &mut self.shared
+    }
+
+    /// Asks for work as a panel would, and hands it to the worker at once.
+    pub fn request(&mut self, r: Request) {
+        self.shared.request(r);
+        self.handle_requests();
+    }
+
+    /// Turns the panels' requests into worker jobs.
+    fn handle_requests(&mut self) {
+        for r in std::mem::take(&mut self.shared.requests) {
+            let job = match r {
+                Request::Load(spec) => Some(self.load_job(spec)),
+                Request::Reload => self
+                    .shared
+                    .model
+                    .as_ref()
+                    .map(|m| m.spec.clone())
+                    .map(|spec| self.load_job(spec)),
+                Request::OpenImage(src) => Some(Job::Classify(src)),
+                Request::OpenPath(p) if is_weights_file(&p) || p.is_dir() => {
+                    Some(self.load_job(ModelSpec::Weights(p)))
+                }
+                Request::OpenPath(p) => Some(Job::Classify(ImageSource::Path(p))),
+                Request::Profile => Some(Job::Profile {
+                    runs: self.shared.settings.profile_runs,
+                }),
+                Request::CancelJob => {
+                    self.worker.cancel();
+                    None
+                }
+                Request::RescanWeights => {
+                    self.shared.weights = None;
+                    Some(Job::ScanWeights(weights_dir()))
+                }
+                #[cfg(feature = "hub")]
+                Request::Download(repo) => Some(Job::Download(repo)),
+                #[cfg(feature = "hub")]
+                Request::ShowDownload => {
+                    self.panels.download.open = true;
+                    None
+                }
+                Request::Save { path, content } => Some(Job::Save { path, content }),
+                Request::Screenshot(path) => {
+                    request_screenshot(&self.ctx, self.worker.sender(), path);
+                    None
+                }
+            };
+            if let Some(job) = job {
+                self.worker.send(job);
+            }
+        }
+        self.shared.status.pending = self.worker.pending();
+    }
+
+    fn load_job(&mut self, spec: ModelSpec) -> Job {
+        self.shared.status.loading = Some(spec.to_string());
+        Job::Load {
             spec,
-            device: self.settings.device.clone(),
-            dtype: self.settings.dtype.clone(),
-        });
-    }
-
-    /// Reloads the current model on the chosen device and dtype.
-    pub fn reload(&mut self) {
-        if let Some(spec) = self.model.as_ref().map(|m| m.spec.clone()) {
-            self.load_model(spec);
+            device: self.shared.settings.device.clone(),
+            dtype: self.shared.settings.dtype.clone(),
         }
-    }
-
-    pub fn open_image(&mut self, src: ImageSource) {
-        self.worker.send(Job::Classify(src));
-    }
-
-    /// A dropped or opened file: weights load as the model, anything else is tried as an image.
-    pub fn open_path(&mut self, path: &Path) {
-        if is_weights_file(path) || path.is_dir() {
-            self.load_model(ModelSpec::Weights(path.to_path_buf()));
-        } else {
-            self.open_image(ImageSource::Path(path.to_path_buf()));
-        }
-    }
-
-    /// File > Open image (and the sidebar's button).
-    pub fn open_image_dialog(&mut self) {
-        if let Some(p) = pick_file("Images", IMAGE_EXTS) {
-            self.open_image(ImageSource::Path(p));
-        }
-    }
-
-    /// File > Open weights (and the sidebar's button).
-    pub fn open_weights_dialog(&mut self) {
-        if let Some(p) = pick_file("Checkpoints", WEIGHTS_EXTENSIONS) {
-            self.load_model(ModelSpec::Weights(p));
-        }
-    }
-
-    pub fn start_profile(&mut self) {
-        self.profile = None;
-        self.worker.send(Job::Profile {
-            runs: self.settings.profile_runs,
-        });
-    }
-
-    /// Jobs the worker has not finished.
-    pub fn busy(&self) -> bool {
-        self.worker.pending() > 0
-    }
-
-    /// Lists `weights/` on a helper thread (opening real checkpoints takes a while).
-    pub fn rescan_weights(&mut self) {
-        let out = self.weights.clone();
-        let ctx = self.ctx.clone();
-        *out.lock().expect("weights list") = None;
-        std::thread::spawn(move || {
-            let list = scan_weights(&weights_dir());
-            *out.lock().expect("weights list") = Some(list);
-            ctx.request_repaint();
-        });
     }
 
     /// Takes in what the worker sent back.
     pub fn poll(&mut self) {
         for reply in self.worker.poll() {
-            match reply {
-                Reply::Loaded(view) => {
-                    self.loading = None;
-                    // After a fallback the error says why this is not the model asked for.
-                    if !(self.fell_back && self.model.is_none()) {
-                        self.error = None;
-                    }
-                    self.settings.model = Some(view.spec.clone());
-                    self.selection = Selection {
-                        layer: Some(LayerId::Stem),
-                        ..Default::default()
-                    };
-                    self.profile = None;
-                    self.run = None;
-                    self.textures.clear();
-                    self.model = Some(*view);
-                }
-                Reply::Ran(view) => {
-                    self.error = None;
-                    self.selection.channel = None;
-                    self.selection.class = view.top.first().map(|p| p.index);
-                    if self.selection.layer.is_none() {
-                        self.selection.layer = Some(LayerId::Stem);
-                    }
-                    self.textures.clear();
-                    self.run = Some(*view);
-                }
-                Reply::Profiled(p) => self.profile = Some(p),
-                Reply::Failed { kind, message } => {
-                    if kind == JobKind::Load {
-                        self.loading = None;
-                        // The remembered model is gone or broken: open the default instead of
-                        // leaving the window empty (once; the error stays on show).
-                        if self.model.is_none() && !self.fell_back {
-                            self.fell_back = true;
-                            self.load_model(initial_model(None, None));
-                        }
-                    }
-                    let what = match kind {
-                        JobKind::Load => "Could not load the model",
-                        JobKind::Classify => "Could not open the image",
-                        JobKind::Profile => "Profiling failed",
-                    };
-                    self.error = Some(format!("{what}: {message}"));
-                }
-            }
+            self.take_reply(reply);
         }
-        // Take the request only once its pixels are there (putting it back instead could lose
-        // pixels that arrive in between).
-        let shot = {
-            let mut slot = self.screenshot.lock().expect("screenshot");
-            match slot.as_ref() {
-                Some((_, Some(_))) => slot.take(),
-                _ => None,
-            }
-        };
-        if let Some((path, Some(img))) = shot {
-            self.notice = Some(match save_color_image(&img, &path) {
-                Ok(()) => format!("Saved screenshot to {}", path.display()),
-                Err(e) => format!("Could not save the screenshot: {e}"),
-            })
+        self.shared.status.pending = self.worker.pending();
+        if self.shared.status.pending == 0 {
+            self.shared.status.job = None;
         }
     }
 
-    /// Asks the integration for a picture of the window, saved to `path` when it arrives.
-    pub fn request_screenshot(&mut self, path: PathBuf) {
-        *self.screenshot.lock().expect("screenshot") = Some((path, None));
-        let slot = self.screenshot.clone();
-        let ctx = self.ctx.clone();
-        self.ctx.request_screenshot(move |img| {
-            if let Some((_, pixels)) = slot.lock().expect("screenshot").as_mut() {
-                *pixels = Some(img);
+    fn take_reply(&mut self, reply: Reply) {
+        let s = &mut self.shared;
+        match reply {
+            Reply::Loaded(view) => {
+                s.status.loading = None;
+                // After a fallback the error says why this is not the model asked for.
+                if !(self.fell_back && s.model.is_none()) {
+                    s.status.error = None;
+                }
+                s.settings.model = Some(view.spec.clone());
+                s.selection = Selection {
+                    layer: Some(LayerId::Stem),
+                    ..Default::default()
+                };
+                s.profile = None;
+                s.run = None;
+                s.textures.clear();
+                s.model = Some(*view);
+                self.panels.architecture.model_changed();
             }
-            ctx.request_repaint();
-        });
+            Reply::Ran(view) => {
+                s.status.error = None;
+                s.selection.channel = None;
+                s.selection.class = view.top.first().map(|p| p.index);
+                if s.selection.layer.is_none() {
+                    s.selection.layer = Some(LayerId::Stem);
+                }
+                s.textures.clear();
+                s.run = Some(*view);
+            }
+            Reply::Profiled(p) => s.profile = Some(p),
+            Reply::Weights(list) => s.weights = Some(list),
+            Reply::Downloaded(folder) => {
+                s.status.notice = Some(format!("Downloaded into {}", folder.display()));
+                s.request(Request::RescanWeights);
+                s.request(Request::Load(ModelSpec::Weights(folder)));
+                self.handle_requests();
+            }
+            Reply::Saved(path) => s.report(Ok(format!("Saved {}", path.display()))),
+            Reply::Progress {
+                kind,
+                done,
+                total,
+                what,
+            } => {
+                s.status.job = Some(JobStatus {
+                    kind,
+                    done,
+                    total,
+                    what,
+                })
+            }
+            Reply::Cancelled(kind) => {
+                s.status.job = None;
+                s.status.notice = Some(format!("{} cancelled", kind_name(kind)));
+            }
+            Reply::Failed { kind, message } => self.failed(kind, message),
+        }
+    }
+
+    fn failed(&mut self, kind: JobKind, message: String) {
+        if kind == JobKind::Load {
+            self.shared.status.loading = None;
+            // The remembered model is gone or broken: open the default instead of leaving the
+            // window empty (once; the error stays on show).
+            if self.shared.model.is_none() && !self.fell_back {
+                self.fell_back = true;
+                self.request(Request::Load(initial_model(None, None)));
+            }
+        }
+        let what = match kind {
+            JobKind::Load => "Could not load the model",
+            JobKind::Classify => "Could not open the image",
+            JobKind::Profile => "Profiling failed",
+            JobKind::ScanWeights => "Could not list weights/",
+            JobKind::Download => "Download failed",
+            JobKind::Save => "Could not save",
+        };
+        self.shared.status.error = Some(format!("{what}: {message}"));
     }
 
     fn handle_input(&mut self, ctx: &egui::Context) {
@@ -343,43 +434,23 @@ impl ExplorerApp {
         if let Some(f) = dropped.into_iter().last() {
             let path = f.path().to_path_buf();
             if path.exists() {
-                self.open_path(&path);
+                self.shared.request(Request::OpenPath(path));
             } else {
                 match f.bytes() {
-                    Ok(bytes) => self.open_image(ImageSource::Bytes {
+                    Ok(bytes) => self.shared.request(Request::OpenImage(ImageSource::Bytes {
                         name: path.display().to_string(),
                         bytes: bytes.into(),
-                    }),
-                    Err(e) => self.error = Some(format!("Could not read the dropped file: {e}")),
+                    })),
+                    Err(e) => {
+                        self.shared.status.error =
+                            Some(format!("Could not read the dropped file: {e}"))
+                    }
                 }
             }
         }
         for e in pasted {
-            match e {
-                egui::Event::PasteImage(img) => {
-                    let rgba = image::RgbaImage::from_raw(
-                        img.width() as u32,
-                        img.height() as u32,
-                        img.pixels
-                            .iter()
-                            .flat_map(|c| c.to_srgba_unmultiplied())
-                            .collect(),
-                    );
-                    if let Some(rgba) = rgba {
-                        self.open_image(ImageSource::Pixels {
-                            name: "pasted image".into(),
-                            image: Arc::new(image::DynamicImage::ImageRgba8(rgba)),
-                        });
-                    }
-                }
-                // A pasted file path (copied from a file manager) opens that file.
-                egui::Event::Paste(text) => {
-                    let p = PathBuf::from(text.trim().trim_start_matches("file://"));
-                    if p.is_file() {
-                        self.open_path(&p);
-                    }
-                }
-                _ => {}
+            if let Some(r) = pasted_request(e) {
+                self.shared.request(r);
             }
         }
     }
@@ -389,146 +460,38 @@ impl ExplorerApp {
         let ctx = ui.ctx().clone();
         self.poll();
         self.handle_input(&ctx);
-
-        egui::Panel::top("menu").show(ui, |ui| self.menu_bar(ui));
-        egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
+        let (shared, panels) = (&mut self.shared, &mut self.panels);
+        egui::Panel::top("menu").show(ui, |ui| menu_bar(ui, shared, panels));
+        egui::Panel::bottom("status").show(ui, |ui| status_bar(ui, shared));
         egui::Panel::left("sidebar")
             .resizable(true)
-            .default_size(self.settings.sidebar_width)
+            .default_size(shared.settings.sidebar_width)
             .size_range(220.0..=520.0)
             .show(ui, |ui| {
-                self.settings.sidebar_width = ui.available_width();
-                egui::ScrollArea::vertical().show(ui, |ui| sidebar::show(self, ui));
+                shared.settings.sidebar_width = ui.available_width();
+                egui::ScrollArea::vertical().show(ui, |ui| panels.sidebar.ui(ui, shared));
             });
         egui::CentralPanel::default().show(ui, |ui| {
             ui.horizontal(|ui| {
                 for tab in Tab::ALL {
-                    ui.selectable_value(&mut self.settings.tab, tab, tab.name());
+                    ui.selectable_value(&mut shared.settings.tab, tab, tab.name());
                 }
             });
             ui.separator();
-            match self.settings.tab {
-                Tab::Features => features::show(self, ui),
-                Tab::LayerScale => layer_scale::show(self, ui),
-                Tab::Profile => profile::show(self, ui),
-                Tab::Architecture => architecture::show(self, ui),
+            match shared.settings.tab {
+                Tab::Features => panels.features.ui(ui, shared),
+                Tab::LayerScale => panels.layer_scale.ui(ui, shared),
+                Tab::Profile => panels.profile.ui(ui, shared),
+                Tab::Architecture => panels.architecture.ui(ui, shared),
             }
         });
         #[cfg(feature = "hub")]
-        download::window(self, &ctx);
+        panels.download.ui(&ctx, shared);
         drop_hint(&ctx);
-        if self.busy() {
+        self.handle_requests();
+        if self.shared.busy() {
             // Keep the spinner turning while the worker is at it.
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
-        }
-    }
-
-    fn menu_bar(&mut self, ui: &mut egui::Ui) {
-        egui::MenuBar::new().ui(ui, |ui| {
-            ui.menu_button("File", |ui| {
-                if ui.button("Open image…").clicked() {
-                    self.open_image_dialog();
-                    ui.close();
-                }
-                if ui.button("Open weights…").clicked() {
-                    self.open_weights_dialog();
-                    ui.close();
-                }
-                #[cfg(feature = "hub")]
-                if ui.button("Download from Hugging Face…").clicked() {
-                    self.download.open = true;
-                    ui.close();
-                }
-                ui.separator();
-                if ui.button("Save feature grid as PNG…").clicked() {
-                    if let Some(p) = save_file("feature_grid.png", "PNG", "png") {
-                        self.save_grid_png(&p);
-                    }
-                    ui.close();
-                }
-                if ui.button("Save overlay as PNG…").clicked() {
-                    if let Some(p) = save_file("overlay.png", "PNG", "png") {
-                        self.save_overlay_png(&p);
-                    }
-                    ui.close();
-                }
-                if ui.button("Save screenshot…").clicked() {
-                    if let Some(p) = save_file("convnext-explorer.png", "PNG", "png") {
-                        self.request_screenshot(p);
-                    }
-                    ui.close();
-                }
-                ui.separator();
-                if ui.button("Quit").clicked() {
-                    ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
-                }
-            });
-            ui.menu_button("View", |ui| {
-                for tab in Tab::ALL {
-                    if ui
-                        .selectable_value(&mut self.settings.tab, tab, tab.name())
-                        .clicked()
-                    {
-                        ui.close();
-                    }
-                }
-            });
-        });
-    }
-
-    fn status_bar(&mut self, ui: &mut egui::Ui) {
-        ui.horizontal(|ui| {
-            if self.busy() {
-                ui.spinner();
-                ui.label(match &self.loading {
-                    Some(what) => format!("Loading {what}…"),
-                    None => "Working…".to_string(),
-                });
-            } else if let Some(m) = &self.model {
-                ui.label(format!("{} · {}", m.device, m.dtype));
-                if let Some(r) = &self.run {
-                    ui.separator();
-                    ui.label(format!(
-                        "{}: forward + capture {:.1} ms",
-                        r.name,
-                        r.elapsed.as_secs_f64() * 1e3
-                    ));
-                }
-            }
-            if let Some(e) = self.error.clone() {
-                ui.separator();
-                ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}"));
-                if ui.small_button("x").on_hover_text("Dismiss").clicked() {
-                    self.error = None;
-                }
-            } else if let Some(n) = self.notice.clone() {
-                ui.separator();
-                ui.label(n);
-                if ui.small_button("x").on_hover_text("Dismiss").clicked() {
-                    self.notice = None;
-                }
-            }
-        });
-    }
-
-    pub fn save_grid_png(&mut self, path: &Path) {
-        let result = features::grid_image(self)
-            .ok_or_else(|| "no feature map to save".to_string())
-            .and_then(|img| img.save(path).map_err(|e| e.to_string()));
-        self.report_save(path, result);
-    }
-
-    pub fn save_overlay_png(&mut self, path: &Path) {
-        let result = features::overlay_image(self)
-            .ok_or_else(|| "select a channel (or class) first".to_string())
-            .and_then(|img| img.save(path).map_err(|e| e.to_string()));
-        self.report_save(path, result);
-    }
-
-    fn report_save(&mut self, path: &Path, result: Result<(), String>) {
-        match result {
-            Ok(()) => self.notice = Some(format!("Saved {}", path.display())),
-            Err(e) => self.error = Some(format!("Could not save {}: {e}", path.display())),
         }
     }
 }
@@ -539,20 +502,150 @@ impl eframe::App for ExplorerApp {
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
-        eframe::set_value(storage, eframe::APP_KEY, &self.settings);
+        eframe::set_value(storage, eframe::APP_KEY, &self.shared.settings);
     }
 }
 
-/// A count for a table cell: empty for zero, so that the layers that do the work stand out.
-pub fn nonzero(x: f64) -> String {
-    if x == 0.0 {
-        String::new()
-    } else {
-        crate::flops::human(x)
+fn kind_name(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::Load => "Loading",
+        JobKind::Classify => "Classifying",
+        JobKind::Profile => "Profiling",
+        JobKind::ScanWeights => "Listing weights",
+        JobKind::Download => "Download",
+        JobKind::Save => "Saving",
     }
 }
 
-pub const IMAGE_EXTS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"];
+/// A pasted image opens as the image; a pasted file path (copied from a file manager) opens
+/// that file.
+fn pasted_request(e: egui::Event) -> Option<Request> {
+    match e {
+        egui::Event::PasteImage(img) => {
+            let rgba = image::RgbaImage::from_raw(
+                img.width() as u32,
+                img.height() as u32,
+                img.pixels
+                    .iter()
+                    .flat_map(|c| c.to_srgba_unmultiplied())
+                    .collect(),
+            )?;
+            Some(Request::OpenImage(ImageSource::Pixels {
+                name: "pasted image".into(),
+                image: Arc::new(image::DynamicImage::ImageRgba8(rgba)),
+            }))
+        }
+        egui::Event::Paste(text) => {
+            let p = PathBuf::from(text.trim().trim_start_matches("file://"));
+            p.is_file().then_some(Request::OpenPath(p))
+        }
+        _ => None,
+    }
+}
+
+/// Asks the integration for a picture of the window; its pixels go to the worker to be saved.
+fn request_screenshot(ctx: &egui::Context, jobs: JobSender, path: PathBuf) {
+    let repaint = ctx.clone();
+    ctx.request_screenshot(move |img| {
+        let [w, h] = img.size;
+        let bytes: Vec<u8> = img.pixels.iter().flat_map(|c| c.to_array()).collect();
+        if let Some(rgba) = image::RgbaImage::from_raw(w as u32, h as u32, bytes) {
+            jobs.send(Job::Save {
+                path,
+                content: SaveContent::Png(rgba),
+            });
+        }
+        repaint.request_repaint();
+    });
+}
+
+fn menu_bar(ui: &mut egui::Ui, shared: &mut Shared, panels: &mut Panels) {
+    egui::MenuBar::new().ui(ui, |ui| {
+        ui.menu_button("File", |ui| {
+            if ui.button("Open image…").clicked() {
+                open_image_dialog(shared);
+                ui.close();
+            }
+            if ui.button("Open weights…").clicked() {
+                open_weights_dialog(shared);
+                ui.close();
+            }
+            #[cfg(feature = "hub")]
+            if ui.button("Download from Hugging Face…").clicked() {
+                shared.request(Request::ShowDownload);
+                ui.close();
+            }
+            ui.separator();
+            if ui.button("Save feature grid as PNG…").clicked() {
+                panels.features.save_grid(shared);
+                ui.close();
+            }
+            if ui.button("Save overlay as PNG…").clicked() {
+                panels.features.save_overlay(shared);
+                ui.close();
+            }
+            if ui.button("Save screenshot…").clicked() {
+                if let Some(p) = save_dialog("convnext-explorer.png", "PNG", "png") {
+                    shared.request(Request::Screenshot(p));
+                }
+                ui.close();
+            }
+            ui.separator();
+            if ui.button("Quit").clicked() {
+                ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+            }
+        });
+        ui.menu_button("View", |ui| {
+            for tab in Tab::ALL {
+                if ui
+                    .selectable_value(&mut shared.settings.tab, tab, tab.name())
+                    .clicked()
+                {
+                    ui.close();
+                }
+            }
+        });
+    });
+}
+
+fn status_bar(ui: &mut egui::Ui, shared: &mut Shared) {
+    ui.horizontal(|ui| {
+        let status = &mut shared.status;
+        if status.pending > 0 {
+            ui.spinner();
+            ui.label(match (&status.loading, &status.job) {
+                (Some(what), _) => format!("Loading {what}…"),
+                (None, Some(j)) => {
+                    format!("{}: {} {}/{}", kind_name(j.kind), j.what, j.done, j.total)
+                }
+                (None, None) => "Working…".to_string(),
+            });
+        } else if let Some(m) = &shared.model {
+            ui.label(format!("{} · {}", m.device, m.dtype));
+            if let Some(r) = &shared.run {
+                ui.separator();
+                ui.label(format!(
+                    "{}: forward + capture {:.1} ms",
+                    r.name,
+                    r.elapsed.as_secs_f64() * 1e3
+                ));
+            }
+        }
+        if let Some(e) = status.error.clone() {
+            ui.separator();
+            ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}"));
+            if ui.small_button("x").on_hover_text("Dismiss").clicked() {
+                status.error = None;
+            }
+        } else if let Some(n) = status.notice.clone() {
+            ui.separator();
+            ui.label(n);
+            if ui.small_button("x").on_hover_text("Dismiss").clicked() {
+                status.notice = None;
+            }
+        }
+    });
+}
 
 /// The model to open first: the one asked for, else the last one (if it still exists), else
 /// the shipped model, else a random-weights variant.
@@ -575,46 +668,13 @@ pub fn initial_model(asked: Option<PathBuf>, last: Option<ModelSpec>) -> ModelSp
     }
 }
 
-/// Checkpoints in a folder (files and model folders), each opened to say what it is.
-pub fn scan_weights(dir: &Path) -> Vec<WeightsEntry> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut paths: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| is_weights_file(p) || (p.is_dir() && p.join("config.json").is_file()))
-        .collect();
-    paths.sort();
-    paths
-        .into_iter()
-        .map(|path| {
-            let summary = Checkpoint::open(&path)
-                .map(|ck| {
-                    format!(
-                        "{} · {} · {} params · {} classes",
-                        ck.config.variant_name().unwrap_or("custom"),
-                        ck.format,
-                        crate::flops::human(ck.num_params() as f64),
-                        ck.config.num_classes
-                    )
-                })
-                .map_err(|e| e.to_string());
-            WeightsEntry { path, summary }
-        })
-        .collect()
-}
-
 /// Sample images shipped in `assets/samples`.
 pub fn sample_images() -> Vec<PathBuf> {
     let dir = project_dir("assets/samples");
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| IMAGE_EXTS.contains(&e.to_ascii_lowercase().as_str()))
-                })
+                .filter(|p| is_image_file(p))
                 .collect()
         })
         .unwrap_or_default();
@@ -622,24 +682,51 @@ pub fn sample_images() -> Vec<PathBuf> {
     v
 }
 
-fn pick_file(what: &str, exts: &[&str]) -> Option<PathBuf> {
-    rfd::FileDialog::new().add_filter(what, exts).pick_file()
+/// File > Open image (and the sidebar's button).
+fn open_image_dialog(shared: &mut Shared) {
+    let exts = crate::preprocess::IMAGE_EXTENSIONS;
+    if let Some(p) = rfd::FileDialog::new()
+        .add_filter("Images", exts)
+        .pick_file()
+    {
+        shared.request(Request::OpenImage(ImageSource::Path(p)));
+    }
 }
 
-fn save_file(name: &str, what: &str, ext: &str) -> Option<PathBuf> {
+/// File > Open weights (and the sidebar's button).
+fn open_weights_dialog(shared: &mut Shared) {
+    let exts = crate::model::checkpoint::WEIGHTS_EXTENSIONS;
+    if let Some(p) = rfd::FileDialog::new()
+        .add_filter("Checkpoints", exts)
+        .pick_file()
+    {
+        shared.request(Request::Load(ModelSpec::Weights(p)));
+    }
+}
+
+fn save_dialog(name: &str, what: &str, ext: &str) -> Option<PathBuf> {
     rfd::FileDialog::new()
         .set_file_name(name)
         .add_filter(what, &[ext])
         .save_file()
 }
 
-fn save_color_image(img: &egui::ColorImage, path: &Path) -> Result<(), String> {
-    let [w, h] = img.size;
-    let bytes: Vec<u8> = img.pixels.iter().flat_map(|c| c.to_array()).collect();
-    image::RgbaImage::from_raw(w as u32, h as u32, bytes)
-        .ok_or_else(|| "bad screenshot buffer".to_string())?
-        .save(path)
-        .map_err(|e| e.to_string())
+/// Saves what `make` gives through the worker (after asking where), or says why there is
+/// nothing to save.
+fn save_as(
+    shared: &mut Shared,
+    name: &str,
+    (what, ext): (&str, &str),
+    content: Result<SaveContent, String>,
+) {
+    match content {
+        Ok(content) => {
+            if let Some(path) = save_dialog(name, what, ext) {
+                shared.request(Request::Save { path, content });
+            }
+        }
+        Err(e) => shared.report(Err(format!("Nothing to save: {e}"))),
+    }
 }
 
 fn drop_hint(ctx: &egui::Context) {
@@ -680,7 +767,7 @@ pub fn run(start: StartOptions) -> anyhow::Result<()> {
                 .storage
                 .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
                 .unwrap_or_default();
-            Ok(Box::new(ExplorerApp::new(&cc.egui_ctx, settings, start)))
+            Ok(Box::new(ExplorerApp::new(&cc.egui_ctx, settings, start)?))
         }),
     )
     .map_err(|e| anyhow::anyhow!("could not open the window: {e}"))

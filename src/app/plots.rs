@@ -25,11 +25,3 @@ pub fn histogram_bars(values: &[f32], bins: usize, lo: f32, hi: f32, min_step: f
         .map(|(i, &n)| Bar::new(lo as f64 + (i as f64 + 0.5) * step, n as f64).width(step))
         .collect()
 }
-
-/// A tensor shape as `1×96×56×56`.
-pub fn shape_text(s: &[usize]) -> String {
-    s.iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("×")
-}

@@ -1,45 +1,43 @@
 //! Left panel: the model (checkpoints, variants, device), the image, and the predictions.
-use super::textures;
-use super::worker::{ImageSource, ModelSpec};
-use super::{sample_images, ExplorerApp};
-use crate::flops::human;
-use crate::model::config::variant_names;
+use super::{sample_images, textures, ImageSource, Request, Shared, Tab};
+use crate::engine::ModelSpec;
+use crate::model::config::{variant_names, Version};
+use crate::text::{file_label, human};
 use egui::{RichText, TextureOptions};
 
-pub fn show(app: &mut ExplorerApp, ui: &mut egui::Ui) {
-    model_section(app, ui);
-    ui.separator();
-    image_section(app, ui);
-    ui.separator();
-    predictions(app, ui);
+#[derive(Default)]
+pub struct Sidebar;
+
+impl Sidebar {
+    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+        model_section(ui, shared);
+        ui.separator();
+        image_section(ui, shared);
+        ui.separator();
+        predictions(ui, shared);
+    }
 }
 
-fn model_section(app: &mut ExplorerApp, ui: &mut egui::Ui) {
+fn model_section(ui: &mut egui::Ui, shared: &mut Shared) {
     ui.heading("Model");
-    match &app.model {
+    match &shared.model {
         Some(m) => {
-            let name = match &m.spec {
-                ModelSpec::Weights(p) => p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                ModelSpec::Variant { name, .. } => name.clone(),
-            };
-            ui.label(RichText::new(name).strong());
+            let c = &m.config;
+            ui.label(RichText::new(m.spec.label()).strong());
             ui.label(format!(
                 "{} {} · depths {:?} · dims {:?}",
-                m.variant.as_deref().unwrap_or("custom"),
-                match m.version {
-                    crate::model::config::Version::V1 => "(V1)",
-                    crate::model::config::Version::V2 => "(V2, GRN)",
+                c.variant_name().unwrap_or("custom"),
+                match c.version {
+                    Version::V1 => "(V1)",
+                    Version::V2 => "(V2, GRN)",
                 },
-                m.depths,
-                m.dims
+                c.depths,
+                c.dims
             ));
             ui.label(format!(
                 "{} params · {} classes · input {}×{}",
                 human(m.num_params as f64),
-                m.num_classes,
+                c.num_classes,
                 m.input_size.0,
                 m.input_size.1
             ));
@@ -50,7 +48,7 @@ fn model_section(app: &mut ExplorerApp, ui: &mut egui::Ui) {
                 );
             }
         }
-        None if app.loading.is_some() => {
+        None if shared.status.loading.is_some() => {
             ui.horizontal(|ui| {
                 ui.spinner();
                 ui.label("Loading…");
@@ -60,17 +58,26 @@ fn model_section(app: &mut ExplorerApp, ui: &mut egui::Ui) {
             ui.label("No model loaded.");
         }
     }
+    device_and_dtype(ui, shared);
+    egui::CollapsingHeader::new("Checkpoints in weights/")
+        .default_open(true)
+        .show(ui, |ui| weights_list(ui, shared));
+    egui::CollapsingHeader::new("Named variant (random weights)")
+        .default_open(false)
+        .show(ui, |ui| variant_picker(ui, shared));
+}
 
+fn device_and_dtype(ui: &mut egui::Ui, shared: &mut Shared) {
+    let settings = &mut shared.settings;
+    let mut changed = false;
     ui.horizontal(|ui| {
-        let devices = crate::device::available();
-        let mut changed = false;
         let lbl = ui.label("Device");
         egui::ComboBox::from_id_salt("device")
-            .selected_text(app.settings.device.clone())
+            .selected_text(settings.device.clone())
             .show_ui(ui, |ui| {
-                for d in devices {
+                for d in crate::device::available() {
                     changed |= ui
-                        .selectable_value(&mut app.settings.device, d.clone(), d)
+                        .selectable_value(&mut settings.device, d.clone(), d)
                         .changed();
                 }
             })
@@ -78,111 +85,108 @@ fn model_section(app: &mut ExplorerApp, ui: &mut egui::Ui) {
             .labelled_by(lbl.id);
         let lbl = ui.label("dtype");
         egui::ComboBox::from_id_salt("dtype")
-            .selected_text(app.settings.dtype.clone())
+            .selected_text(settings.dtype.clone())
             .show_ui(ui, |ui| {
                 for d in ["f32", "bf16", "f16"] {
                     changed |= ui
-                        .selectable_value(&mut app.settings.dtype, d.to_string(), d)
+                        .selectable_value(&mut settings.dtype, d.to_string(), d)
                         .changed();
                 }
             })
             .response
             .labelled_by(lbl.id);
-        if changed {
-            app.reload();
-        }
     });
+    if changed {
+        shared.request(Request::Reload);
+    }
+}
 
-    egui::CollapsingHeader::new("Checkpoints in weights/")
-        .default_open(true)
-        .show(ui, |ui| {
-            let list = app.weights.lock().expect("weights list").clone();
-            match list {
-                None => {
-                    ui.horizontal(|ui| {
-                        ui.spinner();
-                        ui.label("Reading…");
-                    });
-                }
-                Some(list) if list.is_empty() => {
-                    ui.label("None yet: put checkpoints in weights/.");
-                }
-                Some(list) => {
-                    for e in list {
-                        let name = e
-                            .path
-                            .file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_default();
-                        let current = app.model.as_ref().map(|m| &m.spec)
-                            == Some(&ModelSpec::Weights(e.path.clone()));
-                        match &e.summary {
-                            Ok(s) => {
-                                let r = ui
-                                    .selectable_label(current, &name)
-                                    .on_hover_text(e.path.display().to_string());
-                                ui.label(RichText::new(s).small().weak());
-                                if r.clicked() {
-                                    app.load_model(ModelSpec::Weights(e.path.clone()));
-                                }
-                            }
-                            Err(err) => {
-                                ui.label(RichText::new(&name).strikethrough())
-                                    .on_hover_text(err);
-                            }
+fn weights_list(ui: &mut egui::Ui, shared: &mut Shared) {
+    match &shared.weights {
+        None => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("Reading…");
+            });
+        }
+        Some(list) if list.is_empty() => {
+            ui.label("None yet: put checkpoints in weights/.");
+        }
+        Some(list) => {
+            let current = shared.model.as_ref().map(|m| &m.spec);
+            let mut pick = None;
+            for e in list {
+                let name = file_label(&e.path);
+                match &e.summary {
+                    Ok(s) => {
+                        let spec = ModelSpec::Weights(e.path.clone());
+                        let r = ui
+                            .selectable_label(current == Some(&spec), &name)
+                            .on_hover_text(e.path.display().to_string());
+                        ui.label(RichText::new(s).small().weak());
+                        if r.clicked() {
+                            pick = Some(spec);
                         }
+                    }
+                    Err(err) => {
+                        ui.label(RichText::new(&name).strikethrough())
+                            .on_hover_text(err);
                     }
                 }
             }
-            ui.horizontal(|ui| {
-                if ui.button("Open weights…").clicked() {
-                    app.open_weights_dialog();
-                }
-                if ui.button("Rescan").clicked() {
-                    app.rescan_weights();
-                }
-                #[cfg(feature = "hub")]
-                if ui.button("Download…").clicked() {
-                    app.download.open = true;
-                }
-            });
-        });
-
-    egui::CollapsingHeader::new("Named variant (random weights)")
-        .default_open(false)
-        .show(ui, |ui| {
-            ui.horizontal(|ui| {
-                let lbl = ui.label("Variant");
-                egui::ComboBox::from_id_salt("variant")
-                    .selected_text(app.settings.variant.clone())
-                    .height(400.0)
-                    .show_ui(ui, |ui| {
-                        for v in variant_names() {
-                            ui.selectable_value(&mut app.settings.variant, v.to_string(), v);
-                        }
-                    })
-                    .response
-                    .labelled_by(lbl.id);
-                ui.add(
-                    egui::DragValue::new(&mut app.settings.variant_classes)
-                        .range(1..=100_000)
-                        .suffix(" classes"),
-                );
-            });
-            if ui.button("Build").clicked() {
-                app.load_model(ModelSpec::Variant {
-                    name: app.settings.variant.clone(),
-                    classes: app.settings.variant_classes,
-                    seed: 0,
-                });
+            if let Some(spec) = pick {
+                shared.request(Request::Load(spec));
             }
-        });
+        }
+    }
+    ui.horizontal(|ui| {
+        if ui.button("Open weights…").clicked() {
+            super::open_weights_dialog(shared);
+        }
+        if ui.button("Rescan").clicked() {
+            shared.request(Request::RescanWeights);
+        }
+        #[cfg(feature = "hub")]
+        if ui.button("Download…").clicked() {
+            shared.request(Request::ShowDownload);
+        }
+    });
 }
 
-fn image_section(app: &mut ExplorerApp, ui: &mut egui::Ui) {
+fn variant_picker(ui: &mut egui::Ui, shared: &mut Shared) {
+    let settings = &mut shared.settings;
+    ui.horizontal(|ui| {
+        let lbl = ui.label("Variant");
+        egui::ComboBox::from_id_salt("variant")
+            .selected_text(settings.variant.clone())
+            .height(400.0)
+            .show_ui(ui, |ui| {
+                for v in variant_names() {
+                    ui.selectable_value(&mut settings.variant, v.to_string(), v);
+                }
+            })
+            .response
+            .labelled_by(lbl.id);
+        ui.add(
+            egui::DragValue::new(&mut settings.variant_classes)
+                .range(1..=100_000)
+                .suffix(" classes"),
+        );
+    });
+    if ui.button("Build").clicked() {
+        let spec = ModelSpec::Variant {
+            name: settings.variant.clone(),
+            classes: settings.variant_classes,
+            seed: 0,
+        };
+        shared.request(Request::Load(spec));
+    }
+}
+
+fn image_section(ui: &mut egui::Ui, shared: &mut Shared) {
     ui.heading("Image");
-    if let Some(run) = &app.run {
-        let tex = app
+    if let Some(run) = &shared.run {
+        let tex = shared
             .textures
             .get(ui.ctx(), "original", TextureOptions::LINEAR, || {
                 textures::rgba(&run.original)
@@ -196,7 +200,7 @@ fn image_section(app: &mut ExplorerApp, ui: &mut egui::Ui) {
         ui.label("Drop an image on the window, open one, or pick a sample.");
     }
     if ui.button("Open image…").clicked() {
-        app.open_image_dialog();
+        super::open_image_dialog(shared);
     }
     egui::CollapsingHeader::new("Samples")
         .default_open(true)
@@ -208,23 +212,23 @@ fn image_section(app: &mut ExplorerApp, ui: &mut egui::Ui) {
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default();
                     if ui.small_button(&name).clicked() {
-                        app.open_image(ImageSource::Path(p.clone()));
+                        shared.request(Request::OpenImage(ImageSource::Path(p.clone())));
                     }
                 }
             });
         });
 }
 
-fn predictions(app: &mut ExplorerApp, ui: &mut egui::Ui) {
+fn predictions(ui: &mut egui::Ui, shared: &mut Shared) {
     ui.heading("Predictions");
-    let Some(run) = &app.run else {
+    let Some(run) = &shared.run else {
         ui.label("No image yet.");
         return;
     };
     let mut clicked = None;
     let bar_width = ui.available_width().min(280.0);
     for p in &run.top {
-        let selected = app.selection.class == Some(p.index);
+        let selected = shared.selection.class == Some(p.index);
         let label = format!(
             "{:5.1}%  {}",
             p.prob * 100.0,
@@ -246,8 +250,8 @@ fn predictions(app: &mut ExplorerApp, ui: &mut egui::Ui) {
         );
     }
     if let Some(c) = clicked {
-        app.selection.class = Some(c);
-        app.selection.channel = None;
-        app.settings.tab = super::Tab::Features;
+        shared.selection.class = Some(c);
+        shared.selection.channel = None;
+        shared.settings.tab = Tab::Features;
     }
 }

@@ -1,42 +1,19 @@
-//! The inference thread: the app sends jobs, the worker owns the engine and sends back plain
-//! data for the panels to draw. The UI thread never waits on it.
-use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
-use crate::engine::{Engine, Prediction};
-use crate::flops::LayerInfo;
-use crate::model::config::Version;
+//! The one background thread: the app sends jobs (loads, runs, profiles, weights scans,
+//! downloads, file saves), the worker owns the engine and sends back plain data for the panels
+//! to draw, with progress for long jobs and a cancel flag they check. The UI thread never waits
+//! on it.
+use super::views::{model_view, run_image, ModelView, ProfileView, RunView};
+use crate::device::{parse_device, parse_dtype};
+use crate::engine::{Engine, ModelSpec};
 use crate::preprocess;
-use crate::stats::FeatureMap;
-use crate::trace::{Both, CaptureLevel, CaptureObserver, LayerId, TimingObserver};
+use crate::progress::Progress;
 use candle_core::{DType, Tensor};
-use image::{DynamicImage, RgbImage, RgbaImage};
-use serde::{Deserialize, Serialize};
+use image::{DynamicImage, RgbaImage};
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// What model to build.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum ModelSpec {
-    Weights(PathBuf),
-    /// A named variant with seeded random weights (for shapes, MACs and timing).
-    Variant {
-        name: String,
-        classes: usize,
-        seed: u64,
-    },
-}
-
-impl std::fmt::Display for ModelSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ModelSpec::Weights(p) => write!(f, "{}", p.display()),
-            ModelSpec::Variant { name, .. } => write!(f, "{name} (random weights)"),
-        }
-    }
-}
 
 /// An image as it reached the app.
 #[derive(Clone)]
@@ -57,10 +34,7 @@ pub enum ImageSource {
 impl ImageSource {
     pub fn name(&self) -> String {
         match self {
-            ImageSource::Path(p) => p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| p.display().to_string()),
+            ImageSource::Path(p) => crate::text::file_label(p),
             ImageSource::Bytes { name, .. } | ImageSource::Pixels { name, .. } => name.clone(),
         }
     }
@@ -74,6 +48,12 @@ impl ImageSource {
     }
 }
 
+/// What a save job writes.
+pub enum SaveContent {
+    Png(RgbaImage),
+    Text(String),
+}
+
 pub enum Job {
     Load {
         spec: ModelSpec,
@@ -85,6 +65,15 @@ pub enum Job {
     Profile {
         runs: usize,
     },
+    /// Say what each checkpoint in a folder is.
+    ScanWeights(PathBuf),
+    /// Fetch a Hugging Face repo into `weights/`.
+    #[cfg(feature = "hub")]
+    Download(String),
+    Save {
+        path: PathBuf,
+        content: SaveContent,
+    },
 }
 
 impl Job {
@@ -93,6 +82,10 @@ impl Job {
             Job::Load { .. } => JobKind::Load,
             Job::Classify(_) => JobKind::Classify,
             Job::Profile { .. } => JobKind::Profile,
+            Job::ScanWeights(_) => JobKind::ScanWeights,
+            #[cfg(feature = "hub")]
+            Job::Download(_) => JobKind::Download,
+            Job::Save { .. } => JobKind::Save,
         }
     }
 }
@@ -102,64 +95,37 @@ pub enum JobKind {
     Load,
     Classify,
     Profile,
+    ScanWeights,
+    Download,
+    Save,
 }
 
-/// The model as the panels see it.
-pub struct ModelView {
-    pub spec: ModelSpec,
-    pub config: crate::model::Config,
-    pub summary: String,
-    pub variant: Option<String>,
-    pub version: Version,
-    pub depths: Vec<usize>,
-    pub dims: Vec<usize>,
-    pub num_classes: usize,
-    pub num_params: usize,
-    pub labels: Vec<String>,
-    pub input_size: (usize, usize),
-    pub device: String,
-    pub dtype: String,
-    pub is_random: bool,
-    /// The layer list at the model's input size, batch 1.
-    pub layers: Vec<LayerInfo>,
-    /// V1 layer scale per block: `(stage, block, gamma)`.
-    pub gammas: Vec<(usize, usize, Vec<f32>)>,
-    /// V2 GRN per block: `(stage, block, gamma, beta)`.
-    pub grn: Vec<(usize, usize, Vec<f32>, Vec<f32>)>,
-}
-
-/// One image through the model.
-pub struct RunView {
-    pub source: ImageSource,
-    pub name: String,
-    /// The image as loaded (downscaled for display).
-    pub original: RgbaImage,
-    /// What the network saw: the resized, centre-cropped input.
-    pub input: RgbImage,
-    pub top: Vec<Prediction>,
-    /// Stem, stage and block outputs, in forward order.
-    pub maps: Vec<(LayerId, Arc<FeatureMap>)>,
-    /// Class evidence over the last stage's positions for each of `top`.
-    pub evidence: Vec<(usize, Arc<FeatureMap>)>,
-    pub elapsed: Duration,
-}
-
-pub struct ProfileView {
-    pub runs: usize,
-    /// Median time per layer (containers included).
-    pub times: Vec<(LayerId, Duration)>,
-    /// Median time of a whole forward with the timing observer on.
-    pub total: Duration,
-    /// Median of the same forward with no observer (what the observer costs shows as the gap).
-    pub plain: Duration,
-    pub input_size: (usize, usize),
+/// A checkpoint found in `weights/`, with what the loader made of it.
+#[derive(Clone, Debug)]
+pub struct WeightsEntry {
+    pub path: PathBuf,
+    pub summary: Result<String, String>,
 }
 
 pub enum Reply {
     Loaded(Box<ModelView>),
     Ran(Box<RunView>),
     Profiled(ProfileView),
-    Failed { kind: JobKind, message: String },
+    Weights(Vec<WeightsEntry>),
+    Downloaded(PathBuf),
+    Saved(PathBuf),
+    /// How far the running job is.
+    Progress {
+        kind: JobKind,
+        done: usize,
+        total: usize,
+        what: String,
+    },
+    Cancelled(JobKind),
+    Failed {
+        kind: JobKind,
+        message: String,
+    },
 }
 
 /// The app's end of the worker.
@@ -167,68 +133,40 @@ pub struct Worker {
     jobs: Sender<Job>,
     replies: Receiver<Reply>,
     queued: Arc<AtomicUsize>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// What the thread shares with the app.
+struct Link {
+    replies: Sender<Reply>,
+    queued: Arc<AtomicUsize>,
+    cancel: Arc<AtomicBool>,
+    wake: Box<dyn Fn() + Send>,
 }
 
 impl Worker {
     /// Starts the thread; `wake` is called after every reply (the app passes egui's
     /// `request_repaint`).
-    pub fn spawn(wake: impl Fn() + Send + 'static) -> Self {
+    pub fn spawn(wake: impl Fn() + Send + 'static) -> std::io::Result<Self> {
         let (jobs, rx) = channel::<Job>();
         let (tx, replies) = channel::<Reply>();
         let queued = Arc::new(AtomicUsize::new(0));
-        let q = queued.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let link = Link {
+            replies: tx,
+            queued: queued.clone(),
+            cancel: cancel.clone(),
+            wake: Box::new(wake),
+        };
         std::thread::Builder::new()
             .name("inference".into())
-            .spawn(move || {
-                let mut state = WorkerState::default();
-                let mut queue = VecDeque::new();
-                loop {
-                    if queue.is_empty() {
-                        match rx.recv() {
-                            Ok(j) => queue.push_back(j),
-                            Err(_) => break,
-                        }
-                    }
-                    queue.extend(rx.try_iter());
-                    let Some(job) = queue.pop_front() else {
-                        continue;
-                    };
-                    // Of images queued back to back (many dropped at once) only the last matters.
-                    if matches!(job, Job::Classify(_))
-                        && matches!(queue.front(), Some(Job::Classify(_)))
-                    {
-                        q.fetch_sub(1, Ordering::SeqCst);
-                        continue;
-                    }
-                    // A bug in a job must not take the worker (and every later job) with it.
-                    let kind = job.kind();
-                    let replies = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        state.handle(job)
-                    }))
-                    .unwrap_or_else(|p| {
-                        let what = p
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default();
-                        vec![Reply::Failed {
-                            kind,
-                            message: format!("internal error: {what}"),
-                        }]
-                    });
-                    for reply in replies {
-                        let _ = tx.send(reply);
-                    }
-                    q.fetch_sub(1, Ordering::SeqCst);
-                    wake();
-                }
-            })
-            .expect("spawning the inference thread");
-        Self {
+            .spawn(move || serve(rx, link))?;
+        Ok(Self {
             jobs,
             replies,
             queued,
-        }
+            cancel,
+        })
     }
 
     pub fn send(&self, job: Job) {
@@ -236,6 +174,19 @@ impl Worker {
         if self.jobs.send(job).is_err() {
             self.queued.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// A sender for code that runs off the UI thread (the screenshot callback).
+    pub fn sender(&self) -> JobSender {
+        JobSender {
+            jobs: self.jobs.clone(),
+            queued: self.queued.clone(),
+        }
+    }
+
+    /// Asks the running job to stop at its next step (jobs queued behind it still run).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
     }
 
     /// Replies that have arrived, without waiting.
@@ -249,49 +200,129 @@ impl Worker {
     }
 }
 
+/// Sends jobs to the worker from any thread.
+#[derive(Clone)]
+pub struct JobSender {
+    jobs: Sender<Job>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl JobSender {
+    pub fn send(&self, job: Job) {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        if self.jobs.send(job).is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The thread's loop: one job at a time, in order, until the app drops its end.
+fn serve(rx: Receiver<Job>, link: Link) {
+    let mut state = WorkerState::default();
+    let mut queue = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match rx.recv() {
+                Ok(j) => queue.push_back(j),
+                Err(_) => break,
+            }
+        }
+        queue.extend(rx.try_iter());
+        let Some(job) = queue.pop_front() else {
+            continue;
+        };
+        // Of images queued back to back (many dropped at once) only the last matters.
+        if matches!(job, Job::Classify(_)) && matches!(queue.front(), Some(Job::Classify(_))) {
+            link.queued.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        link.cancel.store(false, Ordering::SeqCst);
+        let kind = job.kind();
+        // A bug in a job must not take the worker (and every later job) with it.
+        let replies =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.handle(job, &link)))
+                .unwrap_or_else(|p| {
+                    let what = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    vec![Reply::Failed {
+                        kind,
+                        message: format!("internal error: {what}"),
+                    }]
+                });
+        for reply in replies {
+            let _ = link.replies.send(reply);
+        }
+        link.queued.fetch_sub(1, Ordering::SeqCst);
+        (link.wake)();
+    }
+}
+
+/// A running job's progress, sent to the app as it happens, and the app's cancel button.
+struct JobProgress<'a> {
+    kind: JobKind,
+    link: &'a Link,
+}
+
+impl Progress for JobProgress<'_> {
+    fn update(&mut self, done: usize, total: usize, what: &str) {
+        let _ = self.link.replies.send(Reply::Progress {
+            kind: self.kind,
+            done,
+            total,
+            what: what.to_string(),
+        });
+        (self.link.wake)();
+    }
+
+    fn cancelled(&self) -> bool {
+        self.link.cancel.load(Ordering::SeqCst)
+    }
+}
+
 #[derive(Default)]
 struct WorkerState {
     engine: Option<Engine>,
-    /// The last image's network input, for re-runs and profiling.
+    /// The last image, for re-runs (a new model) and profiling.
     image: Option<(ImageSource, DynamicImage)>,
 }
 
 impl WorkerState {
-    fn handle(&mut self, job: Job) -> Vec<Reply> {
-        let (kind, result) = match job {
+    fn handle(&mut self, job: Job, link: &Link) -> Vec<Reply> {
+        let kind = job.kind();
+        let mut progress = JobProgress { kind, link };
+        let result = match job {
             Job::Load {
                 spec,
                 device,
                 dtype,
-            } => (JobKind::Load, self.load(spec, &device, &dtype)),
-            Job::Classify(src) => (JobKind::Classify, self.classify(src).map(|r| vec![r])),
-            Job::Profile { runs } => (JobKind::Profile, self.profile(runs).map(|r| vec![r])),
+            } => self.load(spec, &device, &dtype),
+            Job::Classify(src) => self.classify(src).map(|r| vec![r]),
+            Job::Profile { runs } => self.profile(runs, &mut progress).map(|r| vec![r]),
+            Job::ScanWeights(dir) => Ok(vec![Reply::Weights(scan_weights(&dir))]),
+            #[cfg(feature = "hub")]
+            Job::Download(repo) => download(&repo, &mut progress).map(|r| vec![r]),
+            Job::Save { path, content } => save(path, content).map(|r| vec![r]),
         };
-        result.unwrap_or_else(|e| {
-            vec![Reply::Failed {
+        result.unwrap_or_else(|e| match e.downcast_ref::<crate::Error>() {
+            Some(crate::Error::Cancelled(_)) => vec![Reply::Cancelled(kind)],
+            _ => vec![Reply::Failed {
                 kind,
                 message: format!("{e:#}"),
-            }]
+            }],
         })
     }
 
     /// Loads a model and, if an image is open, runs it through the new model too.
     fn load(&mut self, spec: ModelSpec, device: &str, dtype: &str) -> anyhow::Result<Vec<Reply>> {
-        let dev = parse_device(device)?;
-        let dt = parse_dtype(dtype)?;
-        let engine = match &spec {
-            ModelSpec::Weights(p) => Engine::load(p, &dev, dt)?,
-            ModelSpec::Variant {
-                name,
-                classes,
-                seed,
-            } => Engine::random(name, *classes, *seed, &dev, dt)?,
-        };
+        let engine = Engine::build(&spec, &parse_device(device)?, parse_dtype(dtype)?)?;
         let view = model_view(&engine, spec)?;
         // Only a model that loaded replaces the one in use.
-        self.engine = Some(engine);
+        let engine = self.engine.insert(engine);
         let mut replies = vec![Reply::Loaded(Box::new(view))];
-        if let (Some(engine), Some((src, img))) = (&self.engine, &self.image) {
+        if let Some((src, img)) = &self.image {
             replies.push(match run_image(engine, src, img) {
                 Ok(v) => Reply::Ran(Box::new(v)),
                 Err(e) => Reply::Failed {
@@ -303,22 +334,22 @@ impl WorkerState {
         Ok(replies)
     }
 
-    fn classify(&mut self, src: ImageSource) -> anyhow::Result<Reply> {
-        let engine = self
-            .engine
+    fn engine(&self) -> anyhow::Result<&Engine> {
+        self.engine
             .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no model loaded"))?;
+            .ok_or_else(|| anyhow::anyhow!("no model loaded"))
+    }
+
+    fn classify(&mut self, src: ImageSource) -> anyhow::Result<Reply> {
+        let engine = self.engine()?;
         let img = src.decode()?;
         let view = run_image(engine, &src, &img)?;
         self.image = Some((src, img));
         Ok(Reply::Ran(Box::new(view)))
     }
 
-    fn profile(&mut self, runs: usize) -> anyhow::Result<Reply> {
-        let engine = self
-            .engine
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no model loaded"))?;
+    fn profile(&mut self, runs: usize, progress: &mut dyn Progress) -> anyhow::Result<Reply> {
+        let engine = self.engine()?;
         let x = match &self.image {
             Some((_, img)) => preprocess::prepare(img, &engine.preprocess, &engine.device)?.tensor,
             None => {
@@ -329,7 +360,8 @@ impl WorkerState {
         let runs = runs.clamp(1, 1000);
         // One warm-up so that first-touch allocation and kernel compilation stay out.
         engine.forward(&x)?;
-        let measured = crate::profile::time_layers(engine, &x, runs, true)?;
+        let baseline = crate::profile::PlainBaseline::Interleaved;
+        let measured = crate::profile::time_layers(engine, &x, runs, baseline, progress)?;
         Ok(Reply::Profiled(ProfileView {
             runs,
             times: measured.times,
@@ -340,78 +372,47 @@ impl WorkerState {
     }
 }
 
-pub fn model_view(engine: &Engine, spec: ModelSpec) -> anyhow::Result<ModelView> {
-    let c = &engine.config;
-    Ok(ModelView {
-        spec,
-        config: c.clone(),
-        summary: engine.describe(),
-        variant: c.variant_name().map(str::to_string),
-        version: c.version,
-        depths: c.depths.clone(),
-        dims: c.dims.clone(),
-        num_classes: c.num_classes,
-        num_params: engine.num_params,
-        labels: engine.labels.clone(),
-        input_size: engine.preprocess.input_size,
-        device: device_name(&engine.device),
-        dtype: dtype_name(engine.dtype).to_string(),
-        is_random: engine.is_random(),
-        layers: engine.layers(1),
-        gammas: engine.model.gammas()?,
-        grn: engine.model.grn_params()?,
-    })
+/// Checkpoints in a folder (files and model folders), each opened to say what it is.
+pub fn scan_weights(dir: &std::path::Path) -> Vec<WeightsEntry> {
+    use crate::model::checkpoint::{is_weights_file, Checkpoint};
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_weights_file(p) || (p.is_dir() && p.join("config.json").is_file()))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let summary = Checkpoint::open(&path)
+                .map(|ck| {
+                    format!(
+                        "{} · {} · {} params · {} classes",
+                        ck.config.variant_name().unwrap_or("custom"),
+                        ck.format,
+                        crate::text::human(ck.num_params() as f64),
+                        ck.config.num_classes
+                    )
+                })
+                .map_err(|e| e.to_string());
+            WeightsEntry { path, summary }
+        })
+        .collect()
 }
 
-/// How many classes the prediction list and the evidence maps cover.
-pub const TOP_K: usize = 10;
-
-pub fn run_image(
-    engine: &Engine,
-    src: &ImageSource,
-    img: &DynamicImage,
-) -> anyhow::Result<RunView> {
-    let prepared = preprocess::prepare(img, &engine.preprocess, &engine.device)?;
-    let start = Instant::now();
-    let mut capture = CaptureObserver::new(CaptureLevel::Blocks);
-    let mut timing = TimingObserver::new(&engine.device);
-    let logits = engine.forward_observed(&prepared.tensor, &mut Both(&mut timing, &mut capture))?;
-    let top = engine.top_k(&logits, TOP_K)?.remove(0);
-    let elapsed = start.elapsed();
-    let mut maps = Vec::new();
-    let mut last = None;
-    for (id, t) in &capture.outputs {
-        if id.is_spatial() {
-            maps.push((*id, Arc::new(FeatureMap::from_nhwc(t, 0)?)));
-            if matches!(id, LayerId::Stage(_)) {
-                last = Some(t.clone());
-            }
-        }
-    }
-    let mut evidence = Vec::new();
-    if let Some(last) = last {
-        for p in &top {
-            let m = engine.model.class_evidence(&last, p.index)?.unsqueeze(3)?;
-            evidence.push((p.index, Arc::new(FeatureMap::from_nhwc(&m, 0)?)));
-        }
-    }
-    Ok(RunView {
-        source: src.clone(),
-        name: src.name(),
-        original: thumbnail(img, 512),
-        input: prepared.crop,
-        top,
-        maps,
-        evidence,
-        elapsed,
-    })
+#[cfg(feature = "hub")]
+fn download(repo: &str, progress: &mut dyn Progress) -> anyhow::Result<Reply> {
+    let dir = crate::hub::download_with_progress(repo, &crate::engine::weights_dir(), progress)?;
+    Ok(Reply::Downloaded(dir))
 }
 
-fn thumbnail(img: &DynamicImage, max: u32) -> RgbaImage {
-    if img.width() > max || img.height() > max {
-        img.resize(max, max, image::imageops::FilterType::Triangle)
-            .to_rgba8()
-    } else {
-        img.to_rgba8()
-    }
+fn save(path: PathBuf, content: SaveContent) -> anyhow::Result<Reply> {
+    let result = match content {
+        SaveContent::Png(img) => img.save(&path).map_err(anyhow::Error::from),
+        SaveContent::Text(s) => std::fs::write(&path, s).map_err(anyhow::Error::from),
+    };
+    result.map_err(|e| anyhow::anyhow!("could not save {}: {e}", path.display()))?;
+    Ok(Reply::Saved(path))
 }

@@ -97,6 +97,19 @@ impl Checkpoint {
     pub fn num_params(&self) -> usize {
         self.tensors.values().map(|t| t.elem_count()).sum()
     }
+
+    /// The class names the checkpoint's config gives, else the standard ones for its head size.
+    pub fn labels(&self) -> (Vec<String>, crate::labels::LabelSource) {
+        crate::labels::labels_for(self.config.num_classes, self.json.as_ref())
+    }
+
+    /// The preprocessing its configs ask for (timm's ConvNeXt eval transform where silent).
+    pub fn preprocess(&self) -> crate::preprocess::PreprocessConfig {
+        crate::preprocess::PreprocessConfig::from_json(
+            self.json.as_ref(),
+            self.preprocessor_json.as_ref(),
+        )
+    }
 }
 
 /// A folder becomes the weights file inside it; a file stays itself.

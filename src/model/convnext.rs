@@ -366,7 +366,7 @@ impl ConvNeXt {
             .broadcast_add(&bias)
     }
 
-    /// Every block with its id, in forward order.
+    /// Every block, in forward order.
     pub fn blocks(&self) -> impl Iterator<Item = &Block> {
         self.stages.iter().flat_map(|s| s.blocks.iter())
     }

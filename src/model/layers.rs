@@ -52,7 +52,7 @@ pub struct Linear {
     /// `[out, in]`; dropped once packed (the packed copy is the only one kept).
     weight: Option<Tensor>,
     pub bias: Tensor,
-    /// The weight packed for the CPU kernel (inference, f32, AVX-512).
+    /// The weight packed for the CPU kernel (inference, f32, a CPU with AVX2 and FMA).
     packed: Option<Arc<PackedLinear>>,
 }
 
@@ -88,7 +88,11 @@ impl Linear {
     /// `x Wᵀ` without the bias (for callers that fuse the bias into what follows).
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(p) = self.packed(x) {
-            return x.contiguous()?.apply_op1(PackedLinearOp(p, false));
+            let op = PackedLinearOp {
+                linear: p,
+                add_bias: false,
+            };
+            return x.contiguous()?.apply_op1(op);
         }
         let dims = x.dims().to_vec();
         let inp = *dims.last().unwrap_or(&0);
@@ -101,8 +105,11 @@ impl Linear {
             ))
         })?;
         let y = x.reshape((rows, inp))?.matmul(&w.t()?)?;
-        let mut out = dims;
-        *out.last_mut().unwrap() = w.dim(0)?;
+        let out: Vec<usize> = dims[..dims.len().saturating_sub(1)]
+            .iter()
+            .copied()
+            .chain([w.dim(0)?])
+            .collect();
         y.reshape(out)
     }
 }
@@ -126,7 +133,11 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(p) = self.packed(x) {
-            return x.contiguous()?.apply_op1(PackedLinearOp(p, true));
+            let op = PackedLinearOp {
+                linear: p,
+                add_bias: true,
+            };
+            return x.contiguous()?.apply_op1(op);
         }
         self.matmul(x)?.broadcast_add(&self.bias)
     }

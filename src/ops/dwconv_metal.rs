@@ -30,10 +30,7 @@ fn pipeline(device: &MetalDevice, name: &'static str) -> Result<ComputePipeline>
     static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
     let dev = device.metal_device();
     let id = dev.registry_id();
-    let mut cache = CACHE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut cache = crate::sync::lock(CACHE.get_or_init(Default::default));
     if let Some(p) = cache.pipelines.get(&(id, name)) {
         return Ok(p.clone());
     }

@@ -4,8 +4,10 @@
 //! The MLP's two Linear layers are most of a ConvNeXt's work. A general GEMM repacks the
 //! weight on every call and cannot know it is constant; packing at load time, fusing the bias,
 //! and a 6×16 register-blocked kernel (12 accumulators, one broadcast of x and two loads of the
-//! panel per step of K) serve these shapes better. Elsewhere (no AVX2, other devices, other
-//! dtypes) the caller uses candle's matmul.
+//! panel per step of K) serve these shapes better. The model uses it where the CPU has AVX2 and
+//! FMA ([`available`]); elsewhere (other CPUs, devices, dtypes) it uses candle's matmul. A
+//! portable version of the same tile runs where AVX2 is missing, so the packing and the tiling
+//! are tested on every machine.
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -98,8 +100,8 @@ impl PackedLinear {
                     while r < r1 {
                         let rows = MR.min(r1 - r);
                         // SAFETY: tasks write disjoint (row range × panel) regions of `out`, all
-                        // inside it; `x` rows r..r+rows exist; the CPU has AVX-512 (checked by
-                        // the caller through `available`).
+                        // inside it: rows r..r+rows < m, columns p·16..p·16+cols ≤ n; `x` holds
+                        // rows r..r+rows of k values; the panel holds k·16 values.
                         unsafe {
                             kernel(
                                 rows,
@@ -120,11 +122,21 @@ impl PackedLinear {
     }
 }
 
+/// The output buffer, shared by the tasks of one `forward`.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
+// SAFETY: the pointer is only written through by `forward`'s tasks, each to its own disjoint
+// region, while `forward` keeps the buffer alive and does not touch it until they all finish.
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`: no two tasks write the same element, none reads another's.
 unsafe impl Sync for SendPtr {}
 
+/// `rows` (1–6) rows × one panel of `c = a · panel (+ bias)`, with the AVX2 tile where the CPU
+/// has it and the portable one elsewhere.
+///
+/// # Safety
+/// `a` must point at `rows × k` readable f32 (rows `k` apart), `b` at `k × 16`, `c` at `rows`
+/// rows of `cols ≤ 16` writable f32, `ldc` apart; `bias`, if given, holds 16 values.
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel(
     rows: usize,
@@ -137,19 +149,41 @@ unsafe fn kernel(
     cols: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    match rows {
-        6 => x86::tile::<6>(k, a, b, bias, c, ldc, cols),
-        5 => x86::tile::<5>(k, a, b, bias, c, ldc, cols),
-        4 => x86::tile::<4>(k, a, b, bias, c, ldc, cols),
-        3 => x86::tile::<3>(k, a, b, bias, c, ldc, cols),
-        2 => x86::tile::<2>(k, a, b, bias, c, ldc, cols),
-        _ => x86::tile::<1>(k, a, b, bias, c, ldc, cols),
+    if available() {
+        // SAFETY: the CPU has AVX2 and FMA (`available`); the pointers as the caller promised.
+        match rows {
+            6 => x86::tile::<6>(k, a, b, bias, c, ldc, cols),
+            5 => x86::tile::<5>(k, a, b, bias, c, ldc, cols),
+            4 => x86::tile::<4>(k, a, b, bias, c, ldc, cols),
+            3 => x86::tile::<3>(k, a, b, bias, c, ldc, cols),
+            2 => x86::tile::<2>(k, a, b, bias, c, ldc, cols),
+            _ => x86::tile::<1>(k, a, b, bias, c, ldc, cols),
+        }
+        return;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (rows, k, a, b, bias, c, ldc, cols);
-        unreachable!("the packed kernel is x86-64 only (see `available`)")
+    // SAFETY: `rows × k` values of `a`, `k × 16` of `b` and the `rows × cols` block of `c` exist
+    // (the caller's promise), so the slices below stay inside them.
+    let a = std::slice::from_raw_parts(a, rows * k);
+    let b = std::slice::from_raw_parts(b, k * NR);
+    for r in 0..rows {
+        let dst = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
+        tile_portable(&a[r * k..(r + 1) * k], b, bias, dst);
     }
+}
+
+/// One row × one panel, in plain Rust: the reference the AVX2 tile must match.
+fn tile_portable(a: &[f32], panel: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    let mut acc = [0f32; NR];
+    if let Some(b) = bias {
+        acc.copy_from_slice(&b[..NR]);
+    }
+    for (kk, &av) in a.iter().enumerate() {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            *acc = av.mul_add(panel[kk * NR + j], *acc);
+        }
+    }
+    let n = out.len();
+    out.copy_from_slice(&acc[..n]);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -158,6 +192,9 @@ mod x86 {
 
     /// `R` rows × 16 columns of `c = a · panel (+ bias)`; `a` rows are `k` apart. Twelve
     /// accumulators, two panel loads and one broadcast per step: 15 of the 16 ymm registers.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; the pointers as for [`super::kernel`].
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn tile<const R: usize>(
         k: usize,
@@ -203,7 +240,11 @@ mod x86 {
 }
 
 /// The packed Linear as a candle op on `[..., K]` f32 CPU tensors.
-pub struct PackedLinearOp(pub Arc<PackedLinear>, pub bool);
+pub struct PackedLinearOp {
+    pub linear: Arc<PackedLinear>,
+    /// Add the bias (callers that fuse it into what follows leave it out).
+    pub add_bias: bool,
+}
 
 impl CustomOp1 for PackedLinearOp {
     fn name(&self) -> &'static str {
@@ -218,12 +259,12 @@ impl CustomOp1 for PackedLinearOp {
             candle_core::bail!("packed linear: input must be contiguous")
         };
         let dims = l.shape().dims();
-        if dims.last() != Some(&self.0.k) {
-            candle_core::bail!("packed linear: input {dims:?}, want last dim {}", self.0.k)
-        }
-        let out = self.0.forward(&v[start..end], self.1);
-        let mut od = dims.to_vec();
-        *od.last_mut().expect("rank ≥ 1") = self.0.n;
+        let lin = &self.linear;
+        let Some((_, batch)) = dims.split_last().filter(|(k, _)| **k == lin.k) else {
+            candle_core::bail!("packed linear: input {dims:?}, want last dim {}", lin.k)
+        };
+        let out = lin.forward(&v[start..end], self.add_bias);
+        let od: Vec<usize> = batch.iter().copied().chain([lin.n]).collect();
         Ok((CpuStorage::F32(out), Shape::from(od)))
     }
 }
@@ -233,11 +274,10 @@ mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
+    /// Runs the AVX2 tile where the CPU has it and the portable tile elsewhere: both are held
+    /// to candle's matmul.
     #[test]
     fn equals_candles_matmul() {
-        if !available() {
-            return;
-        }
         let dev = Device::Cpu;
         for &(m, k, n) in &[
             (1, 3, 5),
@@ -261,7 +301,11 @@ mod tests {
             ));
             let want = x.matmul(&w.t().unwrap()).unwrap();
             for bias in [false, true] {
-                let got = x.apply_op1(PackedLinearOp(p.clone(), bias)).unwrap();
+                let op = PackedLinearOp {
+                    linear: p.clone(),
+                    add_bias: bias,
+                };
+                let got = x.apply_op1(op).unwrap();
                 let want = if bias {
                     want.broadcast_add(&b).unwrap()
                 } else {

@@ -50,11 +50,15 @@ macro_rules! simd_dispatch {
         $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
+                /// # Safety
+                /// Only on a CPU with AVX-512F, AVX2 and FMA.
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 unsafe fn w512($($arg: $ty),*) {
                     $imp($($arg),*)
                 }
+                /// # Safety
+                /// Only on a CPU with AVX2 and FMA.
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn w256($($arg: $ty),*) {

@@ -1,0 +1,123 @@
+//! What the worker hands the panels: plain data made from the engine's results, so that no
+//! panel touches candle.
+use crate::device::{device_name, dtype_name};
+use crate::engine::{Engine, ModelSpec, Prediction};
+use crate::flops::LayerInfo;
+use crate::preprocess;
+use crate::stats::FeatureMap;
+use crate::trace::{CaptureLevel, CaptureObserver, LayerId};
+use image::{DynamicImage, RgbImage, RgbaImage};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::worker::ImageSource;
+
+/// The model as the panels see it.
+pub struct ModelView {
+    pub spec: ModelSpec,
+    pub config: crate::model::Config,
+    pub num_params: usize,
+    pub input_size: (usize, usize),
+    pub device: String,
+    pub dtype: String,
+    pub is_random: bool,
+    /// The layer list at the model's input size, batch 1.
+    pub layers: Vec<LayerInfo>,
+    /// V1 layer scale per block: `(stage, block, gamma)`.
+    pub gammas: Vec<(usize, usize, Vec<f32>)>,
+    /// V2 GRN per block: `(stage, block, gamma, beta)`.
+    pub grn: Vec<(usize, usize, Vec<f32>, Vec<f32>)>,
+}
+
+/// One image through the model.
+pub struct RunView {
+    pub name: String,
+    /// The image as loaded (downscaled for display).
+    pub original: RgbaImage,
+    /// What the network saw: the resized, centre-cropped input.
+    pub input: RgbImage,
+    pub top: Vec<Prediction>,
+    /// Stem, stage and block outputs, in forward order.
+    pub maps: Vec<(LayerId, Arc<FeatureMap>)>,
+    /// Class evidence over the last stage's positions for each of `top`.
+    pub evidence: Vec<(usize, Arc<FeatureMap>)>,
+    /// The forward with its outputs captured.
+    pub elapsed: Duration,
+}
+
+pub struct ProfileView {
+    pub runs: usize,
+    /// Median time per layer (containers included).
+    pub times: Vec<(LayerId, Duration)>,
+    /// Median time of a whole forward with the timing observer on.
+    pub total: Duration,
+    /// Median of the same forward with no observer (what the observer costs shows as the gap).
+    pub plain: Duration,
+    pub input_size: (usize, usize),
+}
+
+pub fn model_view(engine: &Engine, spec: ModelSpec) -> anyhow::Result<ModelView> {
+    Ok(ModelView {
+        spec,
+        config: engine.config.clone(),
+        num_params: engine.num_params,
+        input_size: engine.preprocess.input_size,
+        device: device_name(&engine.device),
+        dtype: dtype_name(engine.dtype).to_string(),
+        is_random: engine.is_random(),
+        layers: engine.layers(1),
+        gammas: engine.model.gammas()?,
+        grn: engine.model.grn_params()?,
+    })
+}
+
+/// How many classes the prediction list and the evidence maps cover.
+pub const TOP_K: usize = 10;
+
+pub fn run_image(
+    engine: &Engine,
+    src: &ImageSource,
+    img: &DynamicImage,
+) -> anyhow::Result<RunView> {
+    let prepared = preprocess::prepare(img, &engine.preprocess, &engine.device)?;
+    let start = Instant::now();
+    let mut capture = CaptureObserver::new(CaptureLevel::Blocks);
+    let logits = engine.forward_observed(&prepared.tensor, &mut capture)?;
+    let top = engine.top_k(&logits, TOP_K)?.remove(0);
+    let elapsed = start.elapsed();
+    let mut maps = Vec::new();
+    let mut last = None;
+    for (id, t) in &capture.outputs {
+        if id.is_spatial() {
+            maps.push((*id, Arc::new(FeatureMap::from_nhwc(t, 0)?)));
+            if matches!(id, LayerId::Stage(_)) {
+                last = Some(t.clone());
+            }
+        }
+    }
+    let mut evidence = Vec::new();
+    if let Some(last) = last {
+        for p in &top {
+            let m = engine.model.class_evidence(&last, p.index)?.unsqueeze(3)?;
+            evidence.push((p.index, Arc::new(FeatureMap::from_nhwc(&m, 0)?)));
+        }
+    }
+    Ok(RunView {
+        name: src.name(),
+        original: thumbnail(img, 512),
+        input: prepared.crop,
+        top,
+        maps,
+        evidence,
+        elapsed,
+    })
+}
+
+fn thumbnail(img: &DynamicImage, max: u32) -> RgbaImage {
+    if img.width() > max || img.height() > max {
+        img.resize(max, max, image::imageops::FilterType::Triangle)
+            .to_rgba8()
+    } else {
+        img.to_rgba8()
+    }
+}

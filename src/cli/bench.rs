@@ -1,0 +1,241 @@
+//! `bench`: forward time (median and min after warm-up), optionally what tracing costs, peak
+//! memory, and the per-layer profile.
+use super::{dtype_arg, parse_size, Context, ModelArgs};
+use crate::device::{device_name, dtype_name};
+use crate::engine::Engine;
+use crate::flops;
+use crate::profile::{self, PlainBaseline};
+use crate::progress::Silent;
+use crate::stats::median;
+use crate::trace::{CaptureLevel, CaptureObserver, TimingObserver};
+use anyhow::{bail, Context as _, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    #[arg(long, default_value = "f32", value_parser = dtype_arg)]
+    dtype: DType,
+    /// Input size, `H` or `HxW` (default: the model's).
+    #[arg(long, value_parser = parse_size)]
+    size: Option<(usize, usize)>,
+    /// Time each layer too (the timing observer) and report its overhead.
+    #[arg(long)]
+    layers: bool,
+    /// Write the per-layer profile (median over the runs) as CSV, as the app exports it,
+    /// and print the time per kind of layer.
+    #[arg(long)]
+    profile_csv: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `bench` measured, as `--json` prints it.
+#[derive(Serialize, Debug)]
+struct BenchReport {
+    model: String,
+    batch: usize,
+    size: [usize; 2],
+    device: String,
+    dtype: &'static str,
+    threads: usize,
+    iters: usize,
+    median_ms: f64,
+    min_ms: f64,
+    #[serde(flatten)]
+    tracing: Option<TracingCost>,
+    #[serde(flatten)]
+    memory: Option<Memory>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ms_per_kind: Option<BTreeMap<String, f64>>,
+}
+
+/// Medians of observed forwards, and their ratio to the plain forward's.
+#[derive(Serialize, Debug)]
+struct TracingCost {
+    timing_observer_median_ms: f64,
+    capture_stages_median_ms: f64,
+    timing_overhead: f64,
+    capture_overhead: f64,
+}
+
+#[derive(Serialize, Debug)]
+struct Memory {
+    /// Peak resident memory above what the process held before loading.
+    peak_mb: f64,
+    memory_budget_mb: f64,
+    memory_ratio: f64,
+}
+
+pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
+    let rss_before = proc_status_kb("VmRSS");
+    let engine = ctx.engine(Some(&a.model), a.dtype)?;
+    let (h, w) = a.size.unwrap_or(engine.preprocess.input_size);
+    engine.config.check_input(h, w)?;
+    if a.batch == 0 || a.iters == 0 {
+        bail!("--batch and --iters must be at least 1");
+    }
+    let dev = &ctx.device;
+    let x = Tensor::randn(0f32, 1f32, (a.batch, 3, h, w), dev)?.to_dtype(a.dtype)?;
+    let plain = time_runs(a, dev, &mut || engine.forward(&x).map(drop))?;
+    let mut report = BenchReport {
+        model: engine.config.describe(),
+        batch: a.batch,
+        size: [h, w],
+        device: device_name(dev),
+        dtype: dtype_name(a.dtype),
+        threads: candle_core::utils::get_num_threads(),
+        iters: a.iters,
+        median_ms: median(&plain),
+        min_ms: plain.iter().copied().fold(f64::INFINITY, f64::min),
+        tracing: None,
+        memory: None,
+        ms_per_kind: None,
+    };
+    if a.layers {
+        report.tracing = Some(tracing_cost(a, &engine, &x, report.median_ms)?);
+    }
+    if let (Some(before), Some(peak)) = (rss_before, proc_status_kb("VmHWM")) {
+        report.memory = Some(memory(&engine, a, (h, w), peak.saturating_sub(before)));
+    }
+    if let Some(out) = &a.profile_csv {
+        report.ms_per_kind = Some(profile_csv(&engine, &x, a.iters, out)?);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// `iters` timed runs of `f` (each waits for the device) after `warmup` untimed ones, in ms.
+fn time_runs(
+    a: &BenchArgs,
+    dev: &Device,
+    f: &mut dyn FnMut() -> crate::Result<()>,
+) -> Result<Vec<f64>> {
+    for _ in 0..a.warmup {
+        f()?;
+        dev.synchronize()?;
+    }
+    let mut v = Vec::with_capacity(a.iters);
+    for _ in 0..a.iters {
+        let t = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        v.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(v)
+}
+
+fn tracing_cost(a: &BenchArgs, engine: &Engine, x: &Tensor, plain_ms: f64) -> Result<TracingCost> {
+    let dev = &engine.device;
+    let timed = median(&time_runs(a, dev, &mut || {
+        engine
+            .forward_observed(x, &mut TimingObserver::new(dev))
+            .map(drop)
+    })?);
+    let captured = median(&time_runs(a, dev, &mut || {
+        engine
+            .forward_observed(x, &mut CaptureObserver::new(CaptureLevel::Stages))
+            .map(drop)
+    })?);
+    Ok(TracingCost {
+        timing_observer_median_ms: timed,
+        capture_stages_median_ms: captured,
+        timing_overhead: timed / plain_ms,
+        capture_overhead: captured / plain_ms,
+    })
+}
+
+/// Peak memory against a budget of 1.2 × (weights + the two largest activations): one copy of
+/// the weights, the input and output of the largest layer alive at once, and a fifth more for
+/// the allocator and small tensors. A second copy of the weights, or activations kept past
+/// their use, breaks it.
+fn memory(engine: &Engine, a: &BenchArgs, (h, w): (usize, usize), used_kb: u64) -> Memory {
+    let elt = a.dtype.size_in_bytes() as f64;
+    let mut acts: Vec<f64> = flops::layers(&engine.config, a.batch, h, w)
+        .iter()
+        .map(|l| l.out_shape.iter().product::<usize>() as f64 * elt)
+        .collect();
+    acts.sort_by(|a, b| b.total_cmp(a));
+    let budget = 1.2 * (engine.num_params as f64 * elt + acts.iter().take(2).sum::<f64>());
+    let used = used_kb as f64 * 1024.0;
+    Memory {
+        peak_mb: used / 1e6,
+        memory_budget_mb: budget / 1e6,
+        memory_ratio: used / budget,
+    }
+}
+
+/// Writes the per-layer profile as CSV and returns the time per kind of layer (ms).
+fn profile_csv(
+    engine: &Engine,
+    x: &Tensor,
+    iters: usize,
+    out: &Path,
+) -> Result<BTreeMap<String, f64>> {
+    let measured = profile::time_layers(engine, x, iters, PlainBaseline::Skip, &mut Silent)?;
+    let (_, _, h, w) = x.dims4()?;
+    let layers = flops::layers(&engine.config, x.dim(0)?, h, w);
+    let rows = profile::rows(&layers, &measured.times, measured.total);
+    std::fs::write(out, profile::to_csv(&rows))
+        .with_context(|| format!("writing {}", out.display()))?;
+    let mut by_kind = BTreeMap::new();
+    for r in rows.iter().filter(|r| !r.container) {
+        let kind = r.kind.split_whitespace().next().unwrap_or("").to_string();
+        *by_kind.entry(kind).or_insert(0.0) += r.ms.unwrap_or(0.0);
+    }
+    Ok(by_kind)
+}
+
+fn print_report(r: &BenchReport) {
+    println!(
+        "{} batch {} {}×{} on {} {}: median {:.2} ms, min {:.2} ms over {} runs",
+        r.model, r.batch, r.size[0], r.size[1], r.device, r.dtype, r.median_ms, r.min_ms, r.iters
+    );
+    if let Some(m) = &r.memory {
+        println!(
+            "peak memory {:.0} MB above the start, {:.2}× the budget of 1.2 × (weights + two largest activations)",
+            m.peak_mb, m.memory_ratio
+        );
+    }
+    if let Some(t) = &r.tracing {
+        println!(
+            "timing observer ×{:.3}, capturing stage outputs ×{:.3}",
+            t.timing_overhead, t.capture_overhead
+        );
+    }
+    if let Some(kinds) = &r.ms_per_kind {
+        let mut v: Vec<(&String, &f64)> = kinds.iter().collect();
+        v.sort_by(|a, b| b.1.total_cmp(a.1));
+        let sum: f64 = kinds.values().sum();
+        for (k, ms) in v {
+            println!("{k:>12} {ms:8.2} ms {:5.1}%", 100.0 * ms / sum.max(1e-9));
+        }
+    }
+}
+
+/// A `kB` field of `/proc/self/status` (Linux); `None` elsewhere.
+fn proc_status_kb(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,24 @@
+//! `download`: a Hugging Face repo into `weights/`, then what the loader makes of it.
+use crate::model::Checkpoint;
+use crate::text::human;
+use anyhow::Result;
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    /// e.g. `timm/convnext_tiny.fb_in1k` or `facebook/convnext-tiny-224`.
+    repo: String,
+}
+
+pub fn run(a: &DownloadArgs) -> Result<()> {
+    let dir = crate::hub::download(&a.repo, &crate::engine::weights_dir())?;
+    let ck = Checkpoint::open(&dir)?;
+    println!(
+        "{} ({}, {}) in {}",
+        ck.config.describe(),
+        ck.format,
+        human(ck.num_params() as f64),
+        dir.display()
+    );
+    Ok(())
+}

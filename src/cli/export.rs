@@ -1,0 +1,64 @@
+//! `export`: the preprocessed input, the logits and the stage (and block) outputs of one input,
+//! as NCHW f32 tensors in a safetensors file.
+use super::{Context, ModelArgs};
+use crate::trace::{to_nchw, CaptureLevel, CaptureObserver};
+use anyhow::{bail, Context as _, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[arg(long, conflicts_with = "tensor")]
+    image: Option<PathBuf>,
+    /// Read an NCHW f32 tensor named `input` and skip preprocessing.
+    #[arg(long)]
+    tensor: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write every block's output.
+    #[arg(long)]
+    blocks: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+pub fn run(ctx: &Context, a: &ExportArgs) -> Result<()> {
+    let engine = ctx.engine(Some(&a.model), DType::F32)?;
+    let input = match (&a.image, &a.tensor) {
+        (Some(img), None) => engine.prepare_file(img)?.tensor,
+        (None, Some(t)) => read_input_tensor(t)?,
+        _ => bail!("give --image IMG or --tensor T.safetensors"),
+    };
+    let level = if a.blocks {
+        CaptureLevel::Blocks
+    } else {
+        CaptureLevel::Stages
+    };
+    let mut cap = CaptureObserver::new(level);
+    let logits = engine.forward_observed(&input, &mut cap)?;
+    let host =
+        |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?) };
+    let mut map: HashMap<String, Tensor> = HashMap::new();
+    map.insert("input".into(), host(&input)?);
+    map.insert("logits".into(), host(&logits)?);
+    // The capture level already chose the layers; the head's logits are written above.
+    for (id, t) in cap.outputs.iter().filter(|(id, _)| id.is_spatial()) {
+        map.insert(id.name(), host(&to_nchw(t)?)?);
+    }
+    candle_core::safetensors::save(&map, &a.out)
+        .with_context(|| format!("{}: cannot write", a.out.display()))?;
+    eprintln!("wrote {} tensors to {}", map.len(), a.out.display());
+    Ok(())
+}
+
+/// The `input` tensor of a safetensors file, as f32.
+pub fn read_input_tensor(path: &Path) -> Result<Tensor> {
+    let map = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("{}: cannot read safetensors", path.display()))?;
+    let t = map
+        .get("input")
+        .with_context(|| format!("{}: no tensor named `input`", path.display()))?;
+    Ok(t.to_dtype(DType::F32)?)
+}
