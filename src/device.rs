@@ -96,14 +96,37 @@ pub fn dtype_name(d: DType) -> &'static str {
     }
 }
 
+/// Memory the OS says a new allocation can have (`MemAvailable`, Linux); `None` elsewhere.
+pub fn host_memory_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Most CPU threads `--threads` may ask for: four per core.
+pub fn max_threads() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Sets the CPU thread count (rayon's global pool, which candle's kernels and ours share).
 /// Only the first call takes effect.
-pub fn set_threads(n: usize) {
-    if n > 0 {
-        // candle sizes its matmul parallelism from this variable.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
+pub fn set_threads(n: usize) -> Result<()> {
+    let max = max_threads();
+    if n == 0 || n > max {
+        return Err(Error::Input(format!(
+            "--threads {n}: want 1 to {max} (four per core on this machine)"
+        )));
     }
+    // candle sizes its matmul parallelism from this variable.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| Error::Input(format!("--threads {n}: {e}")))
 }

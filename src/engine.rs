@@ -127,24 +127,22 @@ impl Engine {
     }
 
     pub fn from_checkpoint(ck: Checkpoint, device: &Device, dtype: DType) -> Result<Engine> {
-        let num_params = ck.num_params();
-        let (labels, label_source) = ck.labels();
-        let preprocess = ck.preprocess();
+        let info = ck.info;
         let vb = taking_var_builder(ck.tensors, dtype, device);
-        let model = ConvNeXt::new(vb, &ck.config).map_err(|e| Error::file(&ck.path, e))?;
+        let model = ConvNeXt::new(vb, &info.config).map_err(|e| Error::file(&info.path, e))?;
         Ok(Engine {
             model,
-            config: ck.config,
-            labels,
-            label_source,
-            preprocess,
+            config: info.config,
+            labels: info.labels,
+            label_source: info.label_source,
+            preprocess: info.preprocess,
             source: Source::Weights {
-                path: ck.path,
-                format: ck.format,
+                path: info.path,
+                format: info.format,
             },
             device: device.clone(),
             dtype,
-            num_params,
+            num_params: info.num_params,
         })
     }
 
@@ -162,7 +160,7 @@ impl Engine {
         let num_params = tensors.values().map(|t| t.elem_count()).sum();
         let vb = taking_var_builder(tensors, dtype, device);
         let model = ConvNeXt::new(vb, &config)?;
-        let (labels, label_source) = labels::labels_for(num_classes, None);
+        let (labels, label_source) = labels::labels_for(num_classes, None).map_err(Error::Input)?;
         Ok(Engine {
             model,
             labels,
@@ -199,28 +197,72 @@ impl Engine {
     pub fn prepare_file(&self, path: &Path) -> Result<preprocess::Prepared> {
         let img = preprocess::load_image(path)?;
         preprocess::prepare(&img, &self.preprocess, &self.device)
+            .map_err(|e| e.about_image(&path.display().to_string()))
     }
 
+    /// Logits for an `[N, 3, H, W]` batch; an error if any is not finite.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.check_input(x)?;
-        Ok(self.model.forward(&x.to_device(&self.device)?)?)
+        self.forward_observed(x, &mut crate::trace::NoObserver)
     }
 
+    /// [`Engine::forward`], reporting every named layer to `obs`.
     pub fn forward_observed<O: Observer>(&self, x: &Tensor, obs: &mut O) -> Result<Tensor> {
         self.check_input(x)?;
-        Ok(self
-            .model
-            .forward_observed(&x.to_device(&self.device)?, obs)?)
+        let x = x.to_device(&self.device)?;
+        let logits = self.model.forward_observed(&x, obs)?;
+        if !crate::trace::all_finite(&logits)? {
+            return Err(Error::NonFinite(self.first_non_finite(&x)));
+        }
+        Ok(logits)
+    }
+
+    /// Where non-finite values first appear: the input, or the first layer that makes them
+    /// (a second forward, taken only when the first went wrong).
+    fn first_non_finite(&self, x: &Tensor) -> String {
+        if !crate::trace::all_finite(x).unwrap_or(false) {
+            return "the input".into();
+        }
+        let mut finder = crate::trace::FirstNonFinite::default();
+        // The finder stops the forward at the first bad layer: its error is expected.
+        let _ = self.model.forward_observed(x, &mut finder);
+        match finder.first {
+            Some(id) => format!("layer `{id}`"),
+            None => "the logits".into(),
+        }
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
         let dims = x.dims();
-        if dims.len() != 4 || dims[1] != 3 || dims[0] == 0 {
+        let &[n, 3, h, w] = dims else {
+            return Err(Error::Input(format!(
+                "input tensor must be [N, 3, H, W] with N ≥ 1, got {dims:?}"
+            )));
+        };
+        if n == 0 {
             return Err(Error::Input(format!(
                 "input tensor must be [N, 3, H, W] with N ≥ 1, got {dims:?}"
             )));
         }
-        self.config.check_input(dims[2], dims[3])
+        self.config.check_input(h, w)?;
+        self.check_fits(n, h, w)
+    }
+
+    /// Refuses an input whose forward would need more memory than the machine has free.
+    /// Below half a megapixel per batch nothing comes near, and the check is skipped.
+    fn check_fits(&self, n: usize, h: usize, w: usize) -> Result<()> {
+        if n.saturating_mul(h).saturating_mul(w) <= 1 << 19 || !self.device.is_cpu() {
+            return Ok(());
+        }
+        let layers = flops::layers(&self.config, n, h, w);
+        let need = flops::working_set_bytes(&layers, self.num_params, self.dtype.size_in_bytes());
+        match crate::device::host_memory_available() {
+            Some(free) if need > free => Err(Error::Input(format!(
+                "a {n}×3×{h}×{w} input needs about {} for its forward, more than the {} free",
+                crate::files::mb(need),
+                crate::files::mb(free)
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Top-k classes of each row of a logits tensor.

@@ -41,6 +41,9 @@ pub enum Error {
     #[error("invalid input: {0}")]
     Input(String),
 
+    #[error("the network's output is not finite: the first NaN or infinite values come from {0} (broken weights, or values beyond the dtype's range?)")]
+    NonFinite(String),
+
     #[error("download of `{repo}` failed: {msg}")]
     Download { repo: String, msg: String },
 
@@ -57,6 +60,17 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// An input error about an image, named after the image.
+    pub fn about_image(self, name: &str) -> Error {
+        match self {
+            Error::Input(msg) => Error::Image {
+                path: name.to_string(),
+                msg,
+            },
+            e => e,
+        }
+    }
+
     pub fn file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
         Error::File {
             path: path.into(),

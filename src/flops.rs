@@ -283,6 +283,15 @@ impl Builder {
     }
 }
 
+/// Roughly the most memory a forward holds at once: the weights and the two largest
+/// activations (a layer's input and output), in bytes of `dtype_bytes` per element.
+pub fn working_set_bytes(layers: &[LayerInfo], params: usize, dtype_bytes: usize) -> u64 {
+    let mut acts: Vec<u64> = layers.iter().map(|l| numel(&l.out_shape)).collect();
+    acts.sort_unstable_by(|a, b| b.cmp(a));
+    let elements = (params as u64).saturating_add(acts.iter().take(2).sum::<u64>());
+    elements.saturating_mul(dtype_bytes as u64)
+}
+
 pub fn totals(layers: &[LayerInfo]) -> Totals {
     let leaves = || layers.iter().filter(|l| !l.container);
     Totals {

@@ -18,47 +18,78 @@ pub enum LabelSource {
 }
 
 /// Labels from a `config.json`: Hugging Face `id2label`, or timm's `label_names` (top level or
-/// in `pretrained_cfg`).
-pub fn from_json(json: &serde_json::Value, num_classes: usize) -> Option<Vec<String>> {
-    if let Some(map) = json.get("id2label").and_then(|v| v.as_object()) {
-        let mut v = vec![None; num_classes];
+/// in `pretrained_cfg`). `Ok(None)` where the config names no classes; an error where it names
+/// them wrongly (an index out of range, a count that is not the head's).
+pub fn from_json(
+    json: &serde_json::Value,
+    num_classes: usize,
+) -> Result<Option<Vec<String>>, String> {
+    if let Some(v) = json.get("id2label") {
+        let map = v.as_object().ok_or("`id2label` is not an object")?;
+        let mut names = vec![None; num_classes];
         for (k, name) in map {
-            let i: usize = k.parse().ok()?;
-            *v.get_mut(i)? = Some(name.as_str()?.to_string());
+            let i: usize = k.parse().ok().filter(|&i| i < num_classes).ok_or_else(|| {
+                format!("`id2label` key `{k}` is not a class index below {num_classes}")
+            })?;
+            let name = name
+                .as_str()
+                .ok_or_else(|| format!("`id2label[{k}]` is not a string"))?;
+            names[i] = Some(name.to_string());
         }
+        let named = names.iter().filter(|n| n.is_some()).count();
+        if named != num_classes {
+            return Err(format!(
+                "`id2label` names {named} of the head's {num_classes} classes"
+            ));
+        }
+        let names: Vec<String> = names.into_iter().flatten().collect();
         // HF writes LABEL_0… when nobody named the classes: that is no information.
-        let named: Option<Vec<String>> = v.into_iter().collect();
-        return named.filter(|n| !n.iter().all(|s| s.starts_with("LABEL_")));
+        return Ok((!names.iter().all(|s| s.starts_with("LABEL_"))).then_some(names));
     }
-    let names = json
-        .get("label_names")
-        .or_else(|| json.pointer("/pretrained_cfg/label_names"))?
-        .as_array()?;
-    if names.len() != num_classes {
-        return None;
+    for pointer in ["/label_names", "/pretrained_cfg/label_names"] {
+        let Some(v) = json.pointer(pointer) else {
+            continue;
+        };
+        let field = &pointer[1..];
+        let list = v
+            .as_array()
+            .ok_or_else(|| format!("`{field}` is not a list"))?;
+        if list.len() != num_classes {
+            return Err(format!(
+                "`{field}` has {} names for the head's {num_classes} classes",
+                list.len()
+            ));
+        }
+        return list
+            .iter()
+            .map(|n| n.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .map(Some)
+            .ok_or_else(|| format!("`{field}` holds something that is not a string"));
     }
-    names
-        .iter()
-        .map(|n| n.as_str().map(str::to_string))
-        .collect()
+    Ok(None)
 }
 
 pub fn labels_for(
     num_classes: usize,
     json: Option<&serde_json::Value>,
-) -> (Vec<String>, LabelSource) {
-    if let Some(l) = json.and_then(|j| from_json(j, num_classes)) {
-        return (l, LabelSource::Checkpoint);
+) -> Result<(Vec<String>, LabelSource), String> {
+    if let Some(l) = json
+        .map(|j| from_json(j, num_classes))
+        .transpose()?
+        .flatten()
+    {
+        return Ok((l, LabelSource::Checkpoint));
     }
     let lines = |s: &str| s.lines().map(str::to_string).collect::<Vec<_>>();
-    match num_classes {
+    Ok(match num_classes {
         1000 => (lines(IMAGENET_1K), LabelSource::ImageNet1k),
         21841 => (lines(IMAGENET_22K), LabelSource::ImageNet22k),
         n => (
             (0..n).map(|i| format!("class {i}")).collect(),
             LabelSource::Numbered,
         ),
-    }
+    })
 }
 
 /// The short name of a label: WordNet lemmas list synonyms after commas.

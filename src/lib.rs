@@ -5,6 +5,7 @@ pub mod colormap;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod files;
 pub mod flops;
 pub mod grid;
 pub mod labels;

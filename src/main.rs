@@ -21,7 +21,7 @@ fn main() {
 #[cfg(feature = "gui")]
 fn run_app(cli: Cli) -> anyhow::Result<()> {
     if let Some(t) = cli.threads {
-        convnext_explorer::device::set_threads(t);
+        convnext_explorer::device::set_threads(t)?;
     }
     convnext_explorer::app::run(convnext_explorer::app::StartOptions {
         weights: cli.weights,

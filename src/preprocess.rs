@@ -22,7 +22,10 @@ pub fn is_image_file(p: &Path) -> bool {
 
 /// Decoding limits: an image larger than this is refused before memory is spent on it.
 pub const MAX_SIDE: u32 = 16_384;
-pub const MAX_DECODE_BYTES: u64 = 1 << 30;
+pub const MAX_DECODE_BYTES: u64 = 512 << 20;
+/// Most pixels the resize before the centre crop may produce (an extreme aspect ratio, or a
+/// config asking for a huge input, would need more).
+pub const MAX_RESIZE_PIXELS: usize = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Interpolation {
@@ -74,68 +77,113 @@ impl Default for PreprocessConfig {
     }
 }
 
-fn arr3(v: Option<&serde_json::Value>) -> Option<[f32; 3]> {
-    let a = v?.as_array()?;
-    if a.len() != 3 {
-        return None;
+/// Largest network input side a config may ask for.
+pub const MAX_INPUT_SIDE: usize = 4096;
+
+type Field = std::result::Result<(), String>;
+
+/// Three finite numbers (`mean`, `std`), the std ones positive.
+fn arr3(
+    v: &serde_json::Value,
+    field: &str,
+    positive: bool,
+) -> std::result::Result<[f32; 3], String> {
+    let bad = || {
+        format!(
+            "`{field}` is {v}: want three finite numbers{}",
+            if positive { " > 0" } else { "" }
+        )
+    };
+    let a = v.as_array().filter(|a| a.len() == 3).ok_or_else(bad)?;
+    let mut out = [0f32; 3];
+    for (o, x) in out.iter_mut().zip(a) {
+        let x = x.as_f64().filter(|x| x.is_finite()).ok_or_else(bad)?;
+        if positive && x < 1e-6 {
+            return Err(bad());
+        }
+        *o = x as f32;
     }
-    Some([
-        a[0].as_f64()? as f32,
-        a[1].as_f64()? as f32,
-        a[2].as_f64()? as f32,
-    ])
+    Ok(out)
+}
+
+fn side(v: &serde_json::Value, field: &str) -> std::result::Result<usize, String> {
+    v.as_u64()
+        .map(|s| s as usize)
+        .filter(|s| (1..=MAX_INPUT_SIDE).contains(s))
+        .ok_or_else(|| format!("`{field}` is {v}: want a size from 1 to {MAX_INPUT_SIDE} px"))
+}
+
+fn crop_pct(v: &serde_json::Value) -> std::result::Result<f64, String> {
+    v.as_f64()
+        .filter(|c| c.is_finite() && (0.1..=1.0).contains(c))
+        .ok_or_else(|| format!("`crop_pct` is {v}: want a number from 0.1 to 1"))
 }
 
 impl PreprocessConfig {
-    /// From a timm `config.json` (`pretrained_cfg`) or Hugging Face `preprocessor_config.json`;
-    /// missing fields keep timm's defaults.
-    pub fn from_json(
-        config: Option<&serde_json::Value>,
-        hf_pre: Option<&serde_json::Value>,
-    ) -> Self {
-        let mut p = Self::default();
-        if let Some(pc) = config.map(|c| c.get("pretrained_cfg").unwrap_or(c)) {
-            if let Some(sz) = pc.get("input_size").and_then(|v| v.as_array()) {
-                if sz.len() == 3 {
-                    if let (Some(h), Some(w)) = (sz[1].as_u64(), sz[2].as_u64()) {
-                        p.input_size = (h as usize, w as usize);
-                    }
-                }
+    /// Fields of a timm `config.json` (its `pretrained_cfg`, or the top level); each one
+    /// present must be valid, absent ones keep what they were.
+    pub fn apply_timm(&mut self, config: &serde_json::Value) -> Field {
+        let pc = config.get("pretrained_cfg").unwrap_or(config);
+        if let Some(v) = pc.get("input_size") {
+            let bad = || format!("`input_size` is {v}: want [3, H, W]");
+            let a = v.as_array().filter(|a| a.len() == 3).ok_or_else(bad)?;
+            if a[0].as_u64() != Some(3) {
+                return Err(bad());
             }
-            if let Some(c) = pc.get("crop_pct").and_then(|v| v.as_f64()) {
-                p.crop_pct = c;
-            }
-            if let Some(i) = pc
-                .get("interpolation")
-                .and_then(|v| v.as_str())
-                .and_then(Interpolation::parse)
-            {
-                p.interpolation = i;
-            }
-            p.mean = arr3(pc.get("mean")).unwrap_or(p.mean);
-            p.std = arr3(pc.get("std")).unwrap_or(p.std);
+            self.input_size = (side(&a[1], "input_size")?, side(&a[2], "input_size")?);
         }
-        if let Some(h) = hf_pre {
-            if let Some(s) = h.pointer("/size/shortest_edge").and_then(|v| v.as_u64()) {
-                p.input_size = (s as usize, s as usize);
-                // Hugging Face's ConvNeXt processor skips the crop from 384 up.
-                p.crop_pct = if s >= 384 { 1.0 } else { p.crop_pct };
+        if let Some(v) = pc.get("crop_pct") {
+            self.crop_pct = crop_pct(v)?;
+        }
+        if let Some(v) = pc.get("interpolation") {
+            self.interpolation = v.as_str().and_then(Interpolation::parse).ok_or_else(|| {
+                format!("`interpolation` is {v}: want bicubic, bilinear or nearest")
+            })?;
+        }
+        if let Some(v) = pc.get("mean") {
+            self.mean = arr3(v, "mean", false)?;
+        }
+        if let Some(v) = pc.get("std") {
+            self.std = arr3(v, "std", true)?;
+        }
+        Ok(())
+    }
+
+    /// Fields of a Hugging Face `preprocessor_config.json`.
+    pub fn apply_hf(&mut self, h: &serde_json::Value) -> Field {
+        if let Some(v) = h.pointer("/size/shortest_edge") {
+            let s = side(v, "size.shortest_edge")?;
+            self.input_size = (s, s);
+            // Hugging Face's ConvNeXt processor skips the crop from 384 up.
+            if s >= 384 {
+                self.crop_pct = 1.0;
             }
-            if let Some(c) = h.get("crop_pct").and_then(|v| v.as_f64()) {
-                if p.input_size.0 < 384 {
-                    p.crop_pct = c;
-                }
+        }
+        if let Some(v) = h.get("crop_pct") {
+            let c = crop_pct(v)?;
+            if self.input_size.0 < 384 {
+                self.crop_pct = c;
             }
-            p.interpolation = match h.get("resample").and_then(|v| v.as_u64()) {
+        }
+        if let Some(v) = h.get("resample") {
+            self.interpolation = match v.as_u64() {
                 Some(0) => Interpolation::Nearest,
                 Some(2) => Interpolation::Bilinear,
                 Some(3) => Interpolation::Bicubic,
-                _ => p.interpolation,
+                _ => {
+                    return Err(format!(
+                        "`resample` is {v}: want 0 (nearest), 2 (bilinear) or 3 (bicubic)"
+                    ))
+                }
             };
-            p.mean = arr3(h.get("image_mean")).unwrap_or(p.mean);
-            p.std = arr3(h.get("image_std")).unwrap_or(p.std);
         }
-        p
+        if let Some(v) = h.get("image_mean") {
+            self.mean = arr3(v, "image_mean", false)?;
+        }
+        if let Some(v) = h.get("image_std") {
+            self.std = arr3(v, "image_std", true)?;
+        }
+        Ok(())
     }
 }
 
@@ -147,12 +195,10 @@ fn limits() -> image::Limits {
     l
 }
 
-/// Decodes any image the `image` crate reads (by content, not extension), within limits.
+/// Decodes any image the `image` crate reads (by content, not extension), within limits; only
+/// a regular file, of at most [`crate::files::MAX_IMAGE_FILE_BYTES`].
 pub fn load_image(path: &Path) -> Result<DynamicImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Image {
-        path: path.display().to_string(),
-        msg: e.to_string(),
-    })?;
+    let bytes = crate::files::read_capped(path, crate::files::MAX_IMAGE_FILE_BYTES, "an image")?;
     decode_image(&bytes, &path.display().to_string())
 }
 
@@ -167,9 +213,13 @@ pub fn decode_image(bytes: &[u8], name: &str) -> Result<DynamicImage> {
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(e.to_string()))?;
-    if reader.format().is_none() {
+    let format = reader.format().ok_or_else(|| {
+        err("not an image in a format this build reads (PNG, JPEG, WebP, BMP, GIF, TIFF)".into())
+    })?;
+    // The JPEG decoder fills a truncated scan with grey and says nothing; PIL refuses it.
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(err(
-            "not an image in a format this build reads (PNG, JPEG, WebP, BMP, GIF, TIFF)".into(),
+            "truncated JPEG (no end-of-image marker after its data)".into(),
         ));
     }
     reader.limits(limits());
@@ -178,6 +228,12 @@ pub fn decode_image(bytes: &[u8], name: &str) -> Result<DynamicImage> {
         return Err(err("image has no pixels".into()));
     }
     Ok(img)
+}
+
+/// A JPEG ends its scan data with an end-of-image marker (`FF D9`); one cut short does not.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let sos = bytes.windows(2).position(|w| w == [0xFF, 0xDA]);
+    sos.is_some_and(|at| bytes[at..].windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
 /// Python's `round` (half to even), which torchvision's centre crop uses.
@@ -193,10 +249,10 @@ fn round_half_even(x: f64) -> i64 {
 }
 
 /// Resized and centre-cropped RGB, exactly the pixels the network sees (before normalising).
-pub fn resize_and_crop(img: &DynamicImage, cfg: &PreprocessConfig) -> RgbImage {
-    let rgb = img.to_rgb8();
+/// A resize that would exceed [`MAX_RESIZE_PIXELS`] is refused.
+pub fn resize_and_crop(img: &DynamicImage, cfg: &PreprocessConfig) -> Result<RgbImage> {
     let (th, tw) = cfg.input_size;
-    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let (w, h) = (img.width() as usize, img.height() as usize);
     let (rw, rh) = if th == tw {
         let scale = ((th as f64) / cfg.crop_pct).floor() as usize;
         // torchvision: the shorter side becomes `scale`, the longer is truncated in proportion.
@@ -212,6 +268,14 @@ pub fn resize_and_crop(img: &DynamicImage, cfg: &PreprocessConfig) -> RgbImage {
         )
     };
     let (rw, rh) = (rw.max(1), rh.max(1));
+    if rw.saturating_mul(rh) > MAX_RESIZE_PIXELS || rw > u32::MAX as usize || rh > u32::MAX as usize
+    {
+        return Err(Error::Input(format!(
+            "a {w}×{h} image would be resized to {rw}×{rh} before the {tw}×{th} centre crop, more than the {} Mpx limit (an extreme aspect ratio?)",
+            MAX_RESIZE_PIXELS >> 20
+        )));
+    }
+    let rgb = img.to_rgb8();
     let resized = if (rw, rh) == (w, h) {
         rgb
     } else {
@@ -243,7 +307,7 @@ pub fn resize_and_crop(img: &DynamicImage, cfg: &PreprocessConfig) -> RgbImage {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// `[3, H, W]` normalised f32 values of an RGB image.
@@ -267,7 +331,7 @@ pub struct Prepared {
 
 /// `[1, 3, H, W]` input for one image.
 pub fn prepare(img: &DynamicImage, cfg: &PreprocessConfig, device: &Device) -> Result<Prepared> {
-    let crop = resize_and_crop(img, cfg);
+    let crop = resize_and_crop(img, cfg)?;
     let (h, w) = cfg.input_size;
     let tensor = Tensor::from_vec(normalise(&crop, cfg), (1, 3, h, w), device)?;
     Ok(Prepared { tensor, crop })

@@ -243,6 +243,32 @@ impl Observer for CaptureObserver {
     }
 }
 
+/// Whether every value of a tensor is finite (copies it to the host).
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    let v: Vec<f32> = t
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    Ok(v.iter().all(|x| x.is_finite()))
+}
+
+/// Finds the first layer (in forward order) whose output is not finite, and stops the
+/// forward there.
+#[derive(Default)]
+pub struct FirstNonFinite {
+    pub first: Option<LayerId>,
+}
+
+impl Observer for FirstNonFinite {
+    fn layer(&mut self, id: LayerId, out: &Tensor) -> Result<()> {
+        if !id.is_container() && !all_finite(out)? {
+            self.first = Some(id);
+            candle_core::bail!("non-finite output at {id}");
+        }
+        Ok(())
+    }
+}
+
 /// Runs two observers side by side (time a run while capturing it).
 pub struct Both<'a, A: Observer, B: Observer>(pub &'a mut A, pub &'a mut B);
 

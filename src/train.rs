@@ -141,7 +141,10 @@ pub fn prepare_dataset(ds: &Dataset) -> Vec<f32> {
             continue;
         };
         let img = image::DynamicImage::ImageLuma8(g);
-        let crop = crate::preprocess::resize_and_crop(&img, &cfg);
+        // 28×28 to 32×32 is always within the resize budget.
+        let Ok(crop) = crate::preprocess::resize_and_crop(&img, &cfg) else {
+            continue;
+        };
         out.extend(
             crop.pixels()
                 .map(|p| (p[0] as f32 / 255.0 - FASHION_MEAN) / FASHION_STD),
@@ -485,7 +488,11 @@ pub fn accuracy(model: &ConvNeXt, data: &[f32], labels: &[u8], batch: usize) -> 
     let idx: Vec<usize> = (0..labels.len()).collect();
     for chunk in idx.chunks(batch.max(1)) {
         let x = batch_tensor(data, chunk, None, &dev)?;
-        let pred: Vec<u32> = model.forward(&x)?.argmax(D::Minus1)?.to_vec1()?;
+        let logits = model.forward(&x)?;
+        if !crate::trace::all_finite(&logits)? {
+            return Err(Error::NonFinite("the logits".into()));
+        }
+        let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
         correct += chunk
             .iter()
             .zip(pred)

@@ -38,13 +38,15 @@ fn config_from_timm_and_hf_json() {
         "pretrained_cfg": {"input_size": [3, 288, 288], "crop_pct": 1.0, "interpolation": "bilinear",
                            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
     });
-    let p = PreprocessConfig::from_json(Some(&timm), None);
+    let mut p = PreprocessConfig::default();
+    p.apply_timm(&timm).unwrap();
     assert_eq!(p.input_size, (288, 288));
     assert_eq!(p.crop_pct, 1.0);
     assert_eq!(p.mean, [0.5; 3]);
     let hf = serde_json::json!({"crop_pct": 0.875, "size": {"shortest_edge": 384}, "resample": 3,
                                 "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]});
-    let p = PreprocessConfig::from_json(None, Some(&hf));
+    let mut p = PreprocessConfig::default();
+    p.apply_hf(&hf).unwrap();
     assert_eq!(p.input_size, (384, 384));
     assert_eq!(
         p.crop_pct, 1.0,

@@ -79,7 +79,8 @@ pub fn run_image(
     src: &ImageSource,
     img: &DynamicImage,
 ) -> anyhow::Result<RunView> {
-    let prepared = preprocess::prepare(img, &engine.preprocess, &engine.device)?;
+    let prepared = preprocess::prepare(img, &engine.preprocess, &engine.device)
+        .map_err(|e| e.about_image(&src.name()))?;
     let start = Instant::now();
     let mut capture = CaptureObserver::new(CaptureLevel::Blocks);
     let logits = engine.forward_observed(&prepared.tensor, &mut capture)?;

@@ -374,7 +374,7 @@ impl WorkerState {
 
 /// Checkpoints in a folder (files and model folders), each opened to say what it is.
 pub fn scan_weights(dir: &std::path::Path) -> Vec<WeightsEntry> {
-    use crate::model::checkpoint::{is_weights_file, Checkpoint};
+    use crate::model::checkpoint::{is_weights_file, CheckpointInfo};
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -386,13 +386,14 @@ pub fn scan_weights(dir: &std::path::Path) -> Vec<WeightsEntry> {
     paths
         .into_iter()
         .map(|path| {
-            let summary = Checkpoint::open(&path)
+            // Tables only: a broken or hostile file costs a header read, never a tensor.
+            let summary = CheckpointInfo::read(&path)
                 .map(|ck| {
                     format!(
                         "{} · {} · {} params · {} classes",
                         ck.config.variant_name().unwrap_or("custom"),
                         ck.format,
-                        crate::text::human(ck.num_params() as f64),
+                        crate::text::human(ck.num_params as f64),
                         ck.config.num_classes
                     )
                 })

@@ -1,6 +1,6 @@
 //! `bench`: forward time (median and min after warm-up), optionally what tracing costs, peak
 //! memory, and the per-layer profile.
-use super::{dtype_arg, parse_size, Context, ModelArgs};
+use super::{batch_arg, dtype_arg, parse_size, Context, ModelArgs};
 use crate::device::{device_name, dtype_name};
 use crate::engine::Engine;
 use crate::flops;
@@ -20,7 +20,7 @@ use std::time::Instant;
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = batch_arg)]
     batch: usize,
     #[arg(long, default_value_t = 20)]
     iters: usize,
@@ -84,9 +84,10 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
     let engine = ctx.engine(Some(&a.model), a.dtype)?;
     let (h, w) = a.size.unwrap_or(engine.preprocess.input_size);
     engine.config.check_input(h, w)?;
-    if a.batch == 0 || a.iters == 0 {
-        bail!("--batch and --iters must be at least 1");
+    if a.iters == 0 {
+        bail!("--iters must be at least 1");
     }
+    check_fits(&engine, a, (h, w))?;
     let dev = &ctx.device;
     let x = Tensor::randn(0f32, 1f32, (a.batch, 3, h, w), dev)?.to_dtype(a.dtype)?;
     let plain = time_runs(a, dev, &mut || engine.forward(&x).map(drop))?;
@@ -117,6 +118,23 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print_report(&report);
+    }
+    Ok(())
+}
+
+/// Refuses a batch and size whose forward would not fit in the memory the machine has free.
+fn check_fits(engine: &Engine, a: &BenchArgs, (h, w): (usize, usize)) -> Result<()> {
+    let layers = flops::layers(&engine.config, a.batch, h, w);
+    let need = flops::working_set_bytes(&layers, engine.num_params, a.dtype.size_in_bytes());
+    if let Some(free) = crate::device::host_memory_available() {
+        if need > free {
+            bail!(
+                "--batch {} at {h}×{w} needs about {} (weights and the two largest activations), more than the {} free on this machine",
+                a.batch,
+                crate::files::mb(need),
+                crate::files::mb(free)
+            );
+        }
     }
     Ok(())
 }
@@ -166,13 +184,9 @@ fn tracing_cost(a: &BenchArgs, engine: &Engine, x: &Tensor, plain_ms: f64) -> Re
 /// the allocator and small tensors. A second copy of the weights, or activations kept past
 /// their use, breaks it.
 fn memory(engine: &Engine, a: &BenchArgs, (h, w): (usize, usize), used_kb: u64) -> Memory {
-    let elt = a.dtype.size_in_bytes() as f64;
-    let mut acts: Vec<f64> = flops::layers(&engine.config, a.batch, h, w)
-        .iter()
-        .map(|l| l.out_shape.iter().product::<usize>() as f64 * elt)
-        .collect();
-    acts.sort_by(|a, b| b.total_cmp(a));
-    let budget = 1.2 * (engine.num_params as f64 * elt + acts.iter().take(2).sum::<f64>());
+    let layers = flops::layers(&engine.config, a.batch, h, w);
+    let working = flops::working_set_bytes(&layers, engine.num_params, a.dtype.size_in_bytes());
+    let budget = 1.2 * working as f64;
     let used = used_kb as f64 * 1024.0;
     Memory {
         peak_mb: used / 1e6,

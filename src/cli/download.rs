@@ -1,5 +1,5 @@
 //! `download`: a Hugging Face repo into `weights/`, then what the loader makes of it.
-use crate::model::Checkpoint;
+use crate::model::checkpoint::CheckpointInfo;
 use crate::text::human;
 use anyhow::Result;
 use clap::Args;
@@ -12,12 +12,12 @@ pub struct DownloadArgs {
 
 pub fn run(a: &DownloadArgs) -> Result<()> {
     let dir = crate::hub::download(&a.repo, &crate::engine::weights_dir())?;
-    let ck = Checkpoint::open(&dir)?;
+    let info = CheckpointInfo::read(&dir)?;
     println!(
         "{} ({}, {}) in {}",
-        ck.config.describe(),
-        ck.format,
-        human(ck.num_params() as f64),
+        info.config.describe(),
+        info.format,
+        human(info.num_params as f64),
         dir.display()
     );
     Ok(())

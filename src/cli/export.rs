@@ -53,12 +53,22 @@ pub fn run(ctx: &Context, a: &ExportArgs) -> Result<()> {
     Ok(())
 }
 
-/// The `input` tensor of a safetensors file, as f32.
+/// Largest `--tensor` file read.
+const MAX_INPUT_FILE_BYTES: u64 = 1 << 30;
+
+/// The `input` tensor of a safetensors file, as f32 `[N, 3, H, W]`.
 pub fn read_input_tensor(path: &Path) -> Result<Tensor> {
-    let map = candle_core::safetensors::load(path, &Device::Cpu)
+    let bytes = crate::files::read_capped(path, MAX_INPUT_FILE_BYTES, "an input tensor")?;
+    let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .with_context(|| format!("{}: cannot read safetensors", path.display()))?;
     let t = map
         .get("input")
         .with_context(|| format!("{}: no tensor named `input`", path.display()))?;
-    Ok(t.to_dtype(DType::F32)?)
+    match t.dims() {
+        [n, 3, h, w] if *n >= 1 && *h >= 1 && *w >= 1 => Ok(t.to_dtype(DType::F32)?),
+        d => bail!(
+            "{}: `input` has shape {d:?}, want [N, 3, H, W]",
+            path.display()
+        ),
+    }
 }

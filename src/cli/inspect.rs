@@ -1,10 +1,11 @@
 //! `inspect`: the analytic layer table of a checkpoint or a named variant, at any input size.
-use super::{parse_size, Context, ModelArgs};
+use super::{batch_arg, parse_size, Context, ModelArgs};
 use crate::engine::ModelSpec;
 use crate::flops::{self, LayerInfo, Totals};
-use crate::model::{Checkpoint, Config};
+use crate::model::checkpoint::CheckpointInfo;
+use crate::model::Config;
 use crate::text::human;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -14,7 +15,7 @@ pub struct InspectArgs {
     /// Input size, `H` or `HxW` (default: the model's).
     #[arg(long, value_parser = parse_size)]
     size: Option<(usize, usize)>,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = batch_arg)]
     batch: usize,
     #[arg(long)]
     json: bool,
@@ -27,16 +28,13 @@ pub fn run(ctx: &Context, a: &InspectArgs) -> Result<()> {
             (Config::variant(&name, classes)?, (224, 224), name)
         }
         ModelSpec::Weights(path) => {
-            let ck = Checkpoint::open(&path)?;
-            let size = ck.preprocess().input_size;
-            (ck.config, size, path.display().to_string())
+            let info = CheckpointInfo::read(&path)?;
+            let size = info.preprocess.input_size;
+            (info.config, size, path.display().to_string())
         }
     };
     let (h, w) = a.size.unwrap_or(default_size);
     cfg.check_input(h, w)?;
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
     let layers = flops::layers(&cfg, a.batch, h, w);
     let totals = flops::totals(&layers);
     if a.json {

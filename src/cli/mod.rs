@@ -106,12 +106,19 @@ impl Context {
     }
 }
 
-/// `H` or `HxW`, as `--size` takes it.
+/// Largest `--size` side: beyond it no ConvNeXt input makes sense and counts could overflow.
+pub const MAX_SIZE: usize = 16_384;
+/// Largest `--batch` (whether it fits in memory is checked where memory is spent).
+pub const MAX_BATCH: usize = 65_536;
+
+/// `H` or `HxW`, as `--size` takes it: each side 1 to [`MAX_SIZE`].
 pub fn parse_size(s: &str) -> Result<(usize, usize)> {
     let parse = |p: &str| -> Result<usize> {
         p.trim()
             .parse()
-            .with_context(|| format!("bad size `{s}` (expected H or HxW)"))
+            .ok()
+            .filter(|v| (1..=MAX_SIZE).contains(v))
+            .with_context(|| format!("bad size `{s}` (expected H or HxW, each 1 to {MAX_SIZE})"))
     };
     match s.split_once(['x', 'X']) {
         Some((h, w)) => Ok((parse(h)?, parse(w)?)),
@@ -122,6 +129,14 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
     }
 }
 
+/// `--batch` as clap parses it: 1 to [`MAX_BATCH`].
+fn batch_arg(s: &str) -> std::result::Result<usize, String> {
+    s.parse()
+        .ok()
+        .filter(|b| (1..=MAX_BATCH).contains(b))
+        .ok_or_else(|| format!("`{s}`: want a batch of 1 to {MAX_BATCH}"))
+}
+
 /// `--dtype` as clap parses it.
 fn dtype_arg(s: &str) -> std::result::Result<DType, String> {
     parse_dtype(s).map_err(|e| e.to_string())
@@ -129,7 +144,7 @@ fn dtype_arg(s: &str) -> std::result::Result<DType, String> {
 
 pub fn run(cli: Cli) -> Result<()> {
     if let Some(t) = cli.threads {
-        set_threads(t);
+        set_threads(t)?;
     }
     let ctx = Context {
         weights: cli.weights.clone(),

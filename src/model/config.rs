@@ -24,6 +24,9 @@ pub struct Config {
     pub kernel_size: usize,
 }
 
+/// Most classes a head may have (ImageNet-22k has 21,841).
+pub const MAX_CLASSES: usize = 1_000_000;
+
 pub struct Variant {
     pub name: &'static str,
     pub version: Version,
@@ -278,8 +281,14 @@ impl Config {
                 self.depths, self.dims
             )));
         }
-        if self.dims.contains(&0) || self.num_classes == 0 || self.kernel_size.is_multiple_of(2) {
+        if self.dims.contains(&0) || self.kernel_size.is_multiple_of(2) {
             return Err(Error::Input(format!("invalid configuration {self:?}")));
+        }
+        if self.num_classes == 0 || self.num_classes > MAX_CLASSES {
+            return Err(Error::Input(format!(
+                "{} classes: a head must have 1 to {MAX_CLASSES}",
+                self.num_classes
+            )));
         }
         Ok(())
     }
