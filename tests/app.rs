@@ -330,3 +330,37 @@ fn the_weights_list_says_what_each_file_is() {
     let err = list[1].summary.as_ref().unwrap_err();
     assert!(err.contains("b.pth"), "{err}");
 }
+
+#[test]
+fn a_model_that_computes_nan_says_where_and_keeps_the_window_usable() {
+    let mut h = shipped(Some("bag_18.png"));
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+    let mut map = candle_core::safetensors::load(
+        root.join("convnext_fashion.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let k = "stages.2.blocks.1.mlp.fc2.weight";
+    map.insert(
+        k.into(),
+        (map[k].ones_like().unwrap() * f64::INFINITY).unwrap(),
+    );
+    let bad = dir.path().join("overflowing.safetensors");
+    candle_core::safetensors::save(&map, &bad).unwrap();
+    h.state_mut()
+        .request(Request::Load(ModelSpec::Weights(bad)));
+    settle(&mut h);
+    let err = h.state().shared().status.error.clone().expect("an error");
+    assert!(
+        err.contains("not finite") && err.contains("stages.2.blocks.1.mlp.fc2"),
+        "{err}"
+    );
+    h.get_by_label_contains("not finite");
+    // The window still works: back to the shipped model, the image runs again.
+    h.get_by_label("convnext_fashion.safetensors").click();
+    h.step();
+    settle(&mut h);
+    assert!(h.state().shared().status.error.is_none());
+    assert_eq!(h.state().shared().run.as_ref().unwrap().top[0].label, "Bag");
+}
