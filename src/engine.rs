@@ -4,8 +4,8 @@ use crate::device::{device_name, dtype_name};
 use crate::error::{Error, Result};
 use crate::flops::{self, LayerInfo};
 use crate::labels::{self, LabelSource};
-use crate::model::checkpoint::{expected_tensors, Checkpoint, Format};
-use crate::model::{Config, ConvNeXt};
+use crate::model::checkpoint::{Checkpoint, Format};
+use crate::model::{Network, Plan};
 use crate::preprocess::{self, PreprocessConfig};
 use crate::text::{file_label, human};
 use crate::trace::Observer;
@@ -34,8 +34,9 @@ impl std::fmt::Display for Source {
 }
 
 pub struct Engine {
-    pub model: ConvNeXt,
-    pub config: Config,
+    pub model: Network,
+    /// The architecture (one description: the network, its counts and its tensors).
+    pub plan: Plan,
     pub labels: Vec<String>,
     pub label_source: LabelSource,
     pub preprocess: PreprocessConfig,
@@ -129,10 +130,11 @@ impl Engine {
     pub fn from_checkpoint(ck: Checkpoint, device: &Device, dtype: DType) -> Result<Engine> {
         let info = ck.info;
         let vb = taking_var_builder(ck.tensors, dtype, device);
-        let model = ConvNeXt::new(vb, &info.config).map_err(|e| Error::file(&info.path, e))?;
+        let plan = Plan::convnext(&info.config);
+        let model = Network::new(vb, &plan).map_err(|e| Error::file(&info.path, e))?;
         Ok(Engine {
             model,
-            config: info.config,
+            plan,
             labels: info.labels,
             label_source: info.label_source,
             preprocess: info.preprocess,
@@ -155,11 +157,11 @@ impl Engine {
         device: &Device,
         dtype: DType,
     ) -> Result<Engine> {
-        let config = Config::variant(variant, num_classes)?;
-        let tensors = random_weights(&config, seed)?;
+        let plan = Plan::named(variant, num_classes)?;
+        let tensors = plan.random_weights(seed)?;
         let num_params = tensors.values().map(|t| t.elem_count()).sum();
         let vb = taking_var_builder(tensors, dtype, device);
-        let model = ConvNeXt::new(vb, &config)?;
+        let model = Network::new(vb, &plan)?;
         let (labels, label_source) = labels::labels_for(num_classes, None).map_err(Error::Input)?;
         Ok(Engine {
             model,
@@ -167,14 +169,19 @@ impl Engine {
             label_source,
             preprocess: PreprocessConfig::default(),
             source: Source::Random {
-                variant: config.variant_name().unwrap_or("custom").to_string(),
+                variant: plan.name.clone(),
                 seed,
             },
-            config,
+            plan,
             device: device.clone(),
             dtype,
             num_params,
         })
+    }
+
+    /// The ConvNeXt configuration, for a ConvNeXt (not a roadmap step).
+    pub fn config(&self) -> Option<&crate::model::Config> {
+        self.plan.convnext_config()
     }
 
     pub fn is_random(&self) -> bool {
@@ -184,10 +191,10 @@ impl Engine {
     pub fn describe(&self) -> String {
         format!(
             "{} · {} · {} params · {} classes · {} {}",
-            self.config.describe(),
+            self.plan.name,
             self.source,
             human(self.num_params as f64),
-            self.config.num_classes,
+            self.plan.num_classes(),
             device_name(&self.device),
             dtype_name(self.dtype)
         )
@@ -243,7 +250,7 @@ impl Engine {
                 "input tensor must be [N, 3, H, W] with N ≥ 1, got {dims:?}"
             )));
         }
-        self.config.check_input(h, w)?;
+        self.plan.check_input(h, w)?;
         self.check_fits(n, h, w)
     }
 
@@ -253,7 +260,7 @@ impl Engine {
         if n.saturating_mul(h).saturating_mul(w) <= 1 << 19 || !self.device.is_cpu() {
             return Ok(());
         }
-        let layers = flops::layers(&self.config, n, h, w);
+        let layers = flops::layers(&self.plan, n, h, w);
         let need = flops::working_set_bytes(&layers, self.num_params, self.dtype.size_in_bytes());
         match crate::device::host_memory_available() {
             Some(free) if need > free => Err(Error::Input(format!(
@@ -292,7 +299,7 @@ impl Engine {
 
     pub fn layers(&self, batch: usize) -> Vec<LayerInfo> {
         let (h, w) = self.preprocess.input_size;
-        flops::layers(&self.config, batch, h, w)
+        flops::layers(&self.plan, batch, h, w)
     }
 }
 
@@ -350,44 +357,4 @@ impl candle_nn::var_builder::SimpleBackend for TakingBackend {
     fn contains_tensor(&self, name: &str) -> bool {
         crate::sync::lock(&self.0).contains_key(name)
     }
-}
-
-/// timm-style initial weights from a seed (deterministic across runs and machines).
-pub fn random_weights(cfg: &Config, seed: u64) -> Result<HashMap<String, Tensor>> {
-    use rand::{Rng, SeedableRng};
-    let mut out = HashMap::new();
-    for (i, (name, shape)) in expected_tensors(cfg).into_iter().enumerate() {
-        let n: usize = shape.iter().product();
-        let is_weight_matrix = shape.len() >= 2;
-        let data: Vec<f32> = if is_weight_matrix {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(
-                seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            );
-            (0..n)
-                .map(|_| loop {
-                    // Box–Muller, truncated at ±2σ as timm's trunc_normal_ does.
-                    let u1: f32 = rng.random::<f32>().max(1e-12);
-                    let u2: f32 = rng.random();
-                    let z = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
-                    if z.abs() <= 2.0 {
-                        break 0.02 * z;
-                    }
-                })
-                .collect()
-        } else if name.ends_with(".gamma") {
-            vec![1e-6; n]
-        } else if is_layer_norm_weight(&name) {
-            vec![1.0; n]
-        } else {
-            vec![0.0; n]
-        };
-        out.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
-    }
-    Ok(out)
-}
-
-fn is_layer_norm_weight(name: &str) -> bool {
-    name.ends_with("norm.weight")
-        || name == "stem.1.weight"
-        || name.ends_with("downsample.0.weight")
 }

@@ -194,12 +194,12 @@ pub fn to_json(rows: &[ProfileRow]) -> String {
 mod tests {
     use super::*;
     use crate::flops::layers;
-    use crate::model::Config;
+    use crate::model::Plan;
 
     #[test]
     fn rows_join_times_and_stage_totals_add_up() {
-        let cfg = Config::variant("convnext_atto", 10).unwrap();
-        let ls = layers(&cfg, 1, 64, 64);
+        let plan = Plan::named("convnext_atto", 10).unwrap();
+        let ls = layers(&plan, 1, 64, 64);
         let leaves: Vec<(LayerId, Duration)> = ls
             .iter()
             .filter(|l| !l.container)

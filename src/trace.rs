@@ -7,7 +7,10 @@ use candle_core::{Result, Tensor};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// Parts of a block, in forward order.
+/// Parts of a block. ConvNeXt's are named as timm names them; the other block types of the
+/// modernization roadmap number their convolutions, norms and activations in order (`conv1`,
+/// `norm1`, `act1`, …) as torchvision's ResNet does, with the projection shortcut under
+/// `shortcut`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Part {
     ConvDw,
@@ -19,19 +22,30 @@ pub enum Part {
     Gamma,
     /// The residual add that ends the block.
     Add,
+    /// `conv1`, `conv2`, … (numbered from 1).
+    Conv(u8),
+    NormN(u8),
+    ActN(u8),
+    ShortcutConv,
+    ShortcutNorm,
 }
 
 impl Part {
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            Part::ConvDw => "conv_dw",
-            Part::Norm => "norm",
-            Part::Fc1 => "mlp.fc1",
-            Part::Act => "mlp.act",
-            Part::Grn => "mlp.grn",
-            Part::Fc2 => "mlp.fc2",
-            Part::Gamma => "gamma",
-            Part::Add => "add",
+            Part::ConvDw => "conv_dw".into(),
+            Part::Norm => "norm".into(),
+            Part::Fc1 => "mlp.fc1".into(),
+            Part::Act => "mlp.act".into(),
+            Part::Grn => "mlp.grn".into(),
+            Part::Fc2 => "mlp.fc2".into(),
+            Part::Gamma => "gamma".into(),
+            Part::Add => "add".into(),
+            Part::Conv(i) => format!("conv{i}"),
+            Part::NormN(i) => format!("norm{i}"),
+            Part::ActN(i) => format!("act{i}"),
+            Part::ShortcutConv => "shortcut.0".into(),
+            Part::ShortcutNorm => "shortcut.1".into(),
         }
     }
 }
@@ -41,12 +55,12 @@ impl Part {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LayerId {
     Stem,
-    StemConv,
-    StemNorm,
+    /// `stem.0`, `stem.1`, …: the stem's layers in order.
+    StemPart(u8),
     Stage(usize),
     Downsample(usize),
-    DownsampleNorm(usize),
-    DownsampleConv(usize),
+    /// `stages.S.downsample.0`, `.1`: the layers between stages.
+    DownsamplePart(usize, u8),
     Block(usize, usize),
     BlockPart(usize, usize, Part),
     Head,
@@ -59,12 +73,10 @@ impl LayerId {
     pub fn name(&self) -> String {
         match *self {
             LayerId::Stem => "stem".into(),
-            LayerId::StemConv => "stem.0".into(),
-            LayerId::StemNorm => "stem.1".into(),
+            LayerId::StemPart(i) => format!("stem.{i}"),
             LayerId::Stage(s) => format!("stages.{s}"),
             LayerId::Downsample(s) => format!("stages.{s}.downsample"),
-            LayerId::DownsampleNorm(s) => format!("stages.{s}.downsample.0"),
-            LayerId::DownsampleConv(s) => format!("stages.{s}.downsample.1"),
+            LayerId::DownsamplePart(s, i) => format!("stages.{s}.downsample.{i}"),
             LayerId::Block(s, b) => format!("stages.{s}.blocks.{b}"),
             LayerId::BlockPart(s, b, p) => format!("stages.{s}.blocks.{b}.{}", p.name()),
             LayerId::Head => "head".into(),
@@ -91,8 +103,7 @@ impl LayerId {
         match *self {
             LayerId::Stage(s)
             | LayerId::Downsample(s)
-            | LayerId::DownsampleNorm(s)
-            | LayerId::DownsampleConv(s)
+            | LayerId::DownsamplePart(s, _)
             | LayerId::Block(s, _)
             | LayerId::BlockPart(s, _, _) => Some(s),
             _ => None,

@@ -2,10 +2,9 @@
 //! linear warm-up then cosine decay, weight decay (not on norms, biases or gamma), label
 //! smoothing, stochastic depth, layer scale initialised at 1e-6, an EMA of the weights (the
 //! EMA is what gets saved), and light augmentation (horizontal flip, ±2 px shifts).
-use crate::engine::random_weights;
 use crate::error::{Error, Result};
-use crate::model::convnext::TrainOptions;
-use crate::model::{Config, ConvNeXt, Version};
+use crate::model::network::TrainOptions;
+use crate::model::{Config, Network, Plan, Version};
 use crate::preprocess::{Interpolation, PreprocessConfig};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
@@ -279,7 +278,7 @@ pub fn train(
     let differentiable = TrainOptions {
         differentiable: true,
     };
-    let model = ConvNeXt::new_with(vb, &cfg.config, differentiable)?;
+    let model = Network::new_with(vb, &Plan::convnext(&cfg.config), differentiable)?;
     let mut opt = Optimisers::new(cfg, &named)?;
     // The EMA starts as a copy of the initial weights, in the order of `named`.
     let mut ema: Vec<Tensor> = named
@@ -335,7 +334,7 @@ pub fn train(
 fn init_vars(cfg: &TrainConfig) -> Result<(VarMap, Vec<(String, Var)>)> {
     let varmap = VarMap::new();
     let mut vars = crate::sync::lock(varmap.data());
-    for (name, t) in random_weights(&cfg.config, cfg.seed)? {
+    for (name, t) in Plan::convnext(&cfg.config).random_weights(cfg.seed)? {
         vars.insert(name, Var::from_tensor(&t)?);
     }
     let mut named: Vec<(String, Var)> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -482,7 +481,7 @@ pub fn save(
 }
 
 /// Top-1 accuracy of a model on prepared images.
-pub fn accuracy(model: &ConvNeXt, data: &[f32], labels: &[u8], batch: usize) -> Result<f64> {
+pub fn accuracy(model: &Network, data: &[f32], labels: &[u8], batch: usize) -> Result<f64> {
     let dev = model.device().clone();
     let mut correct = 0usize;
     let idx: Vec<usize> = (0..labels.len()).collect();
@@ -503,7 +502,7 @@ pub fn accuracy(model: &ConvNeXt, data: &[f32], labels: &[u8], batch: usize) -> 
 }
 
 /// A model from a tensor map (for evaluating the EMA without a round trip through disk).
-pub fn model_from(tensors: &HashMap<String, Tensor>, cfg: &Config) -> Result<ConvNeXt> {
+pub fn model_from(tensors: &HashMap<String, Tensor>, cfg: &Config) -> Result<Network> {
     let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
-    Ok(ConvNeXt::new(vb, cfg)?)
+    Ok(Network::new(vb, &Plan::convnext(cfg))?)
 }

@@ -20,14 +20,14 @@ fn class_evidence_averages_to_the_logit() {
         let logits = engine.forward_observed(&x, &mut cap).unwrap();
         let last = cap.get(LayerId::Stage(3)).unwrap();
         assert!(last.dim(1).unwrap() > 1, "want several positions");
-        for class in 0..engine.config.num_classes {
+        for class in 0..engine.config().unwrap().num_classes {
             let map = engine.model.class_evidence(last, class).unwrap();
             let mean = map.mean((1, 2)).unwrap();
             let logit = logits.narrow(1, class, 1).unwrap().squeeze(1).unwrap();
             let e = rel_err(&mean, &logit);
             assert!(e < 1e-4, "class {class}: relative error {e}");
         }
-        let n = engine.config.num_classes;
+        let n = engine.config().unwrap().num_classes;
         let e = engine
             .model
             .class_evidence(last, n)

@@ -277,7 +277,10 @@ fn a_named_variant_opens_with_a_random_weights_notice() {
     settle(&mut h);
     let m = h.state().shared().model.as_ref().expect("a model");
     assert!(m.is_random);
-    assert_eq!(m.config.dims, vec![40, 80, 160, 320]);
+    assert_eq!(
+        m.plan.convnext_config().unwrap().dims,
+        vec![40, 80, 160, 320]
+    );
     h.get_by_label_contains("predictions are meaningless");
     // V2 has GRN instead of layer scale: the tab says so and plots GRN γ.
     h.get_by_label("Layer scale").click();

@@ -3,7 +3,7 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use convnext_explorer::flops::{layers, totals};
-use convnext_explorer::model::Config;
+use convnext_explorer::model::{Config, Plan};
 use convnext_explorer::trace::{to_nchw, CaptureLevel, CaptureObserver, LayerId, Observer};
 use convnext_explorer::Engine;
 
@@ -20,7 +20,7 @@ fn every_named_variant_matches_fvcore_and_timm() {
     for name in convnext_explorer::model::config::variant_names() {
         let c = &counts[name];
         let cfg = Config::variant(name, 1000).unwrap();
-        let t = totals(&layers(&cfg, 1, 224, 224));
+        let t = totals(&layers(&Plan::convnext(&cfg), 1, 224, 224));
         assert_eq!(t.total_macs, c["macs"].as_u64().unwrap(), "{name} MACs");
         assert_eq!(
             t.total_params as u64,
@@ -34,12 +34,7 @@ fn every_named_variant_matches_fvcore_and_timm() {
     }
     assert_eq!(checked, 19);
     // The headline figure of the paper.
-    let t = totals(&layers(
-        &Config::variant("tiny", 1000).unwrap(),
-        1,
-        224,
-        224,
-    ));
+    let t = totals(&layers(&Plan::named("tiny", 1000).unwrap(), 1, 224, 224));
     assert_eq!(format!("{:.2}", t.total_macs as f64 / 1e9), "4.47");
     assert_eq!(format!("{:.2}", t.total_params as f64 / 1e6), "28.59");
 }
@@ -49,7 +44,7 @@ fn batch_size_and_head_size_scale_correctly() {
     let f = fvcore();
     let c = &f["counts"]["convnext_tiny@2x256x320/21841"];
     let cfg = Config::variant("convnext_tiny", 21841).unwrap();
-    let t = totals(&layers(&cfg, 2, 256, 320));
+    let t = totals(&layers(&Plan::convnext(&cfg), 2, 256, 320));
     assert_eq!(t.total_macs, c["macs"].as_u64().unwrap());
     assert_eq!(t.total_params as u64, c["params"].as_u64().unwrap());
 }
@@ -108,7 +103,7 @@ fn layer_list_matches_the_forward_pass() {
         };
         e.forward_observed(&x, &mut rec).unwrap();
         assert!(rec.open.is_empty());
-        let list = layers(&e.config, 2, 64, 96);
+        let list = layers(&e.plan, 2, 64, 96);
         let mut from_trace: Vec<_> = rec.ids.clone();
         from_trace.sort_by_key(|(id, _)| *id);
         let mut from_list: Vec<_> = list.iter().map(|l| (l.id, l.out_shape.clone())).collect();
@@ -136,5 +131,5 @@ fn capture_levels_keep_what_they_say() {
     }
     assert_eq!(n[0], 1 + 4 + 1);
     assert_eq!(n[1], 1 + 4 + 12 + 1);
-    assert_eq!(n[2], layers(&e.config, 1, 32, 32).len());
+    assert_eq!(n[2], layers(&e.plan, 1, 32, 32).len());
 }

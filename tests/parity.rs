@@ -16,7 +16,7 @@ fn check(checkpoint: &str, reference: &str, format: Format, version: Version) {
         convnext_explorer::engine::Source::Weights { format: f, .. } => assert_eq!(*f, format),
         s => panic!("unexpected source {s}"),
     }
-    assert_eq!(engine.config.version, version);
+    assert_eq!(engine.config().unwrap().version, version);
     let r = load_ref(reference);
     let mut cap = CaptureObserver::new(CaptureLevel::Stages);
     let logits = engine.forward_observed(&r["input"], &mut cap).unwrap();
@@ -132,22 +132,23 @@ fn inferred_architecture_and_labels() {
         DType::F32,
     )
     .unwrap();
-    assert_eq!(e.config.depths, vec![2, 1, 2, 1]);
-    assert_eq!(e.config.dims, vec![16, 24, 32, 40]);
-    assert_eq!(e.config.num_classes, 7);
-    assert!(e.config.layer_scale);
+    assert_eq!(e.config().unwrap().depths, vec![2, 1, 2, 1]);
+    assert_eq!(e.config().unwrap().dims, vec![16, 24, 32, 40]);
+    assert_eq!(e.config().unwrap().num_classes, 7);
+    assert!(e.config().unwrap().layer_scale);
     assert_eq!(e.labels[3], "class 3");
 
     let hf = Engine::load(&fixture("checkpoints/hf_v1"), &Device::Cpu, DType::F32).unwrap();
     assert_eq!(hf.labels[4], "thing 4", "labels come from id2label");
     assert_eq!(
-        hf.config.head_ln_eps, 1e-12,
+        hf.config().unwrap().head_ln_eps,
+        1e-12,
         "HF's final LayerNorm eps comes from config.json"
     );
-    assert_eq!(hf.config.depths, vec![1, 2, 1, 1]);
+    assert_eq!(hf.config().unwrap().depths, vec![1, 2, 1, 1]);
 
     let v2 = Engine::load(&fixture("checkpoints/fb_v2.pth"), &Device::Cpu, DType::F32).unwrap();
-    assert!(!v2.config.layer_scale);
+    assert!(!v2.config().unwrap().layer_scale);
     let grn = v2.model.grn_params().unwrap();
     assert_eq!(grn.len(), 5);
     assert_eq!(grn[0].2.len(), 64);

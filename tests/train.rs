@@ -2,8 +2,8 @@
 //! saved checkpoint loads back through the normal loader.
 mod common;
 use candle_core::{DType, Device, Tensor};
-use convnext_explorer::model::convnext::TrainOptions;
-use convnext_explorer::model::{Config, ConvNeXt};
+use convnext_explorer::model::network::TrainOptions;
+use convnext_explorer::model::{Config, Network, Plan};
 use convnext_explorer::train::*;
 use convnext_explorer::Engine;
 
@@ -45,7 +45,7 @@ fn loss_goes_down_and_checkpoint_loads_back() {
     let out = dir.path().join("tiny.safetensors");
     save(&trained.ema, &cfg.config, &out, serde_json::json!({})).unwrap();
     let e = Engine::load(&out, &Device::Cpu, DType::F32).unwrap();
-    assert_eq!(e.config, cfg.config);
+    assert_eq!(e.config(), Some(&cfg.config));
     assert_eq!(e.labels[7], "Sneaker");
     assert_eq!(e.preprocess, preprocess_config());
     // What was saved is what gets loaded: the same logits as the in-memory EMA model.
@@ -66,7 +66,7 @@ fn gradients_reach_every_parameter() {
     let varmap = candle_nn::VarMap::new();
     {
         let mut vars = varmap.data().lock().unwrap();
-        for (k, t) in convnext_explorer::engine::random_weights(&cfg, 5).unwrap() {
+        for (k, t) in Plan::convnext(&cfg).random_weights(5).unwrap() {
             // Perturbed so that no parameter is zero (a zero GRN or bias would block nothing,
             // but zero weights downstream would hide upstream gradients).
             let t =
@@ -75,9 +75,9 @@ fn gradients_reach_every_parameter() {
         }
     }
     let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let model = ConvNeXt::new_with(
+    let model = Network::new_with(
         vb,
-        &cfg,
+        &Plan::convnext(&cfg),
         TrainOptions {
             differentiable: true,
         },
@@ -87,10 +87,7 @@ fn gradients_reach_every_parameter() {
     let loss = model.forward(&x).unwrap().sqr().unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
     let vars = varmap.data().lock().unwrap();
-    assert_eq!(
-        vars.len(),
-        convnext_explorer::model::checkpoint::expected_tensors(&cfg).len()
-    );
+    assert_eq!(vars.len(), Plan::convnext(&cfg).tensors().len());
     for (name, v) in vars.iter() {
         let g = grads
             .get(v.as_tensor())

@@ -24,9 +24,9 @@ impl ArchitecturePanel {
             return;
         };
         let mut size = self.size.unwrap_or(m.input_size);
-        let stride = m.config.stride();
+        let stride = m.plan.stride();
         ui.horizontal(|ui| {
-            ui.label(format!("{} · input", m.config.describe()));
+            ui.label(format!("{} · input", m.plan.name));
             for (v, prefix) in [(&mut size.0, "H "), (&mut size.1, "W ")] {
                 ui.add(
                     egui::DragValue::new(v)
@@ -45,7 +45,7 @@ impl ArchitecturePanel {
             (size.1 / stride).max(1) * stride,
         );
         self.size = (size != m.input_size).then_some(size);
-        let list = layers(&m.config, 1, size.0, size.1);
+        let list = layers(&m.plan, 1, size.0, size.1);
         let t = totals(&list);
         ui.label(format!(
             "{} layers · {} params · {} MACs ({} FLOPs) at {}×{}",

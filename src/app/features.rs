@@ -177,7 +177,7 @@ fn layer_strip(shared: &mut Shared, ui: &mut egui::Ui) {
     let depths = shared
         .model
         .as_ref()
-        .map(|m| m.config.depths.clone())
+        .map(|m| m.plan.depths())
         .unwrap_or_default();
     let mut pick = None;
     ui.horizontal_wrapped(|ui| {

@@ -2,6 +2,7 @@
 use super::{sample_images, textures, ImageSource, Request, Shared, Tab};
 use crate::engine::ModelSpec;
 use crate::model::config::{variant_names, Version};
+use crate::model::plan::{Family, Plan};
 use crate::text::{file_label, human};
 use egui::{RichText, TextureOptions};
 
@@ -22,22 +23,12 @@ fn model_section(ui: &mut egui::Ui, shared: &mut Shared) {
     ui.heading("Model");
     match &shared.model {
         Some(m) => {
-            let c = &m.config;
             ui.label(RichText::new(m.spec.label()).strong());
-            ui.label(format!(
-                "{} {} · depths {:?} · dims {:?}",
-                c.variant_name().unwrap_or("custom"),
-                match c.version {
-                    Version::V1 => "(V1)",
-                    Version::V2 => "(V2, GRN)",
-                },
-                c.depths,
-                c.dims
-            ));
+            ui.label(architecture_line(&m.plan));
             ui.label(format!(
                 "{} params · {} classes · input {}×{}",
                 human(m.num_params as f64),
-                c.num_classes,
+                m.plan.num_classes(),
                 m.input_size.0,
                 m.input_size.1
             ));
@@ -65,6 +56,27 @@ fn model_section(ui: &mut egui::Ui, shared: &mut Shared) {
     egui::CollapsingHeader::new("Named variant (random weights)")
         .default_open(false)
         .show(ui, |ui| variant_picker(ui, shared));
+}
+
+/// `convnext_tiny (V1) · depths [3, 3, 9, 3] · dims [96, …]`, or a roadmap step's title.
+fn architecture_line(plan: &Plan) -> String {
+    match &plan.family {
+        Family::ConvNeXt(c) => format!(
+            "{} {} · depths {:?} · dims {:?}",
+            c.variant_name().unwrap_or("custom"),
+            match c.version {
+                Version::V1 => "(V1)",
+                Version::V2 => "(V2, GRN)",
+            },
+            c.depths,
+            c.dims
+        ),
+        Family::Roadmap(i) => format!(
+            "roadmap step {i}: {} · depths {:?}",
+            crate::model::roadmap::STEPS[*i].title,
+            plan.depths()
+        ),
+    }
 }
 
 fn device_and_dtype(ui: &mut egui::Ui, shared: &mut Shared) {

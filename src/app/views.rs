@@ -15,7 +15,7 @@ use super::worker::ImageSource;
 /// The model as the panels see it.
 pub struct ModelView {
     pub spec: ModelSpec,
-    pub config: crate::model::Config,
+    pub plan: crate::model::Plan,
     pub num_params: usize,
     pub input_size: (usize, usize),
     pub device: String,
@@ -59,7 +59,7 @@ pub struct ProfileView {
 pub fn model_view(engine: &Engine, spec: ModelSpec) -> anyhow::Result<ModelView> {
     Ok(ModelView {
         spec,
-        config: engine.config.clone(),
+        plan: engine.plan.clone(),
         num_params: engine.num_params,
         input_size: engine.preprocess.input_size,
         device: device_name(&engine.device),

@@ -83,7 +83,7 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
     let rss_before = proc_status_kb("VmRSS");
     let engine = ctx.engine(Some(&a.model), a.dtype)?;
     let (h, w) = a.size.unwrap_or(engine.preprocess.input_size);
-    engine.config.check_input(h, w)?;
+    engine.plan.check_input(h, w)?;
     if a.iters == 0 {
         bail!("--iters must be at least 1");
     }
@@ -92,7 +92,7 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
     let x = Tensor::randn(0f32, 1f32, (a.batch, 3, h, w), dev)?.to_dtype(a.dtype)?;
     let plain = time_runs(a, dev, &mut || engine.forward(&x).map(drop))?;
     let mut report = BenchReport {
-        model: engine.config.describe(),
+        model: engine.plan.name.clone(),
         batch: a.batch,
         size: [h, w],
         device: device_name(dev),
@@ -124,7 +124,7 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
 
 /// Refuses a batch and size whose forward would not fit in the memory the machine has free.
 fn check_fits(engine: &Engine, a: &BenchArgs, (h, w): (usize, usize)) -> Result<()> {
-    let layers = flops::layers(&engine.config, a.batch, h, w);
+    let layers = flops::layers(&engine.plan, a.batch, h, w);
     let need = flops::working_set_bytes(&layers, engine.num_params, a.dtype.size_in_bytes());
     if let Some(free) = crate::device::host_memory_available() {
         if need > free {
@@ -184,7 +184,7 @@ fn tracing_cost(a: &BenchArgs, engine: &Engine, x: &Tensor, plain_ms: f64) -> Re
 /// the allocator and small tensors. A second copy of the weights, or activations kept past
 /// their use, breaks it.
 fn memory(engine: &Engine, a: &BenchArgs, (h, w): (usize, usize), used_kb: u64) -> Memory {
-    let layers = flops::layers(&engine.config, a.batch, h, w);
+    let layers = flops::layers(&engine.plan, a.batch, h, w);
     let working = flops::working_set_bytes(&layers, engine.num_params, a.dtype.size_in_bytes());
     let budget = 1.2 * working as f64;
     let used = used_kb as f64 * 1024.0;
@@ -204,7 +204,7 @@ fn profile_csv(
 ) -> Result<BTreeMap<String, f64>> {
     let measured = profile::time_layers(engine, x, iters, PlainBaseline::Skip, &mut Silent)?;
     let (_, _, h, w) = x.dims4()?;
-    let layers = flops::layers(&engine.config, x.dim(0)?, h, w);
+    let layers = flops::layers(&engine.plan, x.dim(0)?, h, w);
     let rows = profile::rows(&layers, &measured.times, measured.total);
     std::fs::write(out, profile::to_csv(&rows))
         .with_context(|| format!("writing {}", out.display()))?;

@@ -3,7 +3,7 @@ use super::{batch_arg, parse_size, Context, ModelArgs};
 use crate::engine::ModelSpec;
 use crate::flops::{self, LayerInfo, Totals};
 use crate::model::checkpoint::CheckpointInfo;
-use crate::model::Config;
+use crate::model::Plan;
 use crate::text::human;
 use anyhow::Result;
 use clap::Args;
@@ -23,25 +23,29 @@ pub struct InspectArgs {
 
 pub fn run(ctx: &Context, a: &InspectArgs) -> Result<()> {
     // Only the architecture is needed: no weights are loaded into a model.
-    let (cfg, default_size, source) = match ctx.model_spec(Some(&a.model))? {
+    let (plan, default_size, source) = match ctx.model_spec(Some(&a.model))? {
         ModelSpec::Variant { name, classes, .. } => {
-            (Config::variant(&name, classes)?, (224, 224), name)
+            (Plan::named(&name, classes)?, (224, 224), name)
         }
         ModelSpec::Weights(path) => {
             let info = CheckpointInfo::read(&path)?;
             let size = info.preprocess.input_size;
-            (info.config, size, path.display().to_string())
+            (
+                Plan::convnext(&info.config),
+                size,
+                path.display().to_string(),
+            )
         }
     };
     let (h, w) = a.size.unwrap_or(default_size);
-    cfg.check_input(h, w)?;
-    let layers = flops::layers(&cfg, a.batch, h, w);
+    plan.check_input(h, w)?;
+    let layers = flops::layers(&plan, a.batch, h, w);
     let totals = flops::totals(&layers);
     if a.json {
         let v = serde_json::json!({
-            "model": cfg.describe(),
+            "model": plan.name,
             "source": source,
-            "config": cfg,
+            "config": plan.convnext_config(),
             "input": [a.batch, 3, h, w],
             "layers": layers,
             "total_macs": totals.total_macs,
@@ -53,7 +57,7 @@ pub fn run(ctx: &Context, a: &InspectArgs) -> Result<()> {
     } else {
         let input = format!("{}×3×{h}×{w}", a.batch);
         print_table(
-            &format!("{} ({source})", cfg.describe()),
+            &format!("{} ({source})", plan.name),
             &input,
             &layers,
             &totals,

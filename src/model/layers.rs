@@ -58,18 +58,25 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(vb: VarBuilder, inp: usize, out: usize) -> Result<Self> {
-        Ok(Self {
-            weight: Some(vb.get((out, inp), "weight")?),
-            bias: vb.get(out, "bias")?,
-            packed: None,
-        })
+        Self::from_tensors(vb.get((out, inp), "weight")?, vb.get(out, "bias")?, false)
     }
 
     /// Like `new`, with the weight packed for the fast CPU kernel where it applies
     /// (`CONVNEXT_GENERIC_MATMUL=1` keeps candle's matmul, for comparisons).
     pub fn new_packed(vb: VarBuilder, inp: usize, out: usize) -> Result<Self> {
-        let mut l = Self::new(vb, inp, out)?;
-        let use_packed = std::env::var_os("CONVNEXT_GENERIC_MATMUL").is_none()
+        Self::from_tensors(vb.get((out, inp), "weight")?, vb.get(out, "bias")?, true)
+    }
+
+    /// From a `[out, in]` weight and a bias; `pack` as [`Linear::new_packed`].
+    pub fn from_tensors(weight: Tensor, bias: Tensor, pack: bool) -> Result<Self> {
+        let (out, inp) = weight.dims2()?;
+        let mut l = Self {
+            weight: Some(weight),
+            bias,
+            packed: None,
+        };
+        let use_packed = pack
+            && std::env::var_os("CONVNEXT_GENERIC_MATMUL").is_none()
             && crate::ops::gemm::available()
             && l.bias.device().is_cpu()
             && l.bias.dtype() == DType::F32;

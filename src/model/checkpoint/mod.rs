@@ -391,52 +391,6 @@ pub fn is_weights_file(p: &Path) -> bool {
         .is_some_and(|e| WEIGHTS_EXTENSIONS.contains(&e))
 }
 
-/// Every tensor a ConvNeXt of this config has, with its canonical shape, in forward order.
-pub fn expected_tensors(cfg: &Config) -> Vec<(String, Vec<usize>)> {
-    let mut v: Vec<(String, Vec<usize>)> = Vec::new();
-    let k = cfg.kernel_size;
-    let d0 = cfg.dims[0];
-    v.push(("stem.0.weight".into(), vec![d0, 3, 4, 4]));
-    v.push(("stem.0.bias".into(), vec![d0]));
-    v.push(("stem.1.weight".into(), vec![d0]));
-    v.push(("stem.1.bias".into(), vec![d0]));
-    for (s, &depth) in cfg.depths.iter().enumerate() {
-        let d = cfg.dims[s];
-        if s > 0 {
-            let p = cfg.dims[s - 1];
-            let pre = format!("stages.{s}.downsample");
-            v.push((format!("{pre}.0.weight"), vec![p]));
-            v.push((format!("{pre}.0.bias"), vec![p]));
-            v.push((format!("{pre}.1.weight"), vec![d, p, 2, 2]));
-            v.push((format!("{pre}.1.bias"), vec![d]));
-        }
-        for b in 0..depth {
-            let pre = format!("stages.{s}.blocks.{b}");
-            v.push((format!("{pre}.conv_dw.weight"), vec![d, 1, k, k]));
-            v.push((format!("{pre}.conv_dw.bias"), vec![d]));
-            v.push((format!("{pre}.norm.weight"), vec![d]));
-            v.push((format!("{pre}.norm.bias"), vec![d]));
-            v.push((format!("{pre}.mlp.fc1.weight"), vec![4 * d, d]));
-            v.push((format!("{pre}.mlp.fc1.bias"), vec![4 * d]));
-            if cfg.version == Version::V2 {
-                v.push((format!("{pre}.mlp.grn.weight"), vec![4 * d]));
-                v.push((format!("{pre}.mlp.grn.bias"), vec![4 * d]));
-            }
-            v.push((format!("{pre}.mlp.fc2.weight"), vec![d, 4 * d]));
-            v.push((format!("{pre}.mlp.fc2.bias"), vec![d]));
-            if cfg.layer_scale {
-                v.push((format!("{pre}.gamma"), vec![d]));
-            }
-        }
-    }
-    let last = *cfg.dims.last().unwrap_or(&0);
-    v.push(("head.norm.weight".into(), vec![last]));
-    v.push(("head.norm.bias".into(), vec![last]));
-    v.push(("head.fc.weight".into(), vec![cfg.num_classes, last]));
-    v.push(("head.fc.bias".into(), vec![cfg.num_classes]));
-    v
-}
-
 fn check_strict(
     file: &Path,
     format: Format,
@@ -453,7 +407,11 @@ fn check_strict(
             c.name.clone()
         }
     };
-    let expected = expected_tensors(cfg);
+    let expected: Vec<(String, Vec<usize>)> = super::plan::Plan::convnext(cfg)
+        .tensors()
+        .into_iter()
+        .map(|t| (t.name, t.shape))
+        .collect();
     for (name, shape) in &expected {
         let Some(c) = present.get(name.as_str()) else {
             return Err(Error::MissingTensor {

@@ -1,0 +1,187 @@
+//! ConvNeXt's block on its fast path: depthwise k×k → LayerNorm → Linear 4× → GELU (→ GRN) →
+//! Linear → (layer scale) → + input, with fc1's bias fused into the GELU when nobody looks at
+//! fc1's output on its own, and the MLP on the packed GEMM.
+use super::layers::{Grn, LayerNorm, Linear};
+use super::network::TrainOptions;
+use super::plan::{BlockSpec, Kind};
+use crate::ops::depthwise_conv_nhwc;
+use crate::ops::gelu::{bias_gelu, gelu};
+use crate::trace::{LayerId, Observer};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+#[derive(Clone, Debug)]
+pub struct ConvNeXtBlock {
+    /// The ids of conv_dw, norm, fc1, act, grn, fc2, gamma and the add, as the plan names them.
+    ids: Ids,
+    dw_weight: Tensor,
+    dw_bias: Tensor,
+    /// `dw_weight` as `[K, K, C]` for the channels-last kernel (cached for inference).
+    dw_kkc: Option<Tensor>,
+    norm: LayerNorm,
+    fc1: Linear,
+    grn: Option<Grn>,
+    fc2: Linear,
+    gamma: Option<Tensor>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Ids {
+    dw: LayerId,
+    norm: LayerId,
+    fc1: LayerId,
+    act: LayerId,
+    grn: Option<LayerId>,
+    fc2: LayerId,
+    gamma: Option<LayerId>,
+    add: LayerId,
+}
+
+pub fn dw_kernel_kkc(w: &Tensor) -> Result<Tensor> {
+    let (c, _, k, _) = w.dims4()?;
+    w.reshape((c, k, k))?.permute((1, 2, 0))?.contiguous()
+}
+
+impl ConvNeXtBlock {
+    /// Whether a block has ConvNeXt's shape (so this fast path computes it exactly).
+    pub fn matches(spec: &BlockSpec) -> bool {
+        let b = &spec.branch;
+        let c = b.first().map_or(0, |l| l.channels_in);
+        let dw = |k: &Kind| {
+            matches!(*k, Kind::Conv { k, stride: 1, pad, groups, bias: true }
+                if k % 2 == 1 && pad == k / 2 && groups == c)
+        };
+        let kinds: Vec<&Kind> = b.iter().map(|l| &l.kind).collect();
+        let core = kinds.len() >= 5
+            && dw(kinds[0])
+            && matches!(kinds[1], Kind::LayerNorm { .. })
+            && matches!(kinds[2], Kind::Linear { bias: true })
+            && matches!(kinds[3], Kind::Gelu);
+        let rest: Vec<&Kind> = kinds.iter().skip(4).copied().collect();
+        let tail_ok = matches!(
+            rest.as_slice(),
+            [Kind::Linear { bias: true }]
+                | [Kind::Grn, Kind::Linear { bias: true }]
+                | [Kind::Linear { bias: true }, Kind::LayerScale]
+                | [Kind::Grn, Kind::Linear { bias: true }, Kind::LayerScale]
+        );
+        core && tail_ok && spec.shortcut.is_empty() && spec.after.is_empty()
+    }
+
+    /// Builds the block of a spec that [`ConvNeXtBlock::matches`].
+    pub fn new(vb: &VarBuilder, spec: &BlockSpec, t: TrainOptions) -> Result<Self> {
+        let b = &spec.branch;
+        let find = |want: fn(&Kind) -> bool| b.iter().find(|l| want(&l.kind));
+        let (dw, norm, fc1, act) = (&b[0], &b[1], &b[2], &b[3]);
+        let fc2 = &b[b
+            .iter()
+            .rposition(|l| matches!(l.kind, Kind::Linear { .. }))
+            .unwrap_or(4)];
+        let grn = find(|k| matches!(k, Kind::Grn));
+        let gamma = find(|k| matches!(k, Kind::LayerScale));
+        let (c, k) = match dw.kind {
+            Kind::Conv { k, .. } => (dw.channels_in, k),
+            _ => candle_core::bail!("not a ConvNeXt block"),
+        };
+        let eps = match norm.kind {
+            Kind::LayerNorm { eps } => eps,
+            _ => candle_core::bail!("not a ConvNeXt block"),
+        };
+        // Inference packs the MLP weights once for the CPU kernel; training keeps candle's
+        // differentiable matmul.
+        let linear = |id: LayerId, i, o| {
+            let vb = vb.pp(id.name());
+            if t.differentiable {
+                Linear::new(vb, i, o)
+            } else {
+                Linear::new_packed(vb, i, o)
+            }
+        };
+        let vdw = vb.pp(dw.id.name());
+        let dw_weight = vdw.get((c, 1, k, k), "weight")?;
+        let dw_kkc = (!t.differentiable)
+            .then(|| dw_kernel_kkc(&dw_weight))
+            .transpose()?;
+        Ok(Self {
+            ids: Ids {
+                dw: dw.id,
+                norm: norm.id,
+                fc1: fc1.id,
+                act: act.id,
+                grn: grn.map(|l| l.id),
+                fc2: fc2.id,
+                gamma: gamma.map(|l| l.id),
+                add: spec.add.id,
+            },
+            dw_bias: vdw.get(c, "bias")?,
+            dw_weight,
+            dw_kkc,
+            norm: LayerNorm::new(vb.pp(norm.id.name()), c, eps, t.differentiable)?,
+            fc1: linear(fc1.id, c, fc1.channels_out)?,
+            grn: grn
+                .map(|l| Grn::new(vb.pp(l.id.name()), l.channels_out))
+                .transpose()?,
+            fc2: linear(fc2.id, fc2.channels_in, c)?,
+            gamma: gamma.map(|l| vb.get(c, &l.id.name())).transpose()?,
+        })
+    }
+
+    pub fn forward<O: Observer>(
+        &self,
+        x: &Tensor,
+        obs: &mut O,
+        keep: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let step = |obs: &mut O, id: LayerId, f: &dyn Fn() -> Result<Tensor>| -> Result<Tensor> {
+            obs.enter(id)?;
+            let y = f()?;
+            obs.layer(id, &y)?;
+            Ok(y)
+        };
+        let ids = self.ids;
+        let kkc = match &self.dw_kkc {
+            Some(k) => k.clone(),
+            None => dw_kernel_kkc(&self.dw_weight)?,
+        };
+        let y = step(obs, ids.dw, &|| depthwise_conv_nhwc(x, &kkc, &self.dw_bias))?;
+        let y = step(obs, ids.norm, &|| self.norm.forward(&y))?;
+        let inference = self.dw_kkc.is_some();
+        let y = if inference && !obs.sees_outputs() && !self.fc1.is_packed() {
+            // Nobody looks at fc1's output on its own: add its bias inside the GELU pass (the
+            // packed kernel adds it inside the matmul already).
+            bias_gelu(&self.fc1.matmul(&y)?, &self.fc1.bias)?
+        } else {
+            let y = step(obs, ids.fc1, &|| self.fc1.forward(&y))?;
+            step(obs, ids.act, &|| {
+                if inference {
+                    gelu(&y)
+                } else {
+                    y.gelu_erf()
+                }
+            })?
+        };
+        let y = match (&self.grn, ids.grn) {
+            (Some(grn), Some(id)) => step(obs, id, &|| grn.forward(&y))?,
+            _ => y,
+        };
+        let y = step(obs, ids.fc2, &|| self.fc2.forward(&y))?;
+        let y = match (&self.gamma, ids.gamma) {
+            (Some(g), Some(id)) => step(obs, id, &|| y.broadcast_mul(g))?,
+            _ => y,
+        };
+        // Stochastic depth: a per-sample keep mask, already scaled by 1/keep_prob.
+        let y = match keep {
+            Some(mask) => y.broadcast_mul(mask)?,
+            None => y,
+        };
+        step(obs, ids.add, &|| x + &y)
+    }
+
+    pub fn gamma(&self) -> Option<&Tensor> {
+        self.gamma.as_ref()
+    }
+
+    pub fn grn(&self) -> Option<&Grn> {
+        self.grn.as_ref()
+    }
+}
