@@ -1,4 +1,5 @@
 #![allow(dead_code)]
+pub mod det;
 pub mod pth;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
