@@ -2,6 +2,13 @@ use clap::Parser;
 use convnext_explorer::cli::{self, Cli};
 
 fn main() {
+    // Output piped into `head` should end the program quietly, as it ends `ls`, not be a
+    // "failed printing to stdout" panic.
+    #[cfg(unix)]
+    // SAFETY: called first thing, before any other thread exists; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // A panic is a bug, but the user still deserves one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("convnext-explorer: internal error: {info}");

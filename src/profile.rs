@@ -125,6 +125,36 @@ pub fn time_layers(
     })
 }
 
+/// Median forward time (ms) of each roadmap step with random weights, batch 1, on `device`:
+/// one warm-up, then `iters` runs; `progress` hears of each step and may cancel between them.
+pub fn time_roadmap(
+    device: &candle_core::Device,
+    (h, w): (usize, usize),
+    iters: usize,
+    progress: &mut dyn Progress,
+) -> crate::Result<Vec<f64>> {
+    use crate::model::roadmap::STEPS;
+    let mut out = Vec::with_capacity(STEPS.len());
+    for (i, step) in STEPS.iter().enumerate() {
+        progress.check("timing the roadmap")?;
+        progress.update(i, STEPS.len(), step.name);
+        let name = format!("roadmap:{}", step.name);
+        let engine = Engine::random(&name, 1000, 0, device, candle_core::DType::F32)?;
+        let x = Tensor::randn(0f32, 1.0, (1, 3, h, w), device)?;
+        engine.forward(&x)?;
+        let mut times = Vec::with_capacity(iters.max(1));
+        for _ in 0..iters.max(1) {
+            let t = Instant::now();
+            engine.forward(&x)?;
+            device.synchronize()?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        out.push(crate::stats::median(&times));
+    }
+    progress.update(STEPS.len(), STEPS.len(), "done");
+    Ok(out)
+}
+
 /// Time and MACs per stage (the stem and head as their own groups), from leaf rows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GroupTotal {

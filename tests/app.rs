@@ -367,3 +367,51 @@ fn a_model_that_computes_nan_says_where_and_keeps_the_window_usable() {
     assert!(h.state().shared().status.error.is_none());
     assert_eq!(h.state().shared().run.as_ref().unwrap().top[0].label, "Bag");
 }
+
+#[test]
+fn the_roadmap_tab_counts_diffs_loads_and_times_the_steps() {
+    let mut h = shipped(None);
+    h.get_by_label("Roadmap").click();
+    h.run_steps(3);
+    h.get_by_label("inverted_bottleneck");
+    h.get_by_label_contains("Step 0 is where the roadmap starts");
+    // What kernel_7 changed from move_up_dwconv: the depthwise kernels.
+    h.get_by_label("kernel_7").click();
+    h.run_steps(3);
+    h.get_by_label_contains(
+        "Step 8 (kernel_7) from step 6 (move_up_dwconv): 0 layers added, 0 removed, 18 changed",
+    );
+    h.get_by_label_contains("stages.0.blocks.0.conv1: DwConv 3×3");
+    snap(&mut h, "app_roadmap");
+    // Loading a step makes it the model, with the random-weights notice.
+    let load = h
+        .query_all_by_label("load")
+        .nth(8)
+        .expect("a load button per step");
+    load.click();
+    h.step();
+    settle(&mut h);
+    let m = h.state().shared().model.as_ref().unwrap();
+    assert_eq!(m.plan.name, "roadmap:kernel_7");
+    assert!(m.is_random);
+    h.get_by_label_contains("predictions are meaningless");
+    // Timing reports its progress and can be cancelled.
+    h.get_by_label("Measure latency here").click();
+    let start = Instant::now();
+    while h.state().shared().status.job.is_none() {
+        h.step();
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no progress reported"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.get_by_label("Cancel").click();
+    settle(&mut h);
+    let s = h.state().shared();
+    assert!(s.roadmap_times.is_none());
+    assert_eq!(
+        s.status.notice.as_deref(),
+        Some("Timing the roadmap cancelled")
+    );
+}

@@ -204,3 +204,37 @@ fn errors_are_one_clear_line() {
         assert!(lines[0].starts_with("error: "), "{err}");
     }
 }
+
+#[test]
+fn roadmap_lists_the_sixteen_steps_with_both_conventions() {
+    let (ok, out, err) = cli(&["roadmap", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let steps = v.as_array().unwrap();
+    assert_eq!(steps.len(), 16);
+    assert_eq!(steps[0]["name"], "resnet50");
+    assert_eq!(steps[15]["name"], "separate_downsampling");
+    // torchvision's 4.09 GFLOPs for ResNet-50 is conv + linear; ConvNeXt-T's 4.47 is fvcore's.
+    assert_eq!(
+        format!(
+            "{:.2}",
+            steps[0]["conv_linear_macs"].as_f64().unwrap() / 1e9
+        ),
+        "4.09"
+    );
+    assert_eq!(
+        format!("{:.2}", steps[15]["total_macs"].as_f64().unwrap() / 1e9),
+        "4.47"
+    );
+    for s in steps {
+        for k in ["title", "change", "total_params"] {
+            assert!(!s[k].is_null(), "{k} missing in {s}");
+        }
+        assert!(s["median_ms"].is_null(), "no timing without --time");
+    }
+    let (ok, out, err) = cli(&["inspect", "--variant", "roadmap:kernel_7", "--json"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("stages.2.blocks.8.conv1") && out.contains("DwConv 7×7"));
+    let (ok, _, err) = cli(&["inspect", "--variant", "roadmap:kernel_13"]);
+    assert!(!ok && err.contains("roadmap:kernel_11"), "{err}");
+}

@@ -10,6 +10,7 @@ mod layer_scale;
 mod layer_table;
 mod plots;
 mod profile;
+mod roadmap;
 mod sidebar;
 mod textures;
 mod views;
@@ -38,14 +39,16 @@ pub enum Tab {
     LayerScale,
     Profile,
     Architecture,
+    Roadmap,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 4] = [
+    pub const ALL: [Tab; 5] = [
         Tab::Features,
         Tab::LayerScale,
         Tab::Profile,
         Tab::Architecture,
+        Tab::Roadmap,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -53,6 +56,7 @@ impl Tab {
             Tab::LayerScale => "Layer scale",
             Tab::Profile => "Profile",
             Tab::Architecture => "Architecture",
+            Tab::Roadmap => "Roadmap",
         }
     }
 }
@@ -153,6 +157,8 @@ pub enum Request {
     /// A dropped or chosen file: weights load as the model, anything else is tried as an image.
     OpenPath(PathBuf),
     Profile,
+    /// Time every roadmap step on the chosen device.
+    TimeRoadmap,
     CancelJob,
     RescanWeights,
     #[cfg(feature = "hub")]
@@ -175,6 +181,8 @@ pub struct Shared {
     pub selection: Selection,
     /// What `weights/` holds, once the worker has looked.
     pub weights: Option<Vec<WeightsEntry>>,
+    /// Median ms of each roadmap step on the chosen device, once measured.
+    pub roadmap_times: Option<Vec<f64>>,
     pub status: Status,
     textures: textures::Textures,
     requests: Vec<Request>,
@@ -206,6 +214,7 @@ struct Panels {
     layer_scale: layer_scale::LayerScalePanel,
     profile: profile::ProfilePanel,
     architecture: architecture::ArchitecturePanel,
+    roadmap: roadmap::RoadmapPanel,
     #[cfg(feature = "hub")]
     download: download::DownloadWindow,
 }
@@ -236,6 +245,7 @@ impl ExplorerApp {
                 profile: None,
                 selection: Selection::default(),
                 weights: None,
+                roadmap_times: None,
                 status: Status::default(),
                 textures: textures::Textures::default(),
                 requests: Vec::new(),
@@ -291,6 +301,10 @@ impl ExplorerApp {
                 Request::OpenPath(p) => Some(Job::Classify(ImageSource::Path(p))),
                 Request::Profile => Some(Job::Profile {
                     runs: self.shared.settings.profile_runs,
+                }),
+                Request::TimeRoadmap => Some(Job::TimeRoadmap {
+                    device: self.shared.settings.device.clone(),
+                    iters: 3,
                 }),
                 Request::CancelJob => {
                     self.worker.cancel();
@@ -379,6 +393,7 @@ impl ExplorerApp {
                 self.handle_requests();
             }
             Reply::Saved(path) => s.report(Ok(format!("Saved {}", path.display()))),
+            Reply::RoadmapTimes(t) => s.roadmap_times = Some(t),
             Reply::Progress {
                 kind,
                 done,
@@ -417,6 +432,7 @@ impl ExplorerApp {
             JobKind::ScanWeights => "Could not list weights/",
             JobKind::Download => "Download failed",
             JobKind::Save => "Could not save",
+            JobKind::Roadmap => "Timing the roadmap failed",
         };
         self.shared.status.error = Some(format!("{what}: {message}"));
     }
@@ -483,6 +499,7 @@ impl ExplorerApp {
                 Tab::LayerScale => panels.layer_scale.ui(ui, shared),
                 Tab::Profile => panels.profile.ui(ui, shared),
                 Tab::Architecture => panels.architecture.ui(ui, shared),
+                Tab::Roadmap => panels.roadmap.ui(ui, shared),
             }
         });
         #[cfg(feature = "hub")]
@@ -514,6 +531,7 @@ fn kind_name(kind: JobKind) -> &'static str {
         JobKind::ScanWeights => "Listing weights",
         JobKind::Download => "Download",
         JobKind::Save => "Saving",
+        JobKind::Roadmap => "Timing the roadmap",
     }
 }
 

@@ -74,6 +74,11 @@ pub enum Job {
         path: PathBuf,
         content: SaveContent,
     },
+    /// Time every roadmap step (random weights, batch 1) on a device.
+    TimeRoadmap {
+        device: String,
+        iters: usize,
+    },
 }
 
 impl Job {
@@ -86,6 +91,7 @@ impl Job {
             #[cfg(feature = "hub")]
             Job::Download(_) => JobKind::Download,
             Job::Save { .. } => JobKind::Save,
+            Job::TimeRoadmap { .. } => JobKind::Roadmap,
         }
     }
 }
@@ -98,6 +104,7 @@ pub enum JobKind {
     ScanWeights,
     Download,
     Save,
+    Roadmap,
 }
 
 /// A checkpoint found in `weights/`, with what the loader made of it.
@@ -114,6 +121,8 @@ pub enum Reply {
     Weights(Vec<WeightsEntry>),
     Downloaded(PathBuf),
     Saved(PathBuf),
+    /// Median ms of each roadmap step, in order.
+    RoadmapTimes(Vec<f64>),
     /// How far the running job is.
     Progress {
         kind: JobKind,
@@ -305,6 +314,7 @@ impl WorkerState {
             #[cfg(feature = "hub")]
             Job::Download(repo) => download(&repo, &mut progress).map(|r| vec![r]),
             Job::Save { path, content } => save(path, content).map(|r| vec![r]),
+            Job::TimeRoadmap { device, iters } => time_roadmap(&device, iters, &mut progress),
         };
         result.unwrap_or_else(|e| match e.downcast_ref::<crate::Error>() {
             Some(crate::Error::Cancelled(_)) => vec![Reply::Cancelled(kind)],
@@ -401,6 +411,16 @@ pub fn scan_weights(dir: &std::path::Path) -> Vec<WeightsEntry> {
             WeightsEntry { path, summary }
         })
         .collect()
+}
+
+fn time_roadmap(
+    device: &str,
+    iters: usize,
+    progress: &mut dyn Progress,
+) -> anyhow::Result<Vec<Reply>> {
+    let dev = parse_device(device)?;
+    let times = crate::profile::time_roadmap(&dev, (224, 224), iters, progress)?;
+    Ok(vec![Reply::RoadmapTimes(times)])
 }
 
 #[cfg(feature = "hub")]

@@ -6,6 +6,7 @@ mod classify;
 mod download;
 mod export;
 mod inspect;
+mod roadmap;
 mod train;
 
 use crate::device::{parse_device, parse_dtype, set_threads};
@@ -54,6 +55,8 @@ pub enum Command {
     Eval(train::EvalArgs),
     /// Time the forward pass.
     Bench(bench::BenchArgs),
+    /// The paper's 16 steps from ResNet-50 to ConvNeXt-T: MACs, parameters (and times).
+    Roadmap(roadmap::RoadmapArgs),
 }
 
 /// Which model: `--weights` (global) or a named variant with seeded random weights.
@@ -162,5 +165,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Download(a) => download::run(a),
         Command::Eval(a) => train::eval(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),
+        Command::Roadmap(a) => roadmap::run(&ctx, a),
     }
 }

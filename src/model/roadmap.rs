@@ -310,3 +310,87 @@ fn dw_first_branch(
     }
     v
 }
+
+/// The step a step was made from: the one before, except that the kernel sizes 5–11 each vary
+/// step 6 and GELU (step 11) continues from the 7×7 kernel (step 8).
+pub fn parent(step: usize) -> Option<usize> {
+    match step {
+        0 => None,
+        7..=10 => Some(6),
+        11 => Some(8),
+        s => Some(s - 1),
+    }
+}
+
+/// What changed between two networks, layer by layer (by name; containers aside).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PlanDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// `(name, before, after)`: same name, another kind or shape.
+    pub changed: Vec<(String, String, String)>,
+    pub delta_macs: i64,
+    pub delta_params: i64,
+}
+
+/// The differences from `before` to `after` at an input size.
+pub fn diff(before: &Plan, after: &Plan, (h, w): (usize, usize)) -> PlanDiff {
+    use crate::flops::{layers, totals, LayerInfo};
+    let (a, b) = (layers(before, 1, h, w), layers(after, 1, h, w));
+    let leaves = |l: &[LayerInfo]| -> Vec<(String, String)> {
+        l.iter()
+            .filter(|x| !x.container)
+            .map(|x| {
+                let shape = crate::text::shape_text(&x.out_shape, '×');
+                (x.name.clone(), format!("{} -> {shape}", x.kind))
+            })
+            .collect()
+    };
+    let (la, lb) = (leaves(&a), leaves(&b));
+    let find =
+        |l: &[(String, String)], n: &str| l.iter().find(|(m, _)| m == n).map(|(_, d)| d.clone());
+    let mut d = PlanDiff::default();
+    for (n, desc) in &lb {
+        match find(&la, n) {
+            None => d.added.push(n.clone()),
+            Some(old) if old != *desc => d.changed.push((n.clone(), old, desc.clone())),
+            Some(_) => {}
+        }
+    }
+    d.removed = la
+        .iter()
+        .filter(|(n, _)| find(&lb, n).is_none())
+        .map(|(n, _)| n.clone())
+        .collect();
+    let (ta, tb) = (totals(&a), totals(&b));
+    d.delta_macs = tb.total_macs as i64 - ta.total_macs as i64;
+    d.delta_params = tb.total_params as i64 - ta.total_params as i64;
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step_plan(i: usize) -> Plan {
+        plan(STEPS[i].name, 1000).unwrap()
+    }
+
+    #[test]
+    fn diffs_say_what_each_step_changed() {
+        let d = diff(&step_plan(6), &step_plan(8), (224, 224));
+        assert!(d.added.is_empty() && d.removed.is_empty(), "{d:?}");
+        // The 18 blocks' depthwise convs go from 3×3 to 7×7.
+        assert_eq!(d.changed.len(), 18, "{d:?}");
+        assert!(d.changed.iter().all(|(n, a, b)| n.ends_with("conv1")
+            && a.starts_with("DwConv 3×3")
+            && b.starts_with("DwConv 7×7")));
+        assert!(d.delta_macs > 0 && d.delta_params > 0);
+        // Fewer activations: act1 and act3 of every block go, nothing else changes.
+        let d = diff(&step_plan(11), &step_plan(12), (224, 224));
+        assert_eq!(d.removed.len(), 36, "{d:?}");
+        assert!(d.added.is_empty() && d.changed.is_empty() && d.delta_macs == 0);
+        assert_eq!(parent(11), Some(8));
+        assert_eq!(parent(9), Some(6));
+    }
+}

@@ -1,0 +1,282 @@
+//! Roadmap: the paper's 16 steps from ResNet-50 to ConvNeXt-T as a table and charts (the
+//! paper's top-1, MACs, parameters, and latency measured here on demand), what each step
+//! changed from the one it was made from, and a click to load any step as the model.
+use super::plots::stage_colour;
+use super::worker::JobKind;
+use super::{Request, Shared};
+use crate::engine::ModelSpec;
+use crate::flops::{layers, totals, Totals};
+use crate::model::roadmap::{diff, parent, PlanDiff, STEPS};
+use crate::model::Plan;
+use crate::text::human;
+use egui::{Color32, RichText};
+use egui_extras::{Column, TableBuilder};
+use egui_plot::{Bar, BarChart, Legend, Line, Plot, PlotPoints};
+
+/// Counts are made at this size (the paper's).
+const SIZE: (usize, usize) = (224, 224);
+
+#[derive(Default)]
+pub struct RoadmapPanel {
+    /// Each step's plan and counts at 224×224, made on first view.
+    steps: Vec<(Plan, Totals)>,
+    /// The step whose changes are shown.
+    selected: usize,
+    /// The selected step's changes from its parent, made when the selection changes.
+    diff: Option<(usize, PlanDiff)>,
+}
+
+fn step_name(i: usize) -> String {
+    format!("roadmap:{}", STEPS[i].name)
+}
+
+impl RoadmapPanel {
+    fn ensure_counts(&mut self) {
+        if !self.steps.is_empty() {
+            return;
+        }
+        for i in 0..STEPS.len() {
+            // The steps are the project's own plans: they always build.
+            if let Ok(plan) = Plan::named(&step_name(i), 1000) {
+                let t = totals(&layers(&plan, 1, SIZE.0, SIZE.1));
+                self.steps.push((plan, t));
+            }
+        }
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+        self.ensure_counts();
+        if self.steps.len() != STEPS.len() {
+            ui.label("The roadmap's plans could not be built.");
+            return;
+        }
+        ui.label(
+            "The paper's modernization roadmap (Liu et al. 2022, Sec. 2): sixteen networks from \
+             torchvision's ResNet-50 to ConvNeXt-T. Counts are at 224×224; top-1 is the paper's \
+             ImageNet-1k result. Load a step to look inside it (random weights).",
+        );
+        controls(ui, shared);
+        let h = 170.0;
+        ui.horizontal(|ui| {
+            let w = ui.available_width() / 2.0 - 8.0;
+            ui.vertical(|ui| self.accuracy_chart(ui, (w, h)));
+            ui.vertical(|ui| self.cost_chart(ui, shared, (w, h)));
+        });
+        ui.separator();
+        let table_h = (ui.available_height() * 0.55).max(200.0);
+        ui.push_id("roadmap_table", |ui| {
+            ui.set_max_height(table_h);
+            self.table(ui, shared);
+        });
+        ui.separator();
+        self.changes(ui);
+    }
+
+    fn accuracy_chart(&self, ui: &mut egui::Ui, (w, h): (f32, f32)) {
+        ui.label("The paper's ImageNet-1k top-1 (%)");
+        let points: PlotPoints = STEPS
+            .iter()
+            .enumerate()
+            .map(|(i, s)| [i as f64, s.paper_top1])
+            .collect();
+        Plot::new("roadmap_top1")
+            .width(w)
+            .height(h)
+            .allow_scroll(false)
+            .x_axis_label("step")
+            .show(ui, |p| p.line(Line::new("top-1", points)));
+    }
+
+    fn cost_chart(&self, ui: &mut egui::Ui, shared: &Shared, (w, h): (f32, f32)) {
+        ui.label(
+            "GMACs (conv + linear, ours and the paper's), params (M) and latency here (×10 ms)",
+        );
+        let mut ours = Vec::new();
+        let mut paper = Vec::new();
+        let mut params = Vec::new();
+        let mut latency = Vec::new();
+        for (i, (_, t)) in self.steps.iter().enumerate() {
+            let x = i as f64;
+            ours.push(Bar::new(x - 0.3, t.conv_linear_macs as f64 / 1e9).width(0.2));
+            paper.push(Bar::new(x - 0.1, STEPS[i].paper_gflops).width(0.2));
+            params.push(Bar::new(x + 0.1, t.total_params as f64 / 1e7).width(0.2));
+            if let Some(ms) = shared.roadmap_times.as_ref().and_then(|v| v.get(i)) {
+                latency.push(Bar::new(x + 0.3, ms / 10.0).width(0.2));
+            }
+        }
+        Plot::new("roadmap_cost")
+            .width(w)
+            .height(h)
+            .allow_scroll(false)
+            .legend(Legend::default().position(egui_plot::Corner::LeftBottom))
+            .x_axis_label("step")
+            .show(ui, |p| {
+                p.bar_chart(BarChart::new("GMACs (ours)", ours).color(stage_colour(Some(0))));
+                p.bar_chart(BarChart::new("GMACs (paper)", paper).color(stage_colour(Some(1))));
+                p.bar_chart(BarChart::new("params (10 M)", params).color(stage_colour(Some(2))));
+                p.bar_chart(BarChart::new("latency (10 ms)", latency).color(stage_colour(Some(3))));
+            });
+    }
+
+    fn table(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+        let current = shared.model.as_ref().map(|m| m.plan.name.clone());
+        let times = shared.roadmap_times.clone();
+        let mut load = None;
+        TableBuilder::new(ui)
+            .striped(true)
+            .column(Column::initial(30.0))
+            .column(Column::initial(240.0))
+            .columns(Column::initial(70.0), 6)
+            .column(Column::remainder())
+            .header(20.0, |mut h| {
+                for t in [
+                    "#", "step", "GMACs", "conv+lin", "paper", "params", "top-1", "ms", "change",
+                ] {
+                    h.col(|ui| {
+                        ui.strong(t);
+                    });
+                }
+            })
+            .body(|body| {
+                body.rows(20.0, STEPS.len(), |mut row| {
+                    let i = row.index();
+                    let (plan, t) = &self.steps[i];
+                    let step = &STEPS[i];
+                    row.col(|ui| {
+                        ui.label(i.to_string());
+                    });
+                    row.col(|ui| {
+                        ui.horizontal(|ui| {
+                            let loaded = current.as_deref() == Some(plan.name.as_str());
+                            let load_text = if loaded { "loaded" } else { "load" };
+                            let hint = "Load this step as the model (random weights)";
+                            if ui.small_button(load_text).on_hover_text(hint).clicked() {
+                                load = Some(i);
+                            }
+                            let r = ui.selectable_label(self.selected == i, step.name);
+                            if r.on_hover_text("Show what this step changed").clicked() {
+                                self.selected = i;
+                            }
+                        });
+                    });
+                    let cells = [
+                        format!("{:.2}", t.total_macs as f64 / 1e9),
+                        format!("{:.2}", t.conv_linear_macs as f64 / 1e9),
+                        format!("{:.2}", step.paper_gflops),
+                        human(t.total_params as f64),
+                        format!("{:.2}", step.paper_top1),
+                        times
+                            .as_ref()
+                            .and_then(|v| v.get(i))
+                            .map(|m| format!("{m:.1}"))
+                            .unwrap_or_default(),
+                    ];
+                    for c in cells {
+                        row.col(|ui| {
+                            ui.label(c);
+                        });
+                    }
+                    row.col(|ui| {
+                        ui.add(egui::Label::new(step.change).truncate())
+                            .on_hover_text(step.change);
+                    });
+                });
+            });
+        if let Some(i) = load {
+            self.selected = i;
+            shared.request(Request::Load(ModelSpec::Variant {
+                name: step_name(i),
+                classes: 1000,
+                seed: 0,
+            }));
+        }
+    }
+
+    fn changes(&mut self, ui: &mut egui::Ui) {
+        let i = self.selected;
+        let Some(p) = parent(i) else {
+            ui.label("Step 0 is where the roadmap starts: torchvision's ResNet-50.");
+            return;
+        };
+        if self.diff.as_ref().map(|(s, _)| *s) != Some(i) {
+            self.diff = Some((i, diff(&self.steps[p].0, &self.steps[i].0, SIZE)));
+        }
+        let Some((_, d)) = &self.diff else { return };
+        ui.label(
+            RichText::new(format!(
+                "Step {i} ({}) from step {p} ({}): {} layers added, {} removed, {} changed · {} MACs · {} params",
+                STEPS[i].name,
+                STEPS[p].name,
+                d.added.len(),
+                d.removed.len(),
+                d.changed.len(),
+                signed(d.delta_macs),
+                signed(d.delta_params)
+            ))
+            .strong(),
+        );
+        egui::ScrollArea::vertical()
+            .max_height(ui.available_height())
+            .show(ui, |ui| {
+                let line = |ui: &mut egui::Ui, colour: Color32, text: String| {
+                    ui.label(RichText::new(text).monospace().color(colour));
+                };
+                for n in d.added.iter().take(200) {
+                    line(ui, Color32::from_rgb(90, 190, 90), format!("+ {n}"));
+                }
+                for n in d.removed.iter().take(200) {
+                    line(ui, Color32::from_rgb(220, 90, 90), format!("- {n}"));
+                }
+                for (n, a, b) in d.changed.iter().take(200) {
+                    line(
+                        ui,
+                        Color32::from_rgb(220, 180, 60),
+                        format!("~ {n}: {a}  =>  {b}"),
+                    );
+                }
+            });
+    }
+}
+
+fn signed(v: i64) -> String {
+    let sign = if v < 0 { "-" } else { "+" };
+    format!("{sign}{}", human(v.unsigned_abs() as f64))
+}
+
+fn controls(ui: &mut egui::Ui, shared: &mut Shared) {
+    ui.horizontal(|ui| {
+        let running = shared
+            .status
+            .job
+            .clone()
+            .filter(|j| j.kind == JobKind::Roadmap);
+        let busy = shared.busy();
+        if ui
+            .add_enabled(!busy, egui::Button::new("Measure latency here"))
+            .on_hover_text(
+                "Time every step's forward (batch 1, 224×224, median of 3) on the chosen device",
+            )
+            .clicked()
+        {
+            shared.request(Request::TimeRoadmap);
+        }
+        if let Some(j) = running {
+            ui.spinner();
+            ui.label(format!(
+                "step {}/{}: {}",
+                (j.done + 1).min(j.total),
+                j.total,
+                j.what
+            ));
+            if ui.button("Cancel").clicked() {
+                shared.request(Request::CancelJob);
+            }
+        } else if let Some(t) = &shared.roadmap_times {
+            let dev = shared.settings.device.clone();
+            ui.label(format!(
+                "measured on {dev}: ResNet-50 {:.0} ms, ConvNeXt-T {:.0} ms",
+                t[0], t[15]
+            ));
+        }
+    });
+}
