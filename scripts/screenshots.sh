@@ -19,6 +19,8 @@ xvfb-run -a -s "-screen 0 1400x900x24" bash -c "
   click 462 43; shot layer_scale
   click 537 43; sleep 1; click 428 75; shot profile 8
   click 616 43; shot architecture
+  # Roadmap: what the 7x7 kernel changed.
+  click 700 43; sleep 1; click 440 537; shot roadmap
   kill \$P
 "
 ls -l "$out"
