@@ -139,6 +139,18 @@ pub trait Observer {
     fn sees_outputs(&self) -> bool {
         true
     }
+    /// A tensor to flow on in place of a layer's output (asked right after `layer`): the
+    /// gradient path puts a variable there to learn the gradient at that layer.
+    fn substitute(&mut self, _id: LayerId, _out: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+/// Reports a layer's output to `obs` and returns what flows on (the output, or the observer's
+/// substitute for it).
+pub fn report<O: Observer + ?Sized>(obs: &mut O, id: LayerId, out: Tensor) -> Result<Tensor> {
+    obs.layer(id, &out)?;
+    Ok(obs.substitute(id, &out)?.unwrap_or(out))
 }
 
 /// Observes nothing: the plain forward.
@@ -294,5 +306,11 @@ impl<A: Observer, B: Observer> Observer for Both<'_, A, B> {
     }
     fn sees_outputs(&self) -> bool {
         self.0.sees_outputs() || self.1.sees_outputs()
+    }
+    fn substitute(&mut self, id: LayerId, out: &Tensor) -> Result<Option<Tensor>> {
+        match self.0.substitute(id, out)? {
+            Some(t) => Ok(Some(t)),
+            None => self.1.substitute(id, out),
+        }
     }
 }

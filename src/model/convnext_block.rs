@@ -6,7 +6,7 @@ use super::network::TrainOptions;
 use super::plan::{BlockSpec, Kind};
 use crate::ops::depthwise_conv_nhwc;
 use crate::ops::gelu::{bias_gelu, gelu};
-use crate::trace::{LayerId, Observer};
+use crate::trace::{report, LayerId, Observer};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -134,9 +134,7 @@ impl ConvNeXtBlock {
     ) -> Result<Tensor> {
         let step = |obs: &mut O, id: LayerId, f: &dyn Fn() -> Result<Tensor>| -> Result<Tensor> {
             obs.enter(id)?;
-            let y = f()?;
-            obs.layer(id, &y)?;
-            Ok(y)
+            report(obs, id, f()?)
         };
         let ids = self.ids;
         let kkc = match &self.dw_kkc {

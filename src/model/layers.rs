@@ -27,7 +27,9 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.differentiable {
+        // candle's fused kernel has no backward pass: a tracked input (training, or a
+        // gradient asked of the network) takes the composed path.
+        if self.differentiable || x.track_op() {
             let mean = x.mean_keepdim(D::Minus1)?;
             let xc = x.broadcast_sub(&mean)?;
             let var = xc.sqr()?.mean_keepdim(D::Minus1)?;

@@ -10,7 +10,7 @@ use super::convnext_block::ConvNeXtBlock;
 use super::layers::LayerNorm;
 use super::ops::Op;
 use super::plan::{BlockSpec, LayerSpec, Plan};
-use crate::trace::{LayerId, NoObserver, Observer};
+use crate::trace::{report, LayerId, NoObserver, Observer};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -38,9 +38,7 @@ impl Layer {
 
     fn run<O: Observer>(&self, x: &Tensor, obs: &mut O) -> Result<Tensor> {
         obs.enter(self.id)?;
-        let y = self.op.forward(x)?;
-        obs.layer(self.id, &y)?;
-        Ok(y)
+        report(obs, self.id, self.op.forward(x)?)
     }
 }
 
@@ -85,8 +83,7 @@ impl GenericBlock {
         };
         let s = run_all(&self.shortcut, x.clone(), obs)?;
         obs.enter(self.add)?;
-        let sum = (s + y)?;
-        obs.layer(self.add, &sum)?;
+        let sum = report(obs, self.add, (s + y)?)?;
         run_all(&self.after, sum, obs)
     }
 }
@@ -198,14 +195,14 @@ impl Network {
         }
         let x = x.to_dtype(self.dtype())?.permute((0, 2, 3, 1))?;
         obs.enter(LayerId::Stem)?;
-        let mut y = run_all(&self.stem, x, obs)?;
-        obs.layer(LayerId::Stem, &y)?;
+        let y = run_all(&self.stem, x, obs)?;
+        let mut y = report(obs, LayerId::Stem, y)?;
         for (s, stage) in self.stages.iter().enumerate() {
             obs.enter(LayerId::Stage(s))?;
             if !stage.downsample.is_empty() {
                 obs.enter(LayerId::Downsample(s))?;
                 y = run_all(&stage.downsample, y, obs)?;
-                obs.layer(LayerId::Downsample(s), &y)?;
+                y = report(obs, LayerId::Downsample(s), y)?;
             }
             for (b, (id, block)) in stage.blocks.iter().enumerate() {
                 obs.enter(*id)?;
@@ -214,14 +211,13 @@ impl Network {
                     Block::ConvNeXt(blk) => blk.forward(&y, obs, mask)?,
                     Block::Generic(blk) => blk.forward(&y, obs, mask)?,
                 };
-                obs.layer(*id, &y)?;
+                y = report(obs, *id, y)?;
             }
-            obs.layer(LayerId::Stage(s), &y)?;
+            y = report(obs, LayerId::Stage(s), y)?;
         }
         obs.enter(LayerId::Head)?;
         let logits = run_all(&self.head, y, obs)?;
-        obs.layer(LayerId::Head, &logits)?;
-        Ok(logits)
+        report(obs, LayerId::Head, logits)
     }
 
     /// Class evidence map: for each position of the last stage's output (channels-last

@@ -110,6 +110,25 @@ impl CustomOp2 for BiasGelu {
             .for_each(|(o, xi)| bias_gelu_rows(o, xi, b));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+
+    /// `gelu'(u) = Φ(u) + u·φ(u)` at `u = x + b`: the input's gradient, and the bias's (summed
+    /// over rows).
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let u = x.broadcast_add(b)?;
+        let cdf = ((u.affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)?.erf()? + 1.0)? * 0.5)?;
+        let pdf = (u.sqr()?.affine(-0.5, 0.0)?.exp()?
+            * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2))?;
+        let grad_x = grad_res.mul(&(cdf + u.mul(&pdf)?)?)?;
+        let rows = grad_x.elem_count() / b.elem_count().max(1);
+        let grad_b = grad_x.reshape((rows, b.elem_count()))?.sum(0)?;
+        Ok((Some(grad_x), Some(grad_b)))
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +157,31 @@ mod tests {
             .to_scalar()
             .unwrap();
         assert!(err < 2e-6, "max error {err}");
+    }
+
+    #[test]
+    fn backward_equals_candles_autograd() {
+        let x = candle_core::Var::randn(0f32, 2.0, (37, 5), &Device::Cpu).unwrap();
+        let b = Tensor::new(&[0.0f32, 0.25, -1.5, 3.0, -0.1], &Device::Cpu).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (37, 5), &Device::Cpu).unwrap();
+        let g1 = (bias_gelu(&x, &b).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let g2 = (x.broadcast_add(&b).unwrap().gelu_erf().unwrap() * &r).unwrap();
+        let (g1, g2) = (
+            g1.backward().unwrap(),
+            g2.sum_all().unwrap().backward().unwrap(),
+        );
+        let d: f32 = (g1.get(&x).unwrap() - g2.get(&x).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
     }
 
     #[test]

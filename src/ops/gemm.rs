@@ -8,7 +8,7 @@
 //! FMA ([`available`]); elsewhere (other CPUs, devices, dtypes) it uses candle's matmul. A
 //! portable version of the same tile runs where AVX2 is missing, so the packing and the tiling
 //! are tested on every machine.
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -121,6 +121,42 @@ impl PackedLinear {
         out
     }
 }
+
+impl PackedLinear {
+    /// The gradient with respect to the input: `grad_x[m, k] = Σ_n grad_y[m, n] · W[n, k]`,
+    /// read from the packed panels (no second copy of the weight is kept).
+    pub fn backward_input(&self, grad_y: &[f32]) -> Vec<f32> {
+        let (k, n) = (self.k, self.n);
+        let m = grad_y.len() / n.max(1);
+        let mut out = vec![0f32; m * k];
+        out.par_chunks_mut(k.max(1))
+            .zip(grad_y.par_chunks(n.max(1)))
+            .for_each(|(o, g)| backward_row(o, g, &self.panels, k, n));
+        out
+    }
+}
+
+/// One row of [`PackedLinear::backward_input`]: for each panel of 16 outputs, `o += panel ·
+/// g[panel]`, with the panel stored `[K][16]`.
+#[inline(always)]
+fn backward_row_generic(o: &mut [f32], g: &[f32], panels: &[f32], k: usize, n: usize) {
+    for p in 0..n.div_ceil(NR) {
+        let cols = NR.min(n - p * NR);
+        let mut gp = [0f32; NR];
+        gp[..cols].copy_from_slice(&g[p * NR..p * NR + cols]);
+        let panel = &panels[p * k * NR..(p + 1) * k * NR];
+        for (kk, out) in o.iter_mut().enumerate() {
+            let w = &panel[kk * NR..(kk + 1) * NR];
+            let mut acc = 0f32;
+            for j in 0..NR {
+                acc = w[j].mul_add(gp[j], acc);
+            }
+            *out += acc;
+        }
+    }
+}
+
+crate::simd_dispatch!(fn backward_row => backward_row_generic(o: &mut [f32], g: &[f32], panels: &[f32], k: usize, n: usize));
 
 /// The output buffer, shared by the tasks of one `forward`.
 #[derive(Clone, Copy)]
@@ -267,12 +303,59 @@ impl CustomOp1 for PackedLinearOp {
         let od: Vec<usize> = batch.iter().copied().chain([lin.n]).collect();
         Ok((CpuStorage::F32(out), Shape::from(od)))
     }
+
+    /// The input's gradient (the weight is a constant here: attribution, not training).
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let g: Vec<f32> = grad_res.contiguous()?.flatten_all()?.to_vec1()?;
+        let grad = self.linear.backward_input(&g);
+        Ok(Some(Tensor::from_vec(grad, arg.shape(), arg.device())?))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use candle_core::Device;
+
+    #[test]
+    fn input_gradient_equals_candles_autograd() {
+        let dev = Device::Cpu;
+        for &(m, k, n) in &[(7, 96, 384), (5, 17, 33), (49, 768, 3072)] {
+            let x = candle_core::Var::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
+            let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+            let p = Arc::new(PackedLinear::new(&flat(&w), n, k, &flat(&b)));
+            let op = PackedLinearOp {
+                linear: p,
+                add_bias: true,
+            };
+            let ours = x.apply_op1(op).unwrap();
+            let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let theirs = x
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let g2 = (theirs * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let (a, b) = (g1.get(&x).unwrap(), g2.get(&x).unwrap());
+            let d: f32 = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(d <= 1e-4 * (n as f32).sqrt(), "{m}x{k}x{n}: {d}");
+        }
+    }
 
     /// Runs the AVX2 tile where the CPU has it and the portable tile elsewhere: both are held
     /// to candle's matmul.
