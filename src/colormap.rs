@@ -10,6 +10,9 @@ pub enum Colormap {
     Grey,
     /// Blue below zero, white at zero, red above (ColorBrewer RdBu, reversed).
     Diverging,
+    /// Red to yellow to green (ColorBrewer RdYlGn, reversed: green is low), as RepLKNet draws
+    /// effective receptive fields.
+    RdYlGn,
 }
 
 // Samples of matplotlib's maps at 0, 1/8, …, 1; linear interpolation between them stays within
@@ -36,6 +39,17 @@ const MAGMA: [[u8; 3]; 9] = [
     [254, 194, 135],
     [252, 253, 191],
 ];
+const RDYLGN_R: [[u8; 3]; 9] = [
+    [0, 104, 55],
+    [26, 152, 80],
+    [102, 189, 99],
+    [166, 217, 106],
+    [255, 255, 191],
+    [253, 174, 97],
+    [244, 109, 67],
+    [215, 48, 39],
+    [165, 0, 38],
+];
 const RDBU_R: [[u8; 3]; 9] = [
     [5, 48, 97],
     [33, 102, 172],
@@ -49,11 +63,12 @@ const RDBU_R: [[u8; 3]; 9] = [
 ];
 
 impl Colormap {
-    pub const ALL: [Colormap; 4] = [
+    pub const ALL: [Colormap; 5] = [
         Colormap::Viridis,
         Colormap::Magma,
         Colormap::Grey,
         Colormap::Diverging,
+        Colormap::RdYlGn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +77,7 @@ impl Colormap {
             Colormap::Magma => "magma",
             Colormap::Grey => "grey",
             Colormap::Diverging => "diverging (RdBu)",
+            Colormap::RdYlGn => "RdYlGn",
         }
     }
 
@@ -80,6 +96,7 @@ impl Colormap {
             Colormap::Viridis => &VIRIDIS,
             Colormap::Magma => &MAGMA,
             Colormap::Diverging => &RDBU_R,
+            Colormap::RdYlGn => &RDYLGN_R,
             Colormap::Grey => {
                 let v = (t * 255.0).round() as u8;
                 return [v, v, v];

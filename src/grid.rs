@@ -156,6 +156,36 @@ pub fn render_grid(
     img
 }
 
+/// A single-channel map `[h, w]` (row-major) as colours over `[lo, hi]`.
+pub fn map_image(
+    map: &[f32],
+    (h, w): (usize, usize),
+    (lo, hi): (f32, f32),
+    cmap: Colormap,
+) -> RgbaImage {
+    RgbaImage::from_fn(w as u32, h as u32, |x, y| {
+        let [r, g, b] = cmap.map(map[y as usize * w + x as usize], lo, hi);
+        Rgba([r, g, b, 255])
+    })
+}
+
+/// `map` stretched (bilinear) over `base` and blended in with opacity `alpha`.
+pub fn overlay(base: &image::RgbImage, map: &RgbaImage, alpha: f32) -> RgbaImage {
+    let (w, h) = base.dimensions();
+    let map = image::imageops::resize(map, w, h, image::imageops::FilterType::Triangle);
+    let a = alpha.clamp(0.0, 1.0);
+    RgbaImage::from_fn(w, h, |x, y| {
+        let (p, q) = (base.get_pixel(x, y).0, map.get_pixel(x, y).0);
+        Rgba(std::array::from_fn(|k| {
+            if k == 3 {
+                255
+            } else {
+                (p[k] as f32 * (1.0 - a) + q[k] as f32 * a).round() as u8
+            }
+        }))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod files;
 pub mod flops;
+pub mod folder;
 pub mod grid;
 pub mod labels;
 pub mod model;

@@ -323,6 +323,46 @@ pub fn normalise(img: &RgbImage, cfg: &PreprocessConfig) -> Vec<f32> {
     v
 }
 
+/// The RGB pixels a normalised `[3, H, W]` input stands for (to draw maps over a tensor that
+/// came without its image).
+pub fn denormalise(chw: &[f32], (h, w): (usize, usize), cfg: &PreprocessConfig) -> RgbImage {
+    RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let at = |c: usize| chw[c * h * w + y as usize * w + x as usize];
+        image::Rgb(std::array::from_fn(|c| {
+            ((at(c) * cfg.std[c] + cfg.mean[c]) * 255.0)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        }))
+    })
+}
+
+/// An image resized (bicubic) to exactly `side`×`side`, aspect ignored, and normalised as the
+/// model wants: how RepLKNet feeds images to its receptive-field analysis.
+pub fn prepare_square(
+    img: &DynamicImage,
+    side: usize,
+    cfg: &PreprocessConfig,
+    device: &Device,
+) -> Result<Tensor> {
+    if side == 0 || side > MAX_INPUT_SIDE {
+        return Err(Error::Input(format!(
+            "size {side}: want 1 to {MAX_INPUT_SIDE} px"
+        )));
+    }
+    let rgb = img.to_rgb8();
+    let resized = image::imageops::resize(
+        &rgb,
+        side as u32,
+        side as u32,
+        Interpolation::Bicubic.filter(),
+    );
+    Ok(Tensor::from_vec(
+        normalise(&resized, cfg),
+        (1, 3, side, side),
+        device,
+    )?)
+}
+
 /// A preprocessed image: the tensor for the network and the cropped pixels for display.
 pub struct Prepared {
     pub tensor: Tensor,

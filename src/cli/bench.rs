@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// and print the time per kind of layer.
     #[arg(long)]
     profile_csv: Option<PathBuf>,
+    /// Also time Grad-CAM at this layer (e.g. `stages.3`) and report its time and peak memory
+    /// against the plain forward's.
+    #[arg(long)]
+    gradcam: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -60,6 +64,20 @@ struct BenchReport {
     memory: Option<Memory>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ms_per_kind: Option<BTreeMap<String, f64>>,
+    #[serde(flatten)]
+    gradcam: Option<GradCamCost>,
+}
+
+/// Grad-CAM against the plain forward, same run.
+#[derive(Serialize, Debug)]
+struct GradCamCost {
+    gradcam_layer: String,
+    gradcam_median_ms: f64,
+    gradcam_time_ratio: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gradcam_peak_mb: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gradcam_memory_ratio: Option<f64>,
 }
 
 /// Medians of observed forwards, and their ratio to the plain forward's.
@@ -104,6 +122,7 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
         tracing: None,
         memory: None,
         ms_per_kind: None,
+        gradcam: None,
     };
     if a.layers {
         report.tracing = Some(tracing_cost(a, &engine, &x, report.median_ms)?);
@@ -113,6 +132,17 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
     }
     if let Some(out) = &a.profile_csv {
         report.ms_per_kind = Some(profile_csv(&engine, &x, a.iters, out)?);
+    }
+    if let Some(layer) = &a.gradcam {
+        let forward_peak_kb = report.memory.as_ref().map(|m| m.peak_mb * 1e3 / 1.024);
+        report.gradcam = Some(gradcam_cost(
+            a,
+            &engine,
+            &x,
+            layer,
+            report.median_ms,
+            (rss_before, forward_peak_kb),
+        )?);
     }
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -179,6 +209,35 @@ fn tracing_cost(a: &BenchArgs, engine: &Engine, x: &Tensor, plain_ms: f64) -> Re
     })
 }
 
+/// Grad-CAM's median time and peak memory, each against the plain forward's. The peak is read
+/// after resetting the process's high-water mark (Linux `clear_refs`), so it is Grad-CAM's own.
+fn gradcam_cost(
+    a: &BenchArgs,
+    engine: &Engine,
+    x: &Tensor,
+    layer: &str,
+    plain_ms: f64,
+    (rss_before, forward_peak_kb): (Option<u64>, Option<f64>),
+) -> Result<GradCamCost> {
+    let id = crate::attribution::layer_by_name(engine, layer)?;
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let times = time_runs(a, &engine.device, &mut || {
+        crate::attribution::grad_cam(engine, x, id, None, false).map(drop)
+    })?;
+    let ms = median(&times);
+    let peak_kb = match (reset, rss_before, proc_status_kb("VmHWM")) {
+        (true, Some(before), Some(peak)) => Some(peak.saturating_sub(before) as f64),
+        _ => None,
+    };
+    Ok(GradCamCost {
+        gradcam_layer: layer.to_string(),
+        gradcam_median_ms: ms,
+        gradcam_time_ratio: ms / plain_ms,
+        gradcam_peak_mb: peak_kb.map(|kb| kb * 1.024 / 1e3),
+        gradcam_memory_ratio: peak_kb.zip(forward_peak_kb).map(|(g, f)| g / f),
+    })
+}
+
 /// Peak memory against a budget of 1.2 × (weights + the two largest activations): one copy of
 /// the weights, the input and output of the largest layer alive at once, and a fifth more for
 /// the allocator and small tensors. A second copy of the weights, or activations kept past
@@ -231,6 +290,18 @@ fn print_report(r: &BenchReport) {
         println!(
             "timing observer ×{:.3}, capturing stage outputs ×{:.3}",
             t.timing_overhead, t.capture_overhead
+        );
+    }
+    if let Some(g) = &r.gradcam {
+        println!(
+            "Grad-CAM at {}: median {:.2} ms, {:.2}× the forward's time; peak memory {}",
+            g.gradcam_layer,
+            g.gradcam_median_ms,
+            g.gradcam_time_ratio,
+            match (g.gradcam_peak_mb, g.gradcam_memory_ratio) {
+                (Some(p), Some(r)) => format!("{p:.0} MB, {r:.2}× the forward's"),
+                _ => "not measured (needs Linux's /proc/self/clear_refs)".into(),
+            }
         );
     }
     if let Some(kinds) = &r.ms_per_kind {

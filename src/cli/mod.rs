@@ -1,9 +1,11 @@
 //! The command line: the same engine as the app, scriptable. One module per subcommand; the
 //! options several share are the structs below.
+mod attribute;
 mod bench;
 mod classify;
 #[cfg(feature = "hub")]
 mod download;
+mod erf;
 mod export;
 mod inspect;
 mod roadmap;
@@ -57,6 +59,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// The paper's 16 steps from ResNet-50 to ConvNeXt-T: MACs, parameters (and times).
     Roadmap(roadmap::RoadmapArgs),
+    /// Grad-CAM, Grad-CAM++, occlusion or the evidence map at any layer.
+    Attribute(attribute::AttributeArgs),
+    /// The effective receptive field of a layer, over a folder or a tensor.
+    Erf(erf::ErfArgs),
 }
 
 /// Which model: `--weights` (global) or a named variant with seeded random weights.
@@ -166,5 +172,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => train::eval(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Roadmap(a) => roadmap::run(&ctx, a),
+        Command::Attribute(a) => attribute::run(&ctx, a),
+        Command::Erf(a) => erf::run(&ctx, a),
     }
 }

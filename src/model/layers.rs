@@ -28,8 +28,10 @@ impl LayerNorm {
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // candle's fused kernel has no backward pass: a tracked input (training, or a
-        // gradient asked of the network) takes the composed path.
-        if self.differentiable || x.track_op() {
+        // gradient asked of the network) takes the kernel that has one, or the composed path.
+        if (self.differentiable || x.track_op()) && crate::ops::layer_norm::has_kernel(x) {
+            crate::ops::layer_norm::layer_norm(x, &self.weight, &self.bias, self.eps)
+        } else if self.differentiable || x.track_op() {
             let mean = x.mean_keepdim(D::Minus1)?;
             let xc = x.broadcast_sub(&mean)?;
             let var = xc.sqr()?.mean_keepdim(D::Minus1)?;

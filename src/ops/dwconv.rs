@@ -152,11 +152,13 @@ impl CustomOp3 for DwConv {
         super::dwconv_metal::forward(s1, l1, s2, l2, s3, l3)
     }
 
+    /// Gradients for what is tracked: the weight's and bias's only when they are (training),
+    /// not when a gradient is asked of a fixed network (attribution).
     fn bwd(
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -170,14 +172,17 @@ impl CustomOp3 for DwConv {
             .index_select(&idx, 1)?
             .contiguous()?;
         let zero = w.get(0)?.get(0)?.zeros_like()?;
-        let gx = grad.apply_op3_no_bwd(&w_flip, &zero, &DwConv)?;
-        let gw = if x.device().is_cpu() {
-            x.apply_op2_no_bwd(&grad, &DwConvWeightGrad { k })?
-        } else {
-            weight_grad_composed(x, &grad, k)?
+        let gx = x
+            .track_op()
+            .then(|| grad.apply_op3_no_bwd(&w_flip, &zero, &DwConv))
+            .transpose()?;
+        let gw = match (w.track_op(), x.device().is_cpu()) {
+            (false, _) => None,
+            (true, true) => Some(x.apply_op2_no_bwd(&grad, &DwConvWeightGrad { k })?),
+            (true, false) => Some(weight_grad_composed(x, &grad, k)?),
         };
-        let gb = grad.sum((0, 1, 2))?;
-        Ok((Some(gx), Some(gw), Some(gb)))
+        let gb = b.track_op().then(|| grad.sum((0, 1, 2))).transpose()?;
+        Ok((gx, gw, gb))
     }
 }
 

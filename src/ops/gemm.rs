@@ -123,40 +123,38 @@ impl PackedLinear {
 }
 
 impl PackedLinear {
-    /// The gradient with respect to the input: `grad_x[m, k] = Σ_n grad_y[m, n] · W[n, k]`,
-    /// read from the packed panels (no second copy of the weight is kept).
+    /// The gradient with respect to the input: `grad_x = grad_y · W`, computed by the same
+    /// fast kernel on `Wᵀ` packed for the occasion (a transient copy of this one layer's weight:
+    /// nothing is kept for models that are never asked for gradients).
     pub fn backward_input(&self, grad_y: &[f32]) -> Vec<f32> {
-        let (k, n) = (self.k, self.n);
-        let m = grad_y.len() / n.max(1);
-        let mut out = vec![0f32; m * k];
-        out.par_chunks_mut(k.max(1))
-            .zip(grad_y.par_chunks(n.max(1)))
-            .for_each(|(o, g)| backward_row(o, g, &self.panels, k, n));
-        out
+        self.transposed().forward(grad_y, false)
     }
-}
 
-/// One row of [`PackedLinear::backward_input`]: for each panel of 16 outputs, `o += panel ·
-/// g[panel]`, with the panel stored `[K][16]`.
-#[inline(always)]
-fn backward_row_generic(o: &mut [f32], g: &[f32], panels: &[f32], k: usize, n: usize) {
-    for p in 0..n.div_ceil(NR) {
-        let cols = NR.min(n - p * NR);
-        let mut gp = [0f32; NR];
-        gp[..cols].copy_from_slice(&g[p * NR..p * NR + cols]);
-        let panel = &panels[p * k * NR..(p + 1) * k * NR];
-        for (kk, out) in o.iter_mut().enumerate() {
-            let w = &panel[kk * NR..(kk + 1) * NR];
-            let mut acc = 0f32;
-            for j in 0..NR {
-                acc = w[j].mul_add(gp[j], acc);
-            }
-            *out += acc;
+    /// The packed form of `Wᵀ` (`[K, N]`, as a layer from N to K), read from these panels.
+    fn transposed(&self) -> PackedLinear {
+        let (k, n) = (self.k, self.n);
+        let np_t = k.div_ceil(NR);
+        let mut panels = vec![0f32; np_t * n * NR];
+        panels
+            .par_chunks_mut(n * NR)
+            .enumerate()
+            .for_each(|(q, panel)| {
+                for jj in 0..NR.min(k - q * NR) {
+                    let kk = q * NR + jj;
+                    for nn in 0..n {
+                        let (p, j) = (nn / NR, nn % NR);
+                        panel[nn * NR + jj] = self.panels[p * k * NR + kk * NR + j];
+                    }
+                }
+            });
+        PackedLinear {
+            k: n,
+            n: k,
+            panels,
+            bias: vec![0.0; np_t * NR],
         }
     }
 }
-
-crate::simd_dispatch!(fn backward_row => backward_row_generic(o: &mut [f32], g: &[f32], panels: &[f32], k: usize, n: usize));
 
 /// The output buffer, shared by the tasks of one `forward`.
 #[derive(Clone, Copy)]

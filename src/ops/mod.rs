@@ -6,6 +6,7 @@ mod dwconv_cuda;
 mod dwconv_metal;
 pub mod gelu;
 pub mod gemm;
+pub mod layer_norm;
 pub mod simd;
 
 pub use dwconv::{depthwise_conv_nhwc, depthwise_conv_nhwc_reference};

@@ -1,0 +1,126 @@
+//! `attribute`: Grad-CAM, Grad-CAM++, occlusion or the evidence map of an image or a tensor, at
+//! any layer, as a safetensors file (and a PNG over the image).
+use super::export::read_input_tensor;
+use super::{Context, ModelArgs};
+use crate::attribution::{self, layer_by_name, Method};
+use crate::colormap::Colormap;
+use crate::grid;
+use crate::preprocess::denormalise;
+use anyhow::{bail, Context as _, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct AttributeArgs {
+    #[arg(long, conflicts_with = "tensor")]
+    image: Option<PathBuf>,
+    /// An NCHW f32 tensor named `input` (preprocessing skipped).
+    #[arg(long)]
+    tensor: Option<PathBuf>,
+    /// gradcam, gradcam++, occlusion or evidence.
+    #[arg(long)]
+    method: String,
+    /// A layer name as the trace names it (`stages.2`, `stages.2.blocks.1.conv_dw`, …).
+    #[arg(long)]
+    layer: String,
+    /// The class to explain (default: each image's top-1).
+    #[arg(long)]
+    class: Option<usize>,
+    /// Occlusion window and stride in pixels of the network input.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    #[arg(long, default_value_t = 16)]
+    stride: usize,
+    #[arg(long)]
+    out: PathBuf,
+    /// The first image's map upsampled over it.
+    #[arg(long)]
+    png: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+pub fn run(ctx: &Context, a: &AttributeArgs) -> Result<()> {
+    let engine = ctx.engine(Some(&a.model), DType::F32)?;
+    let x = match (&a.image, &a.tensor) {
+        (Some(img), None) => engine.prepare_file(img)?.tensor,
+        (None, Some(t)) => read_input_tensor(t)?,
+        _ => bail!("give --image IMG or --tensor T.safetensors"),
+    };
+    let method = match Method::parse(&a.method)? {
+        Method::Occlusion { .. } => Method::Occlusion {
+            window: a.window,
+            stride: a.stride,
+        },
+        m => m,
+    };
+    let layer = layer_by_name(&engine, &a.layer)?;
+    let attr = attribution::attribute(
+        &engine,
+        &x,
+        method,
+        layer,
+        a.class,
+        &mut crate::progress::Silent,
+    )?;
+    let host =
+        |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?) };
+    let mut out: HashMap<String, Tensor> = HashMap::new();
+    out.insert("map".into(), host(&attr.map)?);
+    out.insert("logits".into(), host(&attr.logits)?);
+    let classes: Vec<f32> = attr.classes.iter().map(|&k| k as f32).collect();
+    out.insert("classes".into(), Tensor::new(classes, &Device::Cpu)?);
+    candle_core::safetensors::save(&out, &a.out)
+        .with_context(|| format!("{}: cannot write", a.out.display()))?;
+    let (n, h, w) = attr.map.dims3()?;
+    let k = attr.classes[0];
+    eprintln!(
+        "{} at {} for class {k} ({}): map {n}×{h}×{w}; wrote {}",
+        method.name(),
+        attr.layer,
+        engine.labels.get(k).map(String::as_str).unwrap_or("?"),
+        a.out.display()
+    );
+    if let Some(png) = &a.png {
+        let img = overlay_first(&engine, &x, &attr.map, method)?;
+        img.save(png)
+            .with_context(|| format!("{}: cannot write", png.display()))?;
+    }
+    Ok(())
+}
+
+/// The first image's map over the image the network saw.
+fn overlay_first(
+    engine: &crate::engine::Engine,
+    x: &Tensor,
+    map: &Tensor,
+    method: Method,
+) -> Result<image::RgbaImage> {
+    let (_, _, h, w) = x.dims4()?;
+    let chw: Vec<f32> = x.get(0)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let base = denormalise(&chw, (h, w), &engine.preprocess);
+    let m: Vec<f32> = map.get(0)?.flatten_all()?.to_vec1()?;
+    let (mh, mw) = map.get(0)?.dims2()?;
+    let (lo, hi) = m
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    // Grad-CAM maps are non-negative; occlusion and evidence are signed.
+    let cmap = match method {
+        Method::GradCam | Method::GradCamPlusPlus => Colormap::Magma,
+        _ => Colormap::Diverging,
+    };
+    if hi <= 0.0 && cmap == Colormap::Magma {
+        eprintln!("the map is zero everywhere (every position's weighted sum is negative): the PNG shows the image alone");
+        return Ok(grid::overlay(
+            &base,
+            &grid::map_image(&m, (mh, mw), (0.0, 1.0), cmap),
+            0.0,
+        ));
+    }
+    let heat = grid::map_image(&m, (mh, mw), cmap.range(lo.min(0.0), hi), cmap);
+    Ok(grid::overlay(&base, &heat, 0.6))
+}

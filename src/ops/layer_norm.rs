@@ -1,0 +1,199 @@
+//! LayerNorm over the last axis as a CPU kernel with its own backward pass, for the paths that
+//! carry gradients (candle's fused LayerNorm has none, and composing it from tensor ops keeps
+//! five intermediates per norm alive for the backward pass; this keeps only its input).
+use crate::simd_dispatch;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `(x - mean) / sqrt(var + eps) · w + b` over the last axis of a CPU f32 tensor; gradients
+/// flow to `x`, and to `w` and `b` where they are tracked.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        LayerNormOp { eps: eps as f32 },
+    )
+}
+
+/// Whether [`layer_norm`] takes this input (else the caller composes the norm from ops).
+pub fn has_kernel(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// Mean and 1/σ of a row (two passes: the mean first, then the centred squares).
+#[inline(always)]
+fn stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len().max(1) as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+#[inline(always)]
+fn forward_rows_generic(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    let c = w.len();
+    for (o, row) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        let (mean, rstd) = stats(row, eps);
+        for k in 0..c {
+            o[k] = (row[k] - mean) * rstd * w[k] + b[k];
+        }
+    }
+}
+
+simd_dispatch!(fn forward_rows => forward_rows_generic(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32));
+
+/// `dx = (gw − mean(gw) − x̂·mean(gw·x̂)) / σ` with `gw = g·w`, per row.
+#[inline(always)]
+fn backward_rows_generic(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32) {
+    let c = w.len();
+    let n = c.max(1) as f32;
+    for ((d, row), gr) in dx
+        .chunks_exact_mut(c)
+        .zip(x.chunks_exact(c))
+        .zip(g.chunks_exact(c))
+    {
+        let (mean, rstd) = stats(row, eps);
+        let (mut s1, mut s2) = (0f32, 0f32);
+        for k in 0..c {
+            let gw = gr[k] * w[k];
+            s1 += gw;
+            s2 += gw * (row[k] - mean) * rstd;
+        }
+        let (m1, m2) = (s1 / n, s2 / n);
+        for k in 0..c {
+            let xh = (row[k] - mean) * rstd;
+            d[k] = (gr[k] * w[k] - m1 - xh * m2) * rstd;
+        }
+    }
+}
+
+simd_dispatch!(fn backward_rows => backward_rows_generic(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32));
+
+/// Rows per task: about 16k elements.
+fn rows_per_task(c: usize) -> usize {
+    (16_384 / c.max(1)).max(1)
+}
+
+fn data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let (CpuStorage::F32(v), Some((a, b))) = (s, l.contiguous_offsets()) else {
+        candle_core::bail!("layer norm kernel: contiguous f32 only")
+    };
+    Ok(&v[a..b])
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm-with-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
+        let c = w.len();
+        if c == 0 || b.len() != c || x.len() % c != 0 {
+            candle_core::bail!(
+                "layer norm: input {:?}, weight {c}, bias {}",
+                l1.shape(),
+                b.len()
+            )
+        }
+        let mut out = vec![0f32; x.len()];
+        let chunk = rows_per_task(c) * c;
+        out.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .for_each(|(o, xi)| forward_rows(o, xi, w, b, self.eps));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = w.elem_count();
+        let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let gv: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
+        let wv: Vec<f32> = w.to_vec1()?;
+        let mut dx = vec![0f32; xv.len()];
+        let chunk = rows_per_task(c) * c;
+        dx.par_chunks_mut(chunk)
+            .zip(xv.par_chunks(chunk))
+            .zip(gv.par_chunks(chunk))
+            .for_each(|((d, xi), gi)| backward_rows(d, xi, gi, &wv, self.eps));
+        let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
+        // The scale's and shift's gradients only where they are learned (training).
+        let (dw, db) = if w.track_op() || b.track_op() {
+            let rows = xv.len() / c.max(1);
+            let xs = x.reshape((rows, c))?;
+            let mean = xs.mean_keepdim(1)?;
+            let xc = xs.broadcast_sub(&mean)?;
+            let rstd = (xc.sqr()?.mean_keepdim(1)? + self.eps as f64)?
+                .sqrt()?
+                .recip()?;
+            let xhat = xc.broadcast_mul(&rstd)?;
+            let g = grad.reshape((rows, c))?;
+            (Some((g.mul(&xhat))?.sum(0)?), Some(g.sum(0)?))
+        } else {
+            (None, None)
+        };
+        Ok((
+            Some(dx),
+            dw.filter(|_| w.track_op()),
+            db.filter(|_| b.track_op()),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Tensor {
+        let mean = x.mean_keepdim(D::Minus1).unwrap();
+        let xc = x.broadcast_sub(&mean).unwrap();
+        let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let xn = xc
+            .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+            .unwrap();
+        xn.broadcast_mul(w).unwrap().broadcast_add(b).unwrap()
+    }
+
+    #[test]
+    fn forward_and_gradients_equal_the_composed_norm() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0.5f32, 2.0, (3, 5, 7, 24), &dev).unwrap();
+        let w = Var::randn(1f32, 0.3, 24, &dev).unwrap();
+        let b = Var::randn(0f32, 0.3, 24, &dev).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (3, 5, 7, 24), &dev).unwrap();
+        let ours = layer_norm(&x, &w, &b, 1e-6).unwrap();
+        let theirs = composed(&x, &w, &b, 1e-6);
+        let max = |t: Tensor| -> f32 { t.abs().unwrap().max_all().unwrap().to_scalar().unwrap() };
+        assert!(max((&ours - &theirs).unwrap()) < 1e-5);
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &w, &b] {
+            let d = max((g1.get(v).unwrap() - g2.get(v).unwrap()).unwrap());
+            assert!(d < 1e-4, "{d}");
+        }
+    }
+}
