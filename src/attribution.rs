@@ -401,3 +401,66 @@ pub fn area_ratios(map: &[f32], (h, w): (usize, usize), thresholds: &[f64]) -> V
 
 /// The thresholds RepLKNet reports.
 pub const ERF_THRESHOLDS: [f64; 4] = [0.2, 0.3, 0.5, 0.99];
+
+/// One layer's effective receptive field over the images seen so far.
+#[derive(Clone, Debug)]
+pub struct ErfSummary {
+    pub layer: LayerId,
+    /// The averaged raw map (before the log), `h × w` row-major.
+    pub map: Vec<f32>,
+    pub size: (usize, usize),
+    /// Area ratios at [`ERF_THRESHOLDS`].
+    pub ratios: Vec<Option<f64>>,
+}
+
+/// Averages ERF maps of several layers over a stream of inputs (one image at a time: memory
+/// does not grow with the folder).
+pub struct ErfAccumulator {
+    layers: Vec<LayerId>,
+    sums: Vec<Option<Tensor>>,
+    pub images: usize,
+}
+
+impl ErfAccumulator {
+    pub fn new(layers: Vec<LayerId>) -> Self {
+        let sums = vec![None; layers.len()];
+        Self {
+            layers,
+            sums,
+            images: 0,
+        }
+    }
+
+    /// Adds a batch `[N, 3, H, W]` (every batch the same size).
+    pub fn add(&mut self, engine: &Engine, x: &Tensor) -> Result<()> {
+        for (layer, sum) in self.layers.iter().zip(&mut self.sums) {
+            let m = erf_maps(engine, x, *layer)?.sum(0)?;
+            *sum = Some(match sum.take() {
+                Some(s) => (s + m)?,
+                None => m,
+            });
+        }
+        self.images += x.dim(0)?;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<Vec<ErfSummary>> {
+        let n = self.images.max(1) as f64;
+        self.layers
+            .into_iter()
+            .zip(self.sums)
+            .filter_map(|(layer, sum)| sum.map(|s| (layer, s)))
+            .map(|(layer, s)| {
+                let (h, w) = s.dims2()?;
+                let map: Vec<f32> = (s / n)?.flatten_all()?.to_vec1()?;
+                let ratios = area_ratios(&map, (h, w), &ERF_THRESHOLDS);
+                Ok(ErfSummary {
+                    layer,
+                    map,
+                    size: (h, w),
+                    ratios,
+                })
+            })
+            .collect()
+    }
+}

@@ -184,6 +184,28 @@ impl Engine {
         self.plan.convnext_config()
     }
 
+    /// The same architecture with seeded random weights (the untrained baseline an ERF is
+    /// compared with), keeping this model's preprocessing and labels.
+    pub fn random_like(&self, seed: u64) -> Result<Engine> {
+        let tensors = self.plan.random_weights(seed)?;
+        let vb = taking_var_builder(tensors, self.dtype, &self.device);
+        let model = Network::new(vb, &self.plan)?;
+        Ok(Engine {
+            model,
+            plan: self.plan.clone(),
+            labels: self.labels.clone(),
+            label_source: self.label_source,
+            preprocess: self.preprocess.clone(),
+            source: Source::Random {
+                variant: self.plan.name.clone(),
+                seed,
+            },
+            device: self.device.clone(),
+            dtype: self.dtype,
+            num_params: self.num_params,
+        })
+    }
+
     pub fn is_random(&self) -> bool {
         matches!(self.source, Source::Random { .. })
     }

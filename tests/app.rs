@@ -412,6 +412,88 @@ fn the_roadmap_tab_counts_diffs_loads_and_times_the_steps() {
     assert!(s.roadmap_times.is_none());
     assert_eq!(
         s.status.notice.as_deref(),
-        Some("Timing the roadmap cancelled")
+        Some("The roadmap job cancelled")
     );
+}
+
+#[test]
+fn the_attribution_tab_explains_a_class_at_any_layer() {
+    use convnext_explorer::attribution::Method;
+    let mut h = shipped(Some("trouser_2.png"));
+    h.get_by_label("Attribution").click();
+    h.run_steps(2);
+    settle(&mut h);
+    let a = h.state().shared().attribution.as_ref().expect("a map");
+    assert_eq!(a.method, Method::GradCam);
+    assert_eq!(a.layer, LayerId::Stage(3));
+    assert_eq!(a.label, "Trouser");
+    h.get_by_label("Grad-CAM++").click();
+    h.run_steps(2);
+    settle(&mut h);
+    h.get_by_label("stage 1").click();
+    h.run_steps(2);
+    settle(&mut h);
+    let a = h.state().shared().attribution.as_ref().unwrap();
+    assert_eq!(
+        (a.method, a.layer),
+        (Method::GradCamPlusPlus, LayerId::Stage(1))
+    );
+    assert_eq!((a.map.height, a.map.width), (4, 4));
+    h.get_by_label_contains("gradcam++ at stages.1 for “Trouser”");
+    h.get_by_label_contains("evidence (exact, last stage)");
+    // Another class: click it among the predictions.
+    let second = h.state().shared().run.as_ref().unwrap().top[1].clone();
+    h.get_by_label_contains(&format!("%  {}", second.label))
+        .click();
+    h.run_steps(2);
+    assert_eq!(h.state().shared().selection.class, Some(second.index));
+    h.get_by_label("Attribution").click();
+    h.run_steps(2);
+    settle(&mut h);
+    assert_eq!(
+        h.state().shared().attribution.as_ref().unwrap().label,
+        second.label
+    );
+    snap(&mut h, "app_attribution");
+}
+
+#[test]
+fn the_receptive_field_tab_compares_trained_and_random_weights() {
+    let mut h = shipped(Some("bag_18.png"));
+    h.get_by_label("Receptive field").click();
+    h.run_steps(2);
+    h.get_by_label("Compute").click();
+    h.step();
+    settle(&mut h);
+    let e = h.state().shared().erf.as_ref().expect("receptive fields");
+    assert_eq!(e.stages.len(), 4);
+    assert_eq!(e.images, 1);
+    assert!(e.source.contains("these weights"));
+    assert_eq!(e.stages[0].size, (32, 32));
+    h.get_by_label_contains("t = 0.99");
+    snap(&mut h, "app_erf");
+    h.get_by_label("random weights (the untrained baseline)")
+        .click();
+    h.get_by_label("Compute").click();
+    h.step();
+    settle(&mut h);
+    assert!(h
+        .state()
+        .shared()
+        .erf
+        .as_ref()
+        .unwrap()
+        .source
+        .contains("random weights"));
+    // The roadmap's kernels 3 to 11, on the worker.
+    h.state_mut().request(Request::RoadmapErf);
+    settle(&mut h);
+    let k = h
+        .state()
+        .shared()
+        .roadmap_erf
+        .as_ref()
+        .expect("kernel ERFs");
+    assert_eq!(k.len(), 5);
+    assert_eq!(k[0].0, "move_up_dwconv");
 }

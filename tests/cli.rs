@@ -238,3 +238,134 @@ fn roadmap_lists_the_sixteen_steps_with_both_conventions() {
     let (ok, _, err) = cli(&["inspect", "--variant", "roadmap:kernel_13"]);
     assert!(!ok && err.contains("roadmap:kernel_11"), "{err}");
 }
+
+#[test]
+fn attribute_writes_maps_at_the_layers_resolution() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = fixture("checkpoints/timm_v1.safetensors");
+    let input = dir.path().join("input.safetensors");
+    let mut m = std::collections::HashMap::new();
+    m.insert("input".to_string(), load_ref("v1")["input"].clone());
+    candle_core::safetensors::save(&m, &input).unwrap();
+    for (method, layer, shape) in [
+        ("gradcam", "stages.2.blocks.0", [2, 4, 6]),
+        ("gradcam++", "stem", [2, 16, 24]),
+        ("occlusion", "stem", [2, 3, 5]),
+        ("evidence", "stages.3", [2, 2, 3]),
+    ] {
+        let out = dir.path().join(format!("{method}.safetensors"));
+        let png = dir.path().join(format!("{method}.png"));
+        let (ok, _, err) = cli(&[
+            "attribute",
+            "--weights",
+            w.to_str().unwrap(),
+            "--tensor",
+            input.to_str().unwrap(),
+            "--method",
+            method,
+            "--layer",
+            layer,
+            "--out",
+            out.to_str().unwrap(),
+            "--png",
+            png.to_str().unwrap(),
+        ]);
+        assert!(ok, "{method}: {err}");
+        let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        assert_eq!(got["map"].dims(), &shape, "{method}");
+        assert_eq!(got["logits"].dims(), &[2, 7]);
+        let img = image::open(&png).unwrap();
+        assert_eq!(
+            (img.width(), img.height()),
+            (96, 64),
+            "{method}: the PNG is the input's size"
+        );
+    }
+    let bad = |args: &[&str], want: &str| {
+        let mut all = vec![
+            "attribute",
+            "--weights",
+            w.to_str().unwrap(),
+            "--tensor",
+            input.to_str().unwrap(),
+            "--out",
+            "/tmp/x.safetensors",
+        ];
+        all.extend_from_slice(args);
+        let (ok, _, err) = cli(&all);
+        assert!(
+            !ok && err.contains(want) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    };
+    bad(
+        &["--method", "gradcam", "--layer", "stages.7"],
+        "stages.1.blocks.0.conv_dw",
+    );
+    bad(
+        &["--method", "gradcam", "--layer", "stem", "--class", "7"],
+        "class 7 is out of range",
+    );
+    bad(
+        &["--method", "lime", "--layer", "stem"],
+        "gradcam, gradcam++, occlusion or evidence",
+    );
+    bad(
+        &["--method", "evidence", "--layer", "stem"],
+        "--layer stages.3",
+    );
+}
+
+#[test]
+fn erf_over_a_folder_skips_and_names_what_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs/sub");
+    std::fs::create_dir_all(&imgs).unwrap();
+    std::fs::copy(fixture("chelsea.png"), imgs.join("a.png")).unwrap();
+    std::fs::copy(fixture("chelsea.png"), dir.path().join("imgs/b.png")).unwrap();
+    std::fs::write(imgs.join("broken.png"), "not a png").unwrap();
+    let out = dir.path().join("erf.safetensors");
+    let out_s = out.to_str().unwrap();
+    let folder = dir.path().join("imgs");
+    let (ok, stdout, err) = cli(&[
+        "erf",
+        "--variant",
+        "atto",
+        "--layer",
+        "stages.1",
+        "--images",
+        folder.to_str().unwrap(),
+        "--size",
+        "64",
+        "--out",
+        out_s,
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("broken.png") && err.contains("1 image(s) could not be read"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["images"], 2);
+    assert_eq!(v["layer"], "stages.1");
+    for t in ["0.2", "0.3", "0.5", "0.99"] {
+        assert!(v["area_ratio"].get(t).is_some(), "{v}");
+    }
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(got["erf"].dims(), &[64, 64]);
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (ok, _, err) = cli(&[
+        "erf",
+        "--variant",
+        "atto",
+        "--layer",
+        "stages.1",
+        "--images",
+        empty.to_str().unwrap(),
+        "--out",
+        out_s,
+    ]);
+    assert!(!ok && err.contains("holds no image"), "{err}");
+}

@@ -1,7 +1,7 @@
 //! Feature maps: pick a layer on the architecture strip, page through its channels, hover for
 //! statistics, click one to see it large over the input; histogram and channel means below.
 use super::plots::histogram_bars;
-use super::{save_as, textures, worker::SaveContent, Shared};
+use super::{heatmap, save_as, strip, textures, worker::SaveContent, Shared};
 use crate::colormap::Colormap;
 use crate::grid::{self, GridLayout, Scale, SortBy};
 use crate::stats::FeatureMap;
@@ -168,50 +168,23 @@ fn show(shared: &mut Shared, ui: &mut egui::Ui) {
 fn layer_strip(shared: &mut Shared, ui: &mut egui::Ui) {
     let Some(run) = &shared.run else { return };
     let shape = |id: LayerId| {
-        run.maps
+        let dims = run
+            .maps
             .iter()
             .find(|(i, _)| *i == id)
             .map(|(_, m)| format!("{id}: {} × {} × {}", m.channels, m.height, m.width))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        match id {
+            LayerId::Stage(_) => format!("{dims} (the stage's output)"),
+            _ => dims,
+        }
     };
     let depths = shared
         .model
         .as_ref()
         .map(|m| m.plan.depths())
         .unwrap_or_default();
-    let mut pick = None;
-    ui.horizontal_wrapped(|ui| {
-        ui.spacing_mut().item_spacing.x = 3.0;
-        let sel = shared.selection.layer;
-        if ui
-            .selectable_label(sel == Some(LayerId::Stem), "stem")
-            .on_hover_text(shape(LayerId::Stem))
-            .clicked()
-        {
-            pick = Some(LayerId::Stem);
-        }
-        for (s, &d) in depths.iter().enumerate() {
-            ui.separator();
-            if ui
-                .selectable_label(sel == Some(LayerId::Stage(s)), format!("stage {s}"))
-                .on_hover_text(format!("{} (the stage's output)", shape(LayerId::Stage(s))))
-                .clicked()
-            {
-                pick = Some(LayerId::Stage(s));
-            }
-            for b in 0..d {
-                let id = LayerId::Block(s, b);
-                if ui
-                    .selectable_label(sel == Some(id), format!("{b}"))
-                    .on_hover_text(shape(id))
-                    .clicked()
-                {
-                    pick = Some(id);
-                }
-            }
-        }
-    });
-    if let Some(id) = pick {
+    if let Some(id) = strip::layer_strip(ui, &depths, shared.selection.layer, shape) {
         shared.selection.layer = Some(id);
         shared.selection.page = 0;
         shared.selection.channel = None;
@@ -395,29 +368,12 @@ fn large_view(shared: &mut Shared, ui: &mut egui::Ui) {
             .weak(),
         );
     }
-    let base = shared
-        .textures
-        .get(ui.ctx(), "input", TextureOptions::LINEAR, || {
-            textures::rgb(&run.input)
-        });
     let scale = shared.settings.scale;
     let key = format!("large:{title}:{c}:{cmap:?}:{scale:?}");
-    let over = shared
-        .textures
-        .get(ui.ctx(), &key, TextureOptions::LINEAR, || {
-            textures::rgba(&grid::channel_image(&fm, c, scale, cmap))
-        });
     let w = ui.available_width().min(420.0);
-    let (rect, _) = ui.allocate_exact_size(Vec2::splat(w), Sense::hover());
-    let uv = Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
-    ui.painter().image(base.id(), rect, uv, Color32::WHITE);
-    let a = shared.settings.overlay_opacity.clamp(0.0, 1.0);
-    ui.painter().image(
-        over.id(),
-        rect,
-        uv,
-        Color32::from_white_alpha((a * 255.0) as u8),
-    );
+    let opacity = shared.settings.overlay_opacity;
+    let make = || grid::channel_image(&fm, c, scale, cmap);
+    heatmap::over_input(ui, &mut shared.textures, &run.input, &key, make, w, opacity);
     ui.add(egui::Slider::new(&mut shared.settings.overlay_opacity, 0.0..=1.0).text("opacity"));
     let st = fm.stats[c];
     let (lo, hi) = grid::channel_range(&fm, c, scale, cmap);
@@ -428,22 +384,7 @@ fn large_view(shared: &mut Shared, ui: &mut egui::Ui) {
         st.mean,
         cmap.name()
     ));
-    colour_bar(ui, cmap, w);
-}
-
-fn colour_bar(ui: &mut egui::Ui, cmap: Colormap, w: f32) {
-    let (rect, _) = ui.allocate_exact_size(Vec2::new(w, 10.0), Sense::hover());
-    let n = 64;
-    for i in 0..n {
-        let [r, g, b] = cmap.rgb((i as f32 + 0.5) / n as f32);
-        let x0 = rect.left() + rect.width() * i as f32 / n as f32;
-        let x1 = rect.left() + rect.width() * (i + 1) as f32 / n as f32;
-        ui.painter().rect_filled(
-            Rect::from_min_max(egui::pos2(x0, rect.top()), egui::pos2(x1, rect.bottom())),
-            0.0,
-            Color32::from_rgb(r, g, b),
-        );
-    }
+    heatmap::colour_bar(ui, cmap, w);
 }
 
 fn plots(shared: &mut Shared, ui: &mut egui::Ui, fm: &FeatureMap) {

@@ -3,15 +3,19 @@
 //! struct that owns its own state and draws with `ui(&mut self, ui, &mut Shared)`, asking for
 //! work through [`Request`]s. All heavy work goes to the one [`worker`] thread.
 mod architecture;
+mod attribution;
 #[cfg(feature = "hub")]
 mod download;
+mod erf;
 mod features;
+mod heatmap;
 mod layer_scale;
 mod layer_table;
 mod plots;
 mod profile;
 mod roadmap;
 mod sidebar;
+mod strip;
 mod textures;
 mod views;
 pub mod worker;
@@ -25,7 +29,7 @@ use crate::trace::LayerId;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
-pub use views::{ModelView, ProfileView, RunView};
+pub use views::{AttributionView, ErfView, ModelView, ProfileView, RunView};
 pub use worker::{scan_weights, WeightsEntry};
 use worker::{ImageSource, Job, JobKind, JobSender, Reply, SaveContent, Worker};
 
@@ -40,11 +44,15 @@ pub enum Tab {
     Profile,
     Architecture,
     Roadmap,
+    Attribution,
+    Erf,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 5] = [
+    pub const ALL: [Tab; 7] = [
         Tab::Features,
+        Tab::Attribution,
+        Tab::Erf,
         Tab::LayerScale,
         Tab::Profile,
         Tab::Architecture,
@@ -57,6 +65,8 @@ impl Tab {
             Tab::Profile => "Profile",
             Tab::Architecture => "Architecture",
             Tab::Roadmap => "Roadmap",
+            Tab::Attribution => "Attribution",
+            Tab::Erf => "Receptive field",
         }
     }
 }
@@ -159,6 +169,18 @@ pub enum Request {
     Profile,
     /// Time every roadmap step on the chosen device.
     TimeRoadmap,
+    /// The ERF of roadmap steps 6–10.
+    RoadmapErf,
+    Attribute {
+        method: crate::attribution::Method,
+        layer: LayerId,
+        class: Option<usize>,
+    },
+    Erf {
+        folder: Option<PathBuf>,
+        limit: usize,
+        random: bool,
+    },
     CancelJob,
     RescanWeights,
     #[cfg(feature = "hub")]
@@ -183,6 +205,13 @@ pub struct Shared {
     pub weights: Option<Vec<WeightsEntry>>,
     /// Median ms of each roadmap step on the chosen device, once measured.
     pub roadmap_times: Option<Vec<f64>>,
+    /// The last attribution map computed, for the current image.
+    pub attribution: Option<AttributionView>,
+    pub erf: Option<ErfView>,
+    /// The last stage's ERF of roadmap steps 6–10.
+    pub roadmap_erf: Option<Vec<(String, crate::attribution::ErfSummary)>>,
+    /// Counts the runs taken in, so panels can tell when their results are stale.
+    pub run_serial: u64,
     pub status: Status,
     textures: textures::Textures,
     requests: Vec<Request>,
@@ -215,6 +244,8 @@ struct Panels {
     profile: profile::ProfilePanel,
     architecture: architecture::ArchitecturePanel,
     roadmap: roadmap::RoadmapPanel,
+    attribution: attribution::AttributionPanel,
+    erf: erf::ErfPanel,
     #[cfg(feature = "hub")]
     download: download::DownloadWindow,
 }
@@ -246,6 +277,10 @@ impl ExplorerApp {
                 selection: Selection::default(),
                 weights: None,
                 roadmap_times: None,
+                attribution: None,
+                erf: None,
+                roadmap_erf: None,
+                run_serial: 0,
                 status: Status::default(),
                 textures: textures::Textures::default(),
                 requests: Vec::new(),
@@ -305,6 +340,25 @@ impl ExplorerApp {
                 Request::TimeRoadmap => Some(Job::TimeRoadmap {
                     device: self.shared.settings.device.clone(),
                     iters: 3,
+                }),
+                Request::RoadmapErf => Some(Job::RoadmapErf),
+                Request::Attribute {
+                    method,
+                    layer,
+                    class,
+                } => Some(Job::Attribute {
+                    method,
+                    layer,
+                    class,
+                }),
+                Request::Erf {
+                    folder,
+                    limit,
+                    random,
+                } => Some(Job::Erf {
+                    folder,
+                    limit,
+                    random,
                 }),
                 Request::CancelJob => {
                     self.worker.cancel();
@@ -370,6 +424,8 @@ impl ExplorerApp {
                 };
                 s.profile = None;
                 s.run = None;
+                s.attribution = None;
+                s.erf = None;
                 s.textures.clear();
                 s.model = Some(*view);
                 self.panels.architecture.model_changed();
@@ -383,6 +439,8 @@ impl ExplorerApp {
                 }
                 s.textures.clear();
                 s.run = Some(*view);
+                s.run_serial += 1;
+                s.attribution = None;
             }
             Reply::Profiled(p) => s.profile = Some(p),
             Reply::Weights(list) => s.weights = Some(list),
@@ -394,6 +452,18 @@ impl ExplorerApp {
             }
             Reply::Saved(path) => s.report(Ok(format!("Saved {}", path.display()))),
             Reply::RoadmapTimes(t) => s.roadmap_times = Some(t),
+            Reply::Attributed(a) => {
+                s.textures.clear();
+                s.attribution = Some(*a);
+            }
+            Reply::Erf(e) => {
+                s.textures.clear();
+                s.erf = Some(*e);
+            }
+            Reply::RoadmapErf(e) => {
+                s.textures.clear();
+                s.roadmap_erf = Some(e);
+            }
             Reply::Progress {
                 kind,
                 done,
@@ -432,7 +502,9 @@ impl ExplorerApp {
             JobKind::ScanWeights => "Could not list weights/",
             JobKind::Download => "Download failed",
             JobKind::Save => "Could not save",
-            JobKind::Roadmap => "Timing the roadmap failed",
+            JobKind::Roadmap => "The roadmap job failed",
+            JobKind::Attribute => "Attribution failed",
+            JobKind::Erf => "The receptive field failed",
         };
         self.shared.status.error = Some(format!("{what}: {message}"));
     }
@@ -500,6 +572,8 @@ impl ExplorerApp {
                 Tab::Profile => panels.profile.ui(ui, shared),
                 Tab::Architecture => panels.architecture.ui(ui, shared),
                 Tab::Roadmap => panels.roadmap.ui(ui, shared),
+                Tab::Attribution => panels.attribution.ui(ui, shared),
+                Tab::Erf => panels.erf.ui(ui, shared),
             }
         });
         #[cfg(feature = "hub")]
@@ -531,7 +605,9 @@ fn kind_name(kind: JobKind) -> &'static str {
         JobKind::ScanWeights => "Listing weights",
         JobKind::Download => "Download",
         JobKind::Save => "Saving",
-        JobKind::Roadmap => "Timing the roadmap",
+        JobKind::Roadmap => "The roadmap job",
+        JobKind::Attribute => "Attribution",
+        JobKind::Erf => "The receptive field",
     }
 }
 

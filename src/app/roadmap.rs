@@ -69,6 +69,9 @@ impl RoadmapPanel {
             self.table(ui, shared);
         });
         ui.separator();
+        egui::CollapsingHeader::new("Receptive fields of kernels 3×3 to 11×11 (steps 6–10)")
+            .default_open(shared.roadmap_erf.is_some())
+            .show(ui, |ui| kernel_erfs(ui, shared));
         self.changes(ui);
     }
 
@@ -279,4 +282,45 @@ fn controls(ui: &mut egui::Ui, shared: &mut Shared) {
             ));
         }
     });
+}
+
+/// The last stage's ERF of steps 6–10 (random weights, the current image or a sample, 224×224):
+/// the paper's large-kernel question, seen.
+fn kernel_erfs(ui: &mut egui::Ui, shared: &mut Shared) {
+    ui.horizontal(|ui| {
+        if ui
+            .add_enabled(!shared.busy(), egui::Button::new("Compute"))
+            .on_hover_text("Random weights, 224×224, the current image (or a sample)")
+            .clicked()
+        {
+            shared.request(Request::RoadmapErf);
+        }
+        if let Some(j) = shared
+            .status
+            .job
+            .clone()
+            .filter(|j| j.kind == JobKind::Roadmap)
+        {
+            ui.spinner();
+            ui.label(format!(
+                "{}/{}: {}",
+                (j.done + 1).min(j.total),
+                j.total,
+                j.what
+            ));
+            if ui.button("Cancel").clicked() {
+                shared.request(Request::CancelJob);
+            }
+        }
+    });
+    let Some(maps) = shared.roadmap_erf.clone() else {
+        return;
+    };
+    let rows: Vec<(String, &crate::attribution::ErfSummary)> = maps
+        .iter()
+        .zip([3, 5, 7, 9, 11])
+        .map(|((name, s), k)| (format!("{k}×{k} ({name})"), s))
+        .collect();
+    super::erf::erf_row(ui, shared, "roadmap_erf", &rows);
+    super::erf::ratio_table(ui, "roadmap_erf_ratios", &rows);
 }

@@ -45,6 +45,29 @@ pub struct RunView {
     pub elapsed: Duration,
 }
 
+/// A method's map at a layer for the current image, with the exact evidence map beside it.
+pub struct AttributionView {
+    pub method: crate::attribution::Method,
+    pub layer: LayerId,
+    pub class: usize,
+    pub label: String,
+    /// The method's map (one channel).
+    pub map: Arc<FeatureMap>,
+    /// The class-evidence map of the last stage, for comparison.
+    pub evidence: Arc<FeatureMap>,
+    pub elapsed: Duration,
+}
+
+/// Effective receptive fields of every stage.
+pub struct ErfView {
+    pub stages: Vec<crate::attribution::ErfSummary>,
+    pub images: usize,
+    /// Images of a folder that could not be read, with why.
+    pub skipped: Vec<String>,
+    /// What was measured: `the current image`, a folder, and whether the weights were random.
+    pub source: String,
+}
+
 pub struct ProfileView {
     pub runs: usize,
     /// Median time per layer (containers included).

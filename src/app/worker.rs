@@ -2,11 +2,15 @@
 //! downloads, file saves), the worker owns the engine and sends back plain data for the panels
 //! to draw, with progress for long jobs and a cancel flag they check. The UI thread never waits
 //! on it.
-use super::views::{model_view, run_image, ModelView, ProfileView, RunView};
+use super::views::{
+    model_view, run_image, AttributionView, ErfView, ModelView, ProfileView, RunView,
+};
 use crate::device::{parse_device, parse_dtype};
 use crate::engine::{Engine, ModelSpec};
 use crate::preprocess;
 use crate::progress::Progress;
+use crate::stats::FeatureMap;
+use crate::trace::LayerId;
 use candle_core::{DType, Tensor};
 use image::{DynamicImage, RgbaImage};
 use std::collections::VecDeque;
@@ -14,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// An image as it reached the app.
 #[derive(Clone)]
@@ -79,6 +84,20 @@ pub enum Job {
         device: String,
         iters: usize,
     },
+    /// A method's map at a layer for the current image.
+    Attribute {
+        method: crate::attribution::Method,
+        layer: LayerId,
+        class: Option<usize>,
+    },
+    /// Every stage's ERF over the current image or a folder, for these weights or random ones.
+    Erf {
+        folder: Option<PathBuf>,
+        limit: usize,
+        random: bool,
+    },
+    /// The last stage's ERF of roadmap steps 6–10 (kernel 3 to 11), random weights, 224×224.
+    RoadmapErf,
 }
 
 impl Job {
@@ -91,7 +110,9 @@ impl Job {
             #[cfg(feature = "hub")]
             Job::Download(_) => JobKind::Download,
             Job::Save { .. } => JobKind::Save,
-            Job::TimeRoadmap { .. } => JobKind::Roadmap,
+            Job::TimeRoadmap { .. } | Job::RoadmapErf => JobKind::Roadmap,
+            Job::Attribute { .. } => JobKind::Attribute,
+            Job::Erf { .. } => JobKind::Erf,
         }
     }
 }
@@ -105,6 +126,8 @@ pub enum JobKind {
     Download,
     Save,
     Roadmap,
+    Attribute,
+    Erf,
 }
 
 /// A checkpoint found in `weights/`, with what the loader made of it.
@@ -123,6 +146,10 @@ pub enum Reply {
     Saved(PathBuf),
     /// Median ms of each roadmap step, in order.
     RoadmapTimes(Vec<f64>),
+    Attributed(Box<AttributionView>),
+    Erf(Box<ErfView>),
+    /// `(step name, ERF)` for roadmap steps 6–10.
+    RoadmapErf(Vec<(String, crate::attribution::ErfSummary)>),
     /// How far the running job is.
     Progress {
         kind: JobKind,
@@ -315,6 +342,17 @@ impl WorkerState {
             Job::Download(repo) => download(&repo, &mut progress).map(|r| vec![r]),
             Job::Save { path, content } => save(path, content).map(|r| vec![r]),
             Job::TimeRoadmap { device, iters } => time_roadmap(&device, iters, &mut progress),
+            Job::Attribute {
+                method,
+                layer,
+                class,
+            } => self.attribute(method, layer, class, &mut progress),
+            Job::Erf {
+                folder,
+                limit,
+                random,
+            } => self.erf(folder, limit, random, &mut progress),
+            Job::RoadmapErf => self.roadmap_erf(&mut progress),
         };
         result.unwrap_or_else(|e| match e.downcast_ref::<crate::Error>() {
             Some(crate::Error::Cancelled(_)) => vec![Reply::Cancelled(kind)],
@@ -356,6 +394,132 @@ impl WorkerState {
         let view = run_image(engine, &src, &img)?;
         self.image = Some((src, img));
         Ok(Reply::Ran(Box::new(view)))
+    }
+
+    /// The current image's network input.
+    fn current_input(&self) -> anyhow::Result<(&Engine, Tensor)> {
+        let engine = self.engine()?;
+        let (src, img) = self
+            .image
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("open an image first"))?;
+        let x = preprocess::prepare(img, &engine.preprocess, &engine.device)
+            .map_err(|e| e.about_image(&src.name()))?
+            .tensor;
+        Ok((engine, x))
+    }
+
+    fn attribute(
+        &self,
+        method: crate::attribution::Method,
+        layer: LayerId,
+        class: Option<usize>,
+        progress: &mut dyn Progress,
+    ) -> anyhow::Result<Vec<Reply>> {
+        let (engine, x) = self.current_input()?;
+        let t0 = Instant::now();
+        let a = crate::attribution::attribute(engine, &x, method, layer, class, progress)?;
+        let elapsed = t0.elapsed();
+        let k = a.classes[0];
+        let ev = crate::attribution::evidence(engine, &x, Some(k))?;
+        let one = |m: &Tensor| -> anyhow::Result<std::sync::Arc<FeatureMap>> {
+            Ok(std::sync::Arc::new(FeatureMap::from_nhwc(
+                &m.unsqueeze(3)?,
+                0,
+            )?))
+        };
+        Ok(vec![Reply::Attributed(Box::new(AttributionView {
+            method,
+            layer,
+            class: k,
+            label: engine
+                .labels
+                .get(k)
+                .cloned()
+                .unwrap_or_else(|| format!("class {k}")),
+            map: one(&a.map)?,
+            evidence: one(&ev.map)?,
+            elapsed,
+        }))])
+    }
+
+    fn erf(
+        &self,
+        folder: Option<PathBuf>,
+        limit: usize,
+        random: bool,
+        progress: &mut dyn Progress,
+    ) -> anyhow::Result<Vec<Reply>> {
+        let loaded = self.engine()?;
+        let randomised;
+        let engine = if random {
+            randomised = loaded.random_like(0)?;
+            &randomised
+        } else {
+            loaded
+        };
+        let stages = (0..engine.plan.stages.len()).map(LayerId::Stage).collect();
+        let mut acc = crate::attribution::ErfAccumulator::new(stages);
+        let mut skipped = Vec::new();
+        let source = match &folder {
+            None => {
+                let (_, x) = self.current_input()?;
+                acc.add(engine, &x)?;
+                "the current image".to_string()
+            }
+            Some(dir) => {
+                let files = crate::folder::list_images(dir, Some(limit))?;
+                for (i, f) in files.iter().enumerate() {
+                    progress.check("the receptive fields")?;
+                    progress.update(i, files.len(), &crate::text::file_label(f));
+                    let x = preprocess::load_image(f).and_then(|img| {
+                        preprocess::prepare(&img, &engine.preprocess, &engine.device)
+                            .map_err(|e| e.about_image(&f.display().to_string()))
+                    });
+                    match x {
+                        Ok(p) => acc.add(engine, &p.tensor)?,
+                        Err(e) => skipped.push(e.to_string()),
+                    }
+                }
+                format!("{} image(s) of {}", acc.images, dir.display())
+            }
+        };
+        let weights = if random {
+            "random weights"
+        } else {
+            "these weights"
+        };
+        let images = acc.images;
+        Ok(vec![Reply::Erf(Box::new(ErfView {
+            stages: acc.finish()?,
+            images,
+            skipped,
+            source: format!("{source}, {weights}"),
+        }))])
+    }
+
+    /// Steps 6–10 of the roadmap differ only in their depthwise kernel (3, 5, 7, 9, 11).
+    fn roadmap_erf(&self, progress: &mut dyn Progress) -> anyhow::Result<Vec<Reply>> {
+        use crate::model::roadmap::STEPS;
+        let img = match &self.image {
+            Some((_, img)) => img.clone(),
+            None => preprocess::load_image(
+                &crate::engine::project_dir("assets/samples").join("chelsea.png"),
+            )?,
+        };
+        let mut out = Vec::new();
+        for (i, step) in STEPS[6..=10].iter().enumerate() {
+            progress.check("the roadmap's receptive fields")?;
+            progress.update(i, 5, step.name);
+            let name = format!("roadmap:{}", step.name);
+            let engine = Engine::random(&name, 1000, 0, &candle_core::Device::Cpu, DType::F32)?;
+            let x = preprocess::prepare(&img, &engine.preprocess, &engine.device)?.tensor;
+            let last = LayerId::Stage(engine.plan.stages.len() - 1);
+            let mut acc = crate::attribution::ErfAccumulator::new(vec![last]);
+            acc.add(&engine, &x)?;
+            out.push((step.name.to_string(), acc.finish()?.remove(0)));
+        }
+        Ok(vec![Reply::RoadmapErf(out)])
     }
 
     fn profile(&mut self, runs: usize, progress: &mut dyn Progress) -> anyhow::Result<Reply> {

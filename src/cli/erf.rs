@@ -2,7 +2,7 @@
 //! folder of images or a tensor, with its area-ratio summary.
 use super::export::read_input_tensor;
 use super::Context;
-use crate::attribution::{self, area_ratios, layer_by_name, ERF_THRESHOLDS};
+use crate::attribution::{layer_by_name, ErfAccumulator, ERF_THRESHOLDS};
 use crate::colormap::Colormap;
 use crate::engine::Engine;
 use crate::grid;
@@ -49,23 +49,21 @@ pub fn run(ctx: &Context, a: &ErfArgs) -> Result<()> {
     };
     let engine = ctx.engine(Some(&model), DType::F32)?;
     let layer = layer_by_name(&engine, &a.layer)?;
-    let (sum, images, (h, w)) = match (&a.images, &a.tensor) {
-        (Some(dir), None) => over_folder(&engine, layer, dir, a)?,
-        (None, Some(t)) => {
-            let x = read_input_tensor(t)?;
-            let maps = attribution::erf_maps(&engine, &x, layer)?;
-            let (n, h, w) = maps.dims3()?;
-            (maps.sum(0)?, n, (h, w))
-        }
+    let mut acc = ErfAccumulator::new(vec![layer]);
+    match (&a.images, &a.tensor) {
+        (Some(dir), None) => over_folder(&engine, &mut acc, dir, a)?,
+        (None, Some(t)) => acc.add(&engine, &read_input_tensor(t)?)?,
         _ => bail!("give --images DIR or --tensor T.safetensors"),
     };
-    let erf = (sum / images as f64)?.to_device(&Device::Cpu)?;
-    let values: Vec<f32> = erf.flatten_all()?.to_vec1()?;
+    let images = acc.images;
+    let summary = acc.finish()?.remove(0);
+    let (h, w) = summary.size;
+    let erf = Tensor::from_vec(summary.map.clone(), (h, w), &Device::Cpu)?;
     candle_core::safetensors::save(&HashMap::from([("erf".to_string(), erf)]), &a.out)
         .with_context(|| format!("{}: cannot write", a.out.display()))?;
-    let ratios = area_ratios(&values, (h, w), &ERF_THRESHOLDS);
+    let ratios = summary.ratios;
     if let Some(png) = &a.png {
-        log_map_image(&values, (h, w))
+        log_map_image(&summary.map, (h, w))
             .save(png)
             .with_context(|| format!("{}: cannot write", png.display()))?;
     }
@@ -88,44 +86,36 @@ pub fn run(ctx: &Context, a: &ErfArgs) -> Result<()> {
     Ok(())
 }
 
-/// Σ of the per-image maps over a folder, one image at a time (memory stays one image's).
+/// Every image of a folder into the accumulator, one at a time; those that cannot be read are
+/// skipped, named and counted.
 fn over_folder(
     engine: &Engine,
-    layer: crate::trace::LayerId,
+    acc: &mut ErfAccumulator,
     dir: &std::path::Path,
     a: &ErfArgs,
-) -> Result<(Tensor, usize, (usize, usize))> {
+) -> Result<()> {
     let files = crate::folder::list_images(dir, a.limit)?;
-    let mut sum: Option<Tensor> = None;
-    let (mut used, mut skipped) = (0usize, Vec::new());
+    let mut skipped = 0;
     for (i, f) in files.iter().enumerate() {
         eprintln!("[{}/{}] {}", i + 1, files.len(), f.display());
         let prepared = crate::preprocess::load_image(f).and_then(|img| {
             crate::preprocess::prepare_square(&img, a.size, &engine.preprocess, &engine.device)
         });
-        let x = match prepared {
-            Ok(x) => x,
+        match prepared {
+            Ok(x) => acc.add(engine, &x)?,
             Err(e) => {
                 eprintln!("skipped: {e}");
-                skipped.push(f.clone());
-                continue;
+                skipped += 1;
             }
-        };
-        let map = attribution::erf_maps(engine, &x, layer)?.sum(0)?;
-        sum = Some(match sum {
-            Some(s) => (s + map)?,
-            None => map,
-        });
-        used += 1;
+        }
     }
-    if !skipped.is_empty() {
-        eprintln!(
-            "{} image(s) could not be read and were skipped",
-            skipped.len()
-        );
+    if skipped > 0 {
+        eprintln!("{skipped} image(s) could not be read and were skipped");
     }
-    let sum = sum.with_context(|| format!("{}: no image could be read", dir.display()))?;
-    Ok((sum, used, (a.size, a.size)))
+    if acc.images == 0 {
+        bail!("{}: no image could be read", dir.display());
+    }
+    Ok(())
 }
 
 /// RepLKNet's picture: `log10(map + 1)` normalised, on a red–yellow–green scale.

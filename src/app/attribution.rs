@@ -1,0 +1,230 @@
+//! Attribution: which positions drive a class at any layer (Grad-CAM, Grad-CAM++), which
+//! patches of the input (occlusion), next to the exact class-evidence map of the last stage.
+//! The method, layer (from the architecture strip, or any block part) and class (click a
+//! prediction) are picked here; the map is computed on the worker whenever they change.
+use super::worker::{JobKind, SaveContent};
+use super::{heatmap, save_as, strip, Request, Shared};
+use crate::attribution::Method;
+use crate::colormap::Colormap;
+use crate::grid;
+use crate::stats::FeatureMap;
+use crate::trace::LayerId;
+use egui::RichText;
+
+const METHODS: [(Method, &str); 4] = [
+    (Method::GradCam, "Grad-CAM"),
+    (Method::GradCamPlusPlus, "Grad-CAM++"),
+    (
+        Method::Occlusion {
+            window: 32,
+            stride: 16,
+        },
+        "occlusion",
+    ),
+    (Method::Evidence, "evidence"),
+];
+
+pub struct AttributionPanel {
+    method: Method,
+    layer: Option<LayerId>,
+    /// What was last asked of the worker: `(method, layer, class, run)`.
+    asked: Option<(Method, LayerId, Option<usize>, u64)>,
+    opacity: f32,
+}
+
+impl Default for AttributionPanel {
+    fn default() -> Self {
+        Self {
+            method: Method::GradCam,
+            layer: None,
+            asked: None,
+            opacity: 0.6,
+        }
+    }
+}
+
+/// How a method's map is coloured: Grad-CAM's from zero up, signed maps about zero.
+fn colours(method: Method, fm: &FeatureMap) -> (Colormap, (f32, f32)) {
+    let (lo, hi) = fm.range();
+    match method {
+        Method::GradCam | Method::GradCamPlusPlus => {
+            (Colormap::Magma, (0.0, hi.max(f32::MIN_POSITIVE)))
+        }
+        _ => (Colormap::Diverging, Colormap::Diverging.range(lo, hi)),
+    }
+}
+
+impl AttributionPanel {
+    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+        let (Some(model), Some(_)) = (&shared.model, &shared.run) else {
+            ui.label("Open an image to see which parts of it drive a class, at any layer.");
+            return;
+        };
+        let depths = model.plan.depths();
+        let last = LayerId::Stage(depths.len().saturating_sub(1));
+        let layer = *self.layer.get_or_insert(last);
+        self.controls(ui, shared, &depths, layer);
+        let layer = self.layer.unwrap_or(last);
+        let method = self.method;
+        let layer = if method == Method::Evidence {
+            last
+        } else {
+            layer
+        };
+        let key = (method, layer, shared.selection.class, shared.run_serial);
+        if self.asked != Some(key) && !shared.busy() {
+            self.asked = Some(key);
+            shared.request(Request::Attribute {
+                method,
+                layer,
+                class: shared.selection.class,
+            });
+        }
+        ui.separator();
+        self.maps(ui, shared);
+    }
+
+    fn controls(
+        &mut self,
+        ui: &mut egui::Ui,
+        shared: &mut Shared,
+        depths: &[usize],
+        layer: LayerId,
+    ) {
+        ui.horizontal(|ui| {
+            ui.label("Method");
+            for (m, name) in METHODS {
+                ui.selectable_value(&mut self.method, m, name);
+            }
+            ui.separator();
+            if ui.button("Export PNG…").clicked() {
+                let img = overlay(shared, self.opacity);
+                save_as(
+                    shared,
+                    "attribution.png",
+                    ("PNG", "png"),
+                    img.map(SaveContent::Png),
+                );
+            }
+        });
+        let layer_matters = matches!(self.method, Method::GradCam | Method::GradCamPlusPlus);
+        ui.add_enabled_ui(layer_matters, |ui| {
+            ui.horizontal(|ui| {
+                ui.label("Layer");
+                let parts = shared
+                    .model
+                    .as_ref()
+                    .map(|m| part_names(&m.plan))
+                    .unwrap_or_default();
+                egui::ComboBox::from_id_salt("attr_layer")
+                    .selected_text(layer.name())
+                    .height(400.0)
+                    .show_ui(ui, |ui| {
+                        for (id, name) in parts {
+                            ui.selectable_value(&mut self.layer, Some(id), name);
+                        }
+                    });
+            });
+            if let Some(id) = strip::layer_strip(ui, depths, Some(layer), |id| id.name()) {
+                self.layer = Some(id);
+            }
+        });
+        let note = match self.method {
+            Method::Occlusion { window, stride } => format!("occlusion works on the input: {window}×{window} windows every {stride} px, set to the mean"),
+            Method::Evidence => "the evidence map is exact at the last stage".into(),
+            _ => "click a prediction on the left to explain another class".into(),
+        };
+        ui.label(RichText::new(note).small().weak());
+    }
+
+    fn maps(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+        let running = shared
+            .status
+            .job
+            .as_ref()
+            .is_some_and(|j| j.kind == JobKind::Attribute);
+        let Some(a) = &shared.attribution else {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(if running {
+                    "computing…"
+                } else {
+                    "waiting for the worker…"
+                });
+            });
+            return;
+        };
+        let Some(run) = &shared.run else { return };
+        let side = ((ui.available_width() - 40.0) / 2.0).clamp(160.0, 420.0);
+        let (cmap, range) = colours(a.method, &a.map);
+        let (ecmap, erange) = colours(Method::Evidence, &a.evidence);
+        let title = format!(
+            "{} at {} for “{}” ({}×{}, {:.0} ms)",
+            a.method.name(),
+            a.layer,
+            crate::labels::short(&a.label),
+            a.map.height,
+            a.map.width,
+            a.elapsed.as_secs_f64() * 1e3
+        );
+        let (map, ev, input) = (a.map.clone(), a.evidence.clone(), run.input.clone());
+        let key = format!(
+            "attr:{}:{}:{}:{}",
+            a.method.name(),
+            a.layer,
+            a.class,
+            shared.run_serial
+        );
+        ui.horizontal_top(|ui| {
+            ui.vertical(|ui| {
+                ui.strong(title);
+                let make = || grid::map_image(map.plane(0), (map.height, map.width), range, cmap);
+                // A map that is zero everywhere is not drawn (black would only darken the image).
+                let zero = map.stats[0].max <= 0.0 && cmap == Colormap::Magma;
+                let opacity = if zero { 0.0 } else { self.opacity };
+                heatmap::over_input(ui, &mut shared.textures, &input, &key, make, side, opacity);
+                ui.label(format!("colours span {:.3} … {:.3} ({})", range.0, range.1, cmap.name()));
+                heatmap::colour_bar(ui, cmap, side);
+                if zero {
+                    ui.label(RichText::new("Zero everywhere: at this layer every position's weighted sum is negative.").small().weak());
+                }
+            });
+            ui.add_space(16.0);
+            ui.vertical(|ui| {
+                ui.strong("evidence (exact, last stage), for comparison");
+                let make = || grid::map_image(ev.plane(0), (ev.height, ev.width), erange, ecmap);
+                heatmap::over_input(ui, &mut shared.textures, &input, &format!("{key}:ev"), make, side, self.opacity);
+                ui.label(format!("colours span {:.3} … {:.3} ({})", erange.0, erange.1, ecmap.name()));
+                heatmap::colour_bar(ui, ecmap, side);
+            });
+        });
+        ui.add(egui::Slider::new(&mut self.opacity, 0.0..=1.0).text("opacity"));
+    }
+}
+
+/// Every spatial layer of the plan, for the finer choice than the strip offers.
+fn part_names(plan: &crate::model::Plan) -> Vec<(LayerId, String)> {
+    let s = plan.stride();
+    crate::flops::layers(plan, 1, s, s)
+        .into_iter()
+        .filter(|l| l.id.is_spatial())
+        .map(|l| (l.id, l.name))
+        .collect()
+}
+
+/// The method's map over the input, as a picture (for saving).
+fn overlay(shared: &Shared, opacity: f32) -> Result<image::RgbaImage, String> {
+    let (Some(a), Some(run)) = (&shared.attribution, &shared.run) else {
+        return Err("no map yet".into());
+    };
+    let (cmap, range) = colours(a.method, &a.map);
+    let heat = grid::map_image(a.map.plane(0), (a.map.height, a.map.width), range, cmap);
+    let side = 448;
+    let base = image::imageops::resize(
+        &run.input,
+        side,
+        side,
+        image::imageops::FilterType::Triangle,
+    );
+    Ok(grid::overlay(&base, &heat, opacity))
+}
