@@ -16,11 +16,15 @@ xvfb-run -a -s "-screen 0 1400x900x24" bash -c "
   click() { xdotool mousemove \$1 \$2 click 1; }
   # Feature maps: stage 1 selected, its top channel enlarged over the input.
   click 488 75; sleep 1; click 381 620; shot feature_maps
-  click 462 43; shot layer_scale
-  click 537 43; sleep 1; click 428 75; shot profile 8
-  click 616 43; shot architecture
+  # Attribution: Grad-CAM++ at stage 1.
+  click 472 43; sleep 2; click 503 75; sleep 1; click 502 121; shot attribution 3
+  # Receptive field of every stage for this image.
+  click 573 43; sleep 1; click 355 131; shot receptive_field 6
+  click 675 43; shot layer_scale
+  click 751 43; sleep 1; click 428 75; shot profile 8
+  click 831 43; shot architecture
   # Roadmap: what the 7x7 kernel changed.
-  click 700 43; sleep 1; click 440 537; shot roadmap
+  click 920 43; sleep 1; click 440 537; shot roadmap
   kill \$P
 "
 ls -l "$out"

@@ -141,11 +141,22 @@ fn bench_json_fields() {
         "--size",
         "64",
         "--layers",
+        "--gradcam",
+        "stages.1",
         "--json",
     ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    for k in ["median_ms", "min_ms", "timing_overhead", "capture_overhead"] {
+    assert_eq!(v["gradcam_layer"], "stages.1");
+    assert!(v["gradcam_rounds"].as_u64().unwrap() >= 5);
+    for k in [
+        "median_ms",
+        "min_ms",
+        "timing_overhead",
+        "capture_overhead",
+        "gradcam_median_ms",
+        "gradcam_time_ratio",
+    ] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}");
     }
     assert_eq!(v["batch"], 1);

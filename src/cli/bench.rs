@@ -72,8 +72,12 @@ struct BenchReport {
 #[derive(Serialize, Debug)]
 struct GradCamCost {
     gradcam_layer: String,
+    gradcam_rounds: usize,
     gradcam_median_ms: f64,
+    /// Median over the rounds of Grad-CAM's time / the forward's.
     gradcam_time_ratio: f64,
+    /// The rounds' smallest and largest ratio.
+    gradcam_time_ratio_range: [f64; 2],
     #[serde(skip_serializing_if = "Option::is_none")]
     gradcam_peak_mb: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,7 +144,6 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
             &engine,
             &x,
             layer,
-            report.median_ms,
             (rss_before, forward_peak_kb),
         )?);
     }
@@ -209,30 +212,51 @@ fn tracing_cost(a: &BenchArgs, engine: &Engine, x: &Tensor, plain_ms: f64) -> Re
     })
 }
 
-/// Grad-CAM's median time and peak memory, each against the plain forward's. The peak is read
-/// after resetting the process's high-water mark (Linux `clear_refs`), so it is Grad-CAM's own.
+/// Grad-CAM's time and peak memory, each against the plain forward's: rounds (at least 5) of
+/// one forward then one Grad-CAM, interleaved so that the machine's drift hits both; the ratio
+/// is reported as the median of the rounds' ratios with its range. The peak is read after
+/// resetting the process's high-water mark (Linux `clear_refs`), so it is Grad-CAM's own.
 fn gradcam_cost(
     a: &BenchArgs,
     engine: &Engine,
     x: &Tensor,
     layer: &str,
-    plain_ms: f64,
     (rss_before, forward_peak_kb): (Option<u64>, Option<f64>),
 ) -> Result<GradCamCost> {
     let id = crate::attribution::layer_by_name(engine, layer)?;
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    let times = time_runs(a, &engine.device, &mut || {
-        crate::attribution::grad_cam(engine, x, id, None, false).map(drop)
-    })?;
-    let ms = median(&times);
+    let dev = &engine.device;
+    let gradcam = || crate::attribution::grad_cam(engine, x, id, None, false).map(drop);
+    gradcam()?;
+    let (mut ratios, mut times) = (Vec::new(), Vec::new());
+    for _ in 0..a.iters.max(5) {
+        let t = Instant::now();
+        engine.forward(x)?;
+        dev.synchronize()?;
+        let f = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        gradcam()?;
+        dev.synchronize()?;
+        let g = t.elapsed().as_secs_f64();
+        times.push(g * 1e3);
+        ratios.push(g / f);
+    }
     let peak_kb = match (reset, rss_before, proc_status_kb("VmHWM")) {
         (true, Some(before), Some(peak)) => Some(peak.saturating_sub(before) as f64),
         _ => None,
     };
+    let range = |v: &[f64]| {
+        v.iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| {
+                (l.min(x), h.max(x))
+            })
+    };
     Ok(GradCamCost {
         gradcam_layer: layer.to_string(),
-        gradcam_median_ms: ms,
-        gradcam_time_ratio: ms / plain_ms,
+        gradcam_rounds: ratios.len(),
+        gradcam_median_ms: median(&times),
+        gradcam_time_ratio: median(&ratios),
+        gradcam_time_ratio_range: range(&ratios).into(),
         gradcam_peak_mb: peak_kb.map(|kb| kb * 1.024 / 1e3),
         gradcam_memory_ratio: peak_kb.zip(forward_peak_kb).map(|(g, f)| g / f),
     })
@@ -294,10 +318,13 @@ fn print_report(r: &BenchReport) {
     }
     if let Some(g) = &r.gradcam {
         println!(
-            "Grad-CAM at {}: median {:.2} ms, {:.2}× the forward's time; peak memory {}",
+            "Grad-CAM at {}: median {:.2} ms, {:.2}× the forward's time (median of {} interleaved rounds, range {:.2}–{:.2}); peak memory {}",
             g.gradcam_layer,
             g.gradcam_median_ms,
             g.gradcam_time_ratio,
+            g.gradcam_rounds,
+            g.gradcam_time_ratio_range[0],
+            g.gradcam_time_ratio_range[1],
             match (g.gradcam_peak_mb, g.gradcam_memory_ratio) {
                 (Some(p), Some(r)) => format!("{p:.0} MB, {r:.2}× the forward's"),
                 _ => "not measured (needs Linux's /proc/self/clear_refs)".into(),
