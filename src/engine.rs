@@ -44,6 +44,8 @@ pub struct Engine {
     pub device: Device,
     pub dtype: DType,
     pub num_params: usize,
+    /// What the model is, for people.
+    pub card: crate::card::ModelCard,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -145,6 +147,7 @@ impl Engine {
             device: device.clone(),
             dtype,
             num_params: info.num_params,
+            card: info.card,
         })
     }
 
@@ -163,11 +166,15 @@ impl Engine {
         let vb = taking_var_builder(tensors, dtype, device);
         let model = Network::new(vb, &plan)?;
         let (labels, label_source) = labels::labels_for(num_classes, None).map_err(Error::Input)?;
+        let preprocess = PreprocessConfig::default();
+        let origin = format!("{} with seeded random weights (seed {seed})", plan.name);
+        let card = crate::card::ModelCard::random(&labels, label_source, &preprocess, origin);
         Ok(Engine {
+            card,
             model,
             labels,
             label_source,
-            preprocess: PreprocessConfig::default(),
+            preprocess,
             source: Source::Random {
                 variant: plan.name.clone(),
                 seed,
@@ -190,7 +197,18 @@ impl Engine {
         let tensors = self.plan.random_weights(seed)?;
         let vb = taking_var_builder(tensors, self.dtype, &self.device);
         let model = Network::new(vb, &self.plan)?;
+        let origin = format!(
+            "{} with seeded random weights (seed {seed})",
+            self.plan.name
+        );
+        let card = crate::card::ModelCard::random(
+            &self.labels,
+            self.label_source,
+            &self.preprocess,
+            origin,
+        );
         Ok(Engine {
+            card,
             model,
             plan: self.plan.clone(),
             labels: self.labels.clone(),

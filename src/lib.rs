@@ -2,6 +2,7 @@
 //! GUI type in it (the `app` module, feature `gui`, is the only one that draws). The command
 //! line, the tests and the app all drive the same engine.
 pub mod attribution;
+pub mod card;
 pub mod colormap;
 pub mod device;
 pub mod engine;

@@ -473,6 +473,14 @@ pub fn save(
             "label_names": FASHION_LABELS,
         },
         "training": extra,
+        "model_card": {
+            "dataset": "Fashion-MNIST (Zalando Research, MIT licence): 60,000 training images",
+            "domain": "28×28 grey images of clothing (Fashion-MNIST)",
+            "grey": true,
+            "top1": extra.get("test_top1_ema"),
+            "evaluated_on": "the 10,000 Fashion-MNIST test images",
+            "trained_by": "this project: convnext-explorer train (see weights/README.md)",
+        },
     });
     let jp = out.with_extension("json");
     std::fs::write(&jp, serde_json::to_string_pretty(&json).unwrap_or_default())

@@ -2,80 +2,16 @@
 //! shipped model. Snapshots render on the CPU (wgpu on llvmpipe/lavapipe).
 #![cfg(feature = "gui")]
 use convnext_explorer::app::worker::ImageSource;
-use convnext_explorer::app::{ExplorerApp, Request, Settings, StartOptions, Tab};
+use convnext_explorer::app::{Request, Settings, StartOptions, Tab};
 use convnext_explorer::engine::ModelSpec;
 use convnext_explorer::trace::LayerId;
 use egui_kittest::kittest::Queryable;
-use egui_kittest::Harness;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn sample(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("assets/samples")
-        .join(name)
-}
-
-fn harness(settings: Settings, start: StartOptions) -> Harness<'static, ExplorerApp> {
-    Harness::builder()
-        .with_size([1400.0, 900.0])
-        .build_eframe(move |cc| ExplorerApp::new(&cc.egui_ctx, settings, start).unwrap())
-}
-
-fn shipped(image: Option<&str>) -> Harness<'static, ExplorerApp> {
-    let mut h = harness(
-        Settings::default(),
-        StartOptions {
-            image: image.map(sample),
-            ..Default::default()
-        },
-    );
-    settle(&mut h);
-    h
-}
-
-/// Steps until the worker has finished everything asked of it and the weights list is read.
-fn settle(h: &mut Harness<'static, ExplorerApp>) {
-    let start = Instant::now();
-    loop {
-        h.step();
-        let shared = h.state().shared();
-        if !shared.busy() && shared.weights.is_some() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the app did not settle"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // Take in the last replies and let the layout settle.
-    h.run_steps(4);
-}
-
-/// A snapshot with the run-to-run varying timings masked out. A little tolerance: Mesa's
-/// software rasteriser and our SIMD kernels pick code paths by CPU, which moves a few pixels by
-/// a level or two between machines; a layout change moves thousands.
-fn snap(h: &mut Harness<'static, ExplorerApp>, name: &str) {
-    mask_timings(h);
-    let opts = egui_kittest::SnapshotOptions::new()
-        .threshold(1.0)
-        .max_failed_pixels(1500);
-    h.snapshot_options(name, &opts);
-}
-
-/// Timings differ from run to run: keep them out of pictures.
-fn mask_timings(h: &mut Harness<'static, ExplorerApp>) {
-    let rects: Vec<egui::Rect> = h
-        .query_all_by_label_contains(" ms")
-        .map(|n| n.rect())
-        .collect();
-    // Whole width: the label's own width changes with the digits.
-    for r in rects {
-        h.mask(egui::Rect::from_min_max(r.min, egui::pos2(1400.0, r.max.y)));
-    }
-}
+mod common;
+use common::gui::*;
 
 #[test]
 fn opens_on_the_shipped_model_and_classifies_a_sample() {
@@ -89,9 +25,9 @@ fn opens_on_the_shipped_model_and_classifies_a_sample() {
     let run = app.shared().run.as_ref().expect("a run");
     assert_eq!(run.top[0].label, "Sneaker");
     assert!(
-        app.shared().status.error.is_none(),
+        app.shared().status.errors.is_empty(),
         "{:?}",
-        app.shared().status.error
+        app.shared().status.errors
     );
     // The prediction list shows it, and the grid shows the stem's 32 channels.
     h.get_by_label_contains("%  Sneaker");
@@ -184,7 +120,7 @@ fn a_broken_checkpoint_shows_an_error_and_keeps_the_model() {
         .request(Request::Load(ModelSpec::Weights(bad)));
     settle(&mut h);
     let app = h.state();
-    let err = app.shared().status.error.clone().expect("an error");
+    let err = last_error(app);
     assert!(
         err.contains("Could not load the model") && err.contains("broken.safetensors"),
         "{err}"
@@ -206,16 +142,8 @@ fn a_corrupt_image_shows_an_error_and_keeps_the_results() {
         .request(Request::OpenImage(ImageSource::Path(bad)));
     settle(&mut h);
     let app = h.state();
-    assert!(
-        app.shared()
-            .status
-            .error
-            .as_deref()
-            .unwrap_or("")
-            .contains("Could not open the image"),
-        "{:?}",
-        app.shared().status.error
-    );
+    let err = last_error(app);
+    assert!(err.contains("Could not open the image"), "{err}");
     assert_eq!(app.shared().run.as_ref().unwrap().name, "sandal_8.png");
     assert_eq!(app.shared().run.as_ref().unwrap().top[0].label, "Sandal");
 }
@@ -300,13 +228,8 @@ fn a_remembered_model_that_no_longer_loads_falls_back_to_the_shipped_one() {
     let mut h = harness(settings, StartOptions::default());
     settle(&mut h);
     let app = h.state();
-    assert!(app
-        .shared()
-        .status
-        .error
-        .as_deref()
-        .unwrap_or("")
-        .contains("deleted_since.safetensors"));
+    let err = last_error(app);
+    assert!(err.contains("deleted_since.safetensors"), "{err}");
     assert!(
         matches!(&app.shared().model.as_ref().expect("fell back").spec, ModelSpec::Weights(p) if p.ends_with("convnext_fashion.safetensors"))
     );
@@ -354,7 +277,7 @@ fn a_model_that_computes_nan_says_where_and_keeps_the_window_usable() {
     h.state_mut()
         .request(Request::Load(ModelSpec::Weights(bad)));
     settle(&mut h);
-    let err = h.state().shared().status.error.clone().expect("an error");
+    let err = last_error(h.state());
     assert!(
         err.contains("not finite") && err.contains("stages.2.blocks.1.mlp.fc2"),
         "{err}"
@@ -364,8 +287,12 @@ fn a_model_that_computes_nan_says_where_and_keeps_the_window_usable() {
     h.get_by_label("convnext_fashion.safetensors").click();
     h.step();
     settle(&mut h);
-    assert!(h.state().shared().status.error.is_none());
+    // The error stays until dismissed: the user may still want to read it.
+    assert_eq!(h.state().shared().status.errors.len(), 1);
     assert_eq!(h.state().shared().run.as_ref().unwrap().top[0].label, "Bag");
+    h.get_by_label("x").click();
+    h.run_steps(2);
+    assert!(h.state().shared().status.errors.is_empty());
 }
 
 #[test]

@@ -155,9 +155,19 @@ impl ErfPanel {
                         .hint_text("path to a folder of images")
                         .desired_width(260.0),
                 );
-                if ui.button("Browse…").clicked() {
-                    if let Some(p) = rfd::FileDialog::new().pick_folder() {
-                        self.folder = p.display().to_string();
+                let browse = ui.button("Browse…");
+                if browse.clicked() {
+                    let t = std::time::Instant::now();
+                    match rfd::FileDialog::new().pick_folder() {
+                        Some(p) => self.folder = p.display().to_string(),
+                        // Too fast to have been shown: there is no portal to show one.
+                        None if t.elapsed() < std::time::Duration::from_millis(150) => {
+                            shared.status.notice = Some(
+                                "No folder dialog could be shown here: type the folder's path."
+                                    .into(),
+                            )
+                        }
+                        None => {}
                     }
                 }
                 ui.add(

@@ -35,6 +35,19 @@ pub fn page_channels(shared: &Shared, fm: &FeatureMap) -> (Vec<usize>, usize) {
     )
 }
 
+/// Maps this small (2×2 or less) are shown on one scale for the layer: stretched channel by
+/// channel, each tile would be one flat colour.
+const TINY_MAP: usize = 4;
+
+/// The scale a map is drawn with: the chosen one, or shared for tiny maps.
+fn effective_scale(shared: &Shared, fm: &FeatureMap) -> Scale {
+    if fm.height * fm.width <= TINY_MAP {
+        Scale::Shared
+    } else {
+        shared.settings.scale
+    }
+}
+
 fn layout_for(shared: &Shared, fm: &FeatureMap, zoom: usize) -> GridLayout {
     GridLayout::for_count(
         shared.settings.page_size.min(fm.channels).max(1),
@@ -52,7 +65,7 @@ pub fn grid_image(shared: &Shared) -> Option<RgbaImage> {
         &fm,
         &channels,
         layout_for(shared, &fm, zoom),
-        shared.settings.scale,
+        effective_scale(shared, &fm),
         shared.settings.colormap,
     ))
 }
@@ -96,7 +109,7 @@ pub fn overlay_image(shared: &Shared) -> Option<RgbaImage> {
     let base = base
         .resize_exact(side, side, image::imageops::FilterType::Triangle)
         .to_rgba8();
-    let map = grid::channel_image(&fm, c, shared.settings.scale, cmap);
+    let map = grid::channel_image(&fm, c, effective_scale(shared, &fm), cmap);
     let map = image::imageops::resize(&map, side, side, image::imageops::FilterType::Triangle);
     let a = shared.settings.overlay_opacity.clamp(0.0, 1.0);
     Some(RgbaImage::from_fn(side, side, |x, y| {
@@ -270,13 +283,23 @@ fn grid_view(
             }
         });
     });
+    if fm.height * fm.width <= TINY_MAP && shared.settings.scale != Scale::Shared {
+        ui.label(
+            egui::RichText::new(format!(
+                "{}×{} maps: stretched channel by channel each tile would be one flat colour, so the layer is shown on one shared scale (strong channels stand out).",
+                fm.height, fm.width
+            ))
+            .small()
+            .weak(),
+        );
+    }
     let layout = layout_for(shared, fm, 1);
     let s = &shared.settings;
     let key = format!(
         "grid:{id}:{page}:{:?}:{:?}:{:?}:{}",
         s.sort, s.colormap, s.scale, s.page_size
     );
-    let (scale, cmap) = (s.scale, s.colormap);
+    let (scale, cmap) = (effective_scale(shared, fm), s.colormap);
     let tex = shared
         .textures
         .get(ui.ctx(), &key, TextureOptions::NEAREST, || {
@@ -368,7 +391,7 @@ fn large_view(shared: &mut Shared, ui: &mut egui::Ui) {
             .weak(),
         );
     }
-    let scale = shared.settings.scale;
+    let scale = effective_scale(shared, &fm);
     let key = format!("large:{title}:{c}:{cmap:?}:{scale:?}");
     let w = ui.available_width().min(420.0);
     let opacity = shared.settings.overlay_opacity;

@@ -50,20 +50,22 @@ impl LayerTable {
             .header(22.0, |mut h| {
                 h.col(|ui| self.header(ui, "layer", SortKey::Name, &mut clicked));
                 h.col(|ui| {
-                    ui.strong("kind");
+                    ui.add(egui::Label::new(RichText::new("kind").strong()).extend());
                 });
                 h.col(|ui| {
-                    ui.strong("in -> out (NCHW)");
+                    ui.add(egui::Label::new(RichText::new("in -> out (NCHW)").strong()).extend());
                 });
                 h.col(|ui| self.header(ui, "params", SortKey::Params, &mut clicked));
                 h.col(|ui| self.header(ui, unit, SortKey::Macs, &mut clicked));
                 if timed {
                     h.col(|ui| self.header(ui, "ms", SortKey::Time, &mut clicked));
                     h.col(|ui| {
-                        ui.strong("% time");
+                        ui.add(egui::Label::new(RichText::new("% time").strong()).extend());
                     });
                     h.col(|ui| {
-                        ui.strong(format!("G{unit}/s"));
+                        ui.add(
+                            egui::Label::new(RichText::new(format!("G{unit}/s")).strong()).extend(),
+                        );
                     });
                 }
                 h.col(|_| {});

@@ -11,6 +11,7 @@ mod features;
 mod heatmap;
 mod layer_scale;
 mod layer_table;
+pub mod path_prompt;
 mod plots;
 mod profile;
 mod roadmap;
@@ -91,6 +92,8 @@ pub struct Settings {
     pub variant_classes: usize,
     pub show_containers: bool,
     pub sidebar_width: f32,
+    /// The last image opened from a file, reopened at the next start.
+    pub last_image: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -111,6 +114,7 @@ impl Default for Settings {
             variant_classes: 1000,
             show_containers: false,
             sidebar_width: 300.0,
+            last_image: None,
         }
     }
 }
@@ -148,8 +152,10 @@ pub struct JobStatus {
 pub struct Status {
     /// The model being loaded.
     pub loading: Option<String>,
-    /// The last error, shown until dismissed or replaced.
-    pub error: Option<String>,
+    /// Errors, oldest first, each shown until the user dismisses it.
+    pub errors: Vec<String>,
+    /// The image being decoded and run, while it is.
+    pub decoding: Option<String>,
     /// One-line notices (saved files, downloads).
     pub notice: Option<String>,
     /// Progress of the running long job, if it reported any.
@@ -213,6 +219,8 @@ pub struct Shared {
     /// Counts the runs taken in, so panels can tell when their results are stale.
     pub run_serial: u64,
     pub status: Status,
+    /// The in-app path prompt, where no native file dialog could be shown.
+    pub prompt: Option<path_prompt::PathPrompt>,
     textures: textures::Textures,
     requests: Vec<Request>,
 }
@@ -230,7 +238,7 @@ impl Shared {
     fn report(&mut self, result: Result<String, String>) {
         match result {
             Ok(n) => self.status.notice = Some(n),
-            Err(e) => self.status.error = Some(e),
+            Err(e) => self.status.errors.push(e),
         }
     }
 }
@@ -282,6 +290,7 @@ impl ExplorerApp {
                 roadmap_erf: None,
                 run_serial: 0,
                 status: Status::default(),
+                prompt: None,
                 textures: textures::Textures::default(),
                 requests: Vec::new(),
             },
@@ -293,9 +302,22 @@ impl ExplorerApp {
         if let Some(d) = start.device {
             app.shared.settings.device = d;
         }
+        // A device this build or machine lacks (from the command line, or remembered from
+        // another build) would leave the window without a model: say so and use the CPU.
+        if let Err(e) = crate::device::parse_device(&app.shared.settings.device) {
+            app.shared.status.errors.push(format!("{e}; using cpu"));
+            app.shared.settings.device = "cpu".into();
+        }
         let spec = initial_model(start.weights, app.shared.settings.model.clone());
         app.shared.request(Request::Load(spec));
-        if let Some(img) = start.image {
+        // The image waits on the worker's queue for the model to load (or fall back).
+        let last = app
+            .shared
+            .settings
+            .last_image
+            .clone()
+            .filter(|p| p.is_file());
+        if let Some(img) = start.image.or(last) {
             app.shared
                 .request(Request::OpenImage(ImageSource::Path(img)));
         }
@@ -323,17 +345,26 @@ impl ExplorerApp {
         for r in std::mem::take(&mut self.shared.requests) {
             let job = match r {
                 Request::Load(spec) => Some(self.load_job(spec)),
-                Request::Reload => self
-                    .shared
-                    .model
-                    .as_ref()
-                    .map(|m| m.spec.clone())
-                    .map(|spec| self.load_job(spec)),
-                Request::OpenImage(src) => Some(Job::Classify(src)),
+                Request::Reload => {
+                    // With no model (a device that failed, say), the one remembered or shipped.
+                    let spec = match &self.shared.model {
+                        Some(m) => m.spec.clone(),
+                        None => initial_model(None, self.shared.settings.model.clone()),
+                    };
+                    Some(self.load_job(spec))
+                }
+                Request::OpenImage(src) => {
+                    self.shared.status.decoding = Some(src.name());
+                    Some(Job::Classify(src))
+                }
                 Request::OpenPath(p) if is_weights_file(&p) || p.is_dir() => {
                     Some(self.load_job(ModelSpec::Weights(p)))
                 }
-                Request::OpenPath(p) => Some(Job::Classify(ImageSource::Path(p))),
+                Request::OpenPath(p) => {
+                    let src = ImageSource::Path(p);
+                    self.shared.status.decoding = Some(src.name());
+                    Some(Job::Classify(src))
+                }
                 Request::Profile => Some(Job::Profile {
                     runs: self.shared.settings.profile_runs,
                 }),
@@ -413,15 +444,15 @@ impl ExplorerApp {
         match reply {
             Reply::Loaded(view) => {
                 s.status.loading = None;
-                // After a fallback the error says why this is not the model asked for.
-                if !(self.fell_back && s.model.is_none()) {
-                    s.status.error = None;
-                }
                 s.settings.model = Some(view.spec.clone());
-                s.selection = Selection {
-                    layer: Some(LayerId::Stem),
-                    ..Default::default()
-                };
+                // The same architecture again (another device or dtype) keeps what was picked.
+                let same = s.model.as_ref().is_some_and(|m| m.plan == view.plan);
+                if !same {
+                    s.selection = Selection {
+                        layer: Some(LayerId::Stem),
+                        ..Default::default()
+                    };
+                }
                 s.profile = None;
                 s.run = None;
                 s.attribution = None;
@@ -431,13 +462,16 @@ impl ExplorerApp {
                 self.panels.architecture.model_changed();
             }
             Reply::Ran(view) => {
-                s.status.error = None;
+                s.status.decoding = None;
                 s.selection.channel = None;
                 s.selection.class = view.top.first().map(|p| p.index);
                 if s.selection.layer.is_none() {
                     s.selection.layer = Some(LayerId::Stem);
                 }
                 s.textures.clear();
+                if let Some(p) = &view.path {
+                    s.settings.last_image = Some(p.clone());
+                }
                 s.run = Some(*view);
                 s.run_serial += 1;
                 s.attribution = None;
@@ -506,7 +540,10 @@ impl ExplorerApp {
             JobKind::Attribute => "Attribution failed",
             JobKind::Erf => "The receptive field failed",
         };
-        self.shared.status.error = Some(format!("{what}: {message}"));
+        if kind == JobKind::Classify {
+            self.shared.status.decoding = None;
+        }
+        self.shared.status.errors.push(format!("{what}: {message}"));
     }
 
     fn handle_input(&mut self, ctx: &egui::Context) {
@@ -529,10 +566,11 @@ impl ExplorerApp {
                         name: path.display().to_string(),
                         bytes: bytes.into(),
                     })),
-                    Err(e) => {
-                        self.shared.status.error =
-                            Some(format!("Could not read the dropped file: {e}"))
-                    }
+                    Err(e) => self
+                        .shared
+                        .status
+                        .errors
+                        .push(format!("Could not read the dropped file: {e}")),
                 }
             }
         }
@@ -551,6 +589,9 @@ impl ExplorerApp {
         let (shared, panels) = (&mut self.shared, &mut self.panels);
         egui::Panel::top("menu").show(ui, |ui| menu_bar(ui, shared, panels));
         egui::Panel::bottom("status").show(ui, |ui| status_bar(ui, shared));
+        if !shared.status.errors.is_empty() {
+            egui::Panel::bottom("errors").show(ui, |ui| errors_panel(ui, shared));
+        }
         egui::Panel::left("sidebar")
             .resizable(true)
             .default_size(shared.settings.sidebar_width)
@@ -578,6 +619,7 @@ impl ExplorerApp {
         });
         #[cfg(feature = "hub")]
         panels.download.ui(&ctx, shared);
+        path_prompt::window(&ctx, shared);
         drop_hint(&ctx);
         self.handle_requests();
         if self.shared.busy() {
@@ -679,9 +721,9 @@ fn menu_bar(ui: &mut egui::Ui, shared: &mut Shared, panels: &mut Panels) {
                 ui.close();
             }
             if ui.button("Save screenshot…").clicked() {
-                if let Some(p) = save_dialog("convnext-explorer.png", "PNG", "png") {
-                    shared.request(Request::Screenshot(p));
-                }
+                let name = "convnext-explorer.png";
+                let dialog = || save_dialog(name, "PNG", "png");
+                path_prompt::with_dialog(shared, path_prompt::Purpose::Screenshot, name, dialog);
                 ui.close();
             }
             ui.separator();
@@ -700,6 +742,27 @@ fn menu_bar(ui: &mut egui::Ui, shared: &mut Shared, panels: &mut Panels) {
             }
         });
     });
+}
+
+/// Every error not yet dismissed, newest last, each with its own dismiss button.
+fn errors_panel(ui: &mut egui::Ui, shared: &mut Shared) {
+    let mut dismiss = None;
+    for (i, e) in shared.status.errors.iter().enumerate() {
+        ui.horizontal(|ui| {
+            if ui.small_button("x").on_hover_text("Dismiss").clicked() {
+                dismiss = Some(i);
+            }
+            ui.add(
+                egui::Label::new(
+                    egui::RichText::new(format!("Error: {e}")).color(ui.visuals().error_fg_color),
+                )
+                .wrap(),
+            );
+        });
+    }
+    if let Some(i) = dismiss {
+        shared.status.errors.remove(i);
+    }
 }
 
 fn status_bar(ui: &mut egui::Ui, shared: &mut Shared) {
@@ -725,13 +788,7 @@ fn status_bar(ui: &mut egui::Ui, shared: &mut Shared) {
                 ));
             }
         }
-        if let Some(e) = status.error.clone() {
-            ui.separator();
-            ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}"));
-            if ui.small_button("x").on_hover_text("Dismiss").clicked() {
-                status.error = None;
-            }
-        } else if let Some(n) = status.notice.clone() {
+        if let Some(n) = status.notice.clone() {
             ui.separator();
             ui.label(n);
             if ui.small_button("x").on_hover_text("Dismiss").clicked() {
@@ -779,23 +836,32 @@ pub fn sample_images() -> Vec<PathBuf> {
 /// File > Open image (and the sidebar's button).
 fn open_image_dialog(shared: &mut Shared) {
     let exts = crate::preprocess::IMAGE_EXTENSIONS;
-    if let Some(p) = rfd::FileDialog::new()
-        .add_filter("Images", exts)
-        .pick_file()
-    {
-        shared.request(Request::OpenImage(ImageSource::Path(p)));
-    }
+    let dialog = || {
+        rfd::FileDialog::new()
+            .add_filter("Images", exts)
+            .pick_file()
+    };
+    // The prompt starts where the last image came from.
+    let start = shared
+        .settings
+        .last_image
+        .as_ref()
+        .and_then(|p| p.parent())
+        .map(|d| format!("{}/", d.display()))
+        .unwrap_or_default();
+    path_prompt::with_dialog(shared, path_prompt::Purpose::OpenImage, &start, dialog);
 }
 
 /// File > Open weights (and the sidebar's button).
 fn open_weights_dialog(shared: &mut Shared) {
     let exts = crate::model::checkpoint::WEIGHTS_EXTENSIONS;
-    if let Some(p) = rfd::FileDialog::new()
-        .add_filter("Checkpoints", exts)
-        .pick_file()
-    {
-        shared.request(Request::Load(ModelSpec::Weights(p)));
-    }
+    let dialog = || {
+        rfd::FileDialog::new()
+            .add_filter("Checkpoints", exts)
+            .pick_file()
+    };
+    let weights = format!("{}/", weights_dir().display());
+    path_prompt::with_dialog(shared, path_prompt::Purpose::OpenWeights, &weights, dialog);
 }
 
 fn save_dialog(name: &str, what: &str, ext: &str) -> Option<PathBuf> {
@@ -815,9 +881,8 @@ fn save_as(
 ) {
     match content {
         Ok(content) => {
-            if let Some(path) = save_dialog(name, what, ext) {
-                shared.request(Request::Save { path, content });
-            }
+            let dialog = || save_dialog(name, what, ext);
+            path_prompt::with_dialog(shared, path_prompt::Purpose::Save(content), name, dialog);
         }
         Err(e) => shared.report(Err(format!("Nothing to save: {e}"))),
     }

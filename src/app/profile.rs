@@ -152,6 +152,7 @@ fn charts(ui: &mut egui::Ui, shared: &Shared, all: &[ProfileRow], t: &Totals) {
                 .width(w)
                 .height(chart_h)
                 .allow_scroll(false)
+                .y_axis_formatter(|m, _| human(m.value.max(0.0)))
                 .show(ui, |p| p.bar_chart(BarChart::new("per layer", bars)));
         });
         ui.vertical(|ui| {

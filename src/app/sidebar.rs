@@ -10,12 +10,15 @@ use egui::{RichText, TextureOptions};
 pub struct Sidebar;
 
 impl Sidebar {
+    /// The model in brief, the image, the predictions; then the details and the choices.
     pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
         model_section(ui, shared);
         ui.separator();
         image_section(ui, shared);
         ui.separator();
         predictions(ui, shared);
+        ui.separator();
+        model_choices(ui, shared);
     }
 }
 
@@ -49,7 +52,25 @@ fn model_section(ui: &mut egui::Ui, shared: &mut Shared) {
             ui.label("No model loaded.");
         }
     }
+    if let Some(m) = &shared.model {
+        let card = m.card.clone();
+        let brief = format!(
+            "knows {} · {}",
+            card.domain
+                .as_deref()
+                .unwrap_or("what its checkpoint does not say"),
+            card.accuracy.as_deref().unwrap_or("accuracy not recorded")
+        );
+        ui.label(RichText::new(brief).small());
+        egui::CollapsingHeader::new("Model card")
+            .default_open(false)
+            .show(ui, |ui| model_card(ui, &card));
+    }
     device_and_dtype(ui, shared);
+}
+
+/// Where else a model can come from: `weights/`, a file, a named variant, the hub.
+fn model_choices(ui: &mut egui::Ui, shared: &mut Shared) {
     egui::CollapsingHeader::new("Checkpoints in weights/")
         .default_open(true)
         .show(ui, |ui| weights_list(ui, shared));
@@ -77,6 +98,36 @@ fn architecture_line(plan: &Plan) -> String {
             plan.depths()
         ),
     }
+}
+
+/// What the model knows, what it expects, how good it is and where it came from.
+fn model_card(ui: &mut egui::Ui, card: &crate::card::ModelCard) {
+    let line = |ui: &mut egui::Ui, k: &str, v: &str| {
+        ui.horizontal_wrapped(|ui| {
+            ui.label(RichText::new(k).small().strong());
+            ui.label(RichText::new(v).small());
+        });
+    };
+    if let Some(d) = &card.domain {
+        line(ui, "knows", d);
+    }
+    line(ui, "classes", &card.classes);
+    line(
+        ui,
+        "trained on",
+        card.dataset
+            .as_deref()
+            .unwrap_or("not recorded in the checkpoint"),
+    );
+    line(ui, "input", &card.input);
+    line(
+        ui,
+        "accuracy",
+        card.accuracy
+            .as_deref()
+            .unwrap_or("not recorded in the checkpoint"),
+    );
+    line(ui, "weights", &card.origin);
 }
 
 fn device_and_dtype(ui: &mut egui::Ui, shared: &mut Shared) {
@@ -198,22 +249,52 @@ fn variant_picker(ui: &mut egui::Ui, shared: &mut Shared) {
 fn image_section(ui: &mut egui::Ui, shared: &mut Shared) {
     ui.heading("Image");
     if let Some(run) = &shared.run {
-        let tex = shared
-            .textures
-            .get(ui.ctx(), "original", TextureOptions::LINEAR, || {
-                textures::rgba(&run.original)
+        let side = ((ui.available_width() - 12.0) / 2.0).min(110.0);
+        ui.horizontal_top(|ui| {
+            let tex = shared
+                .textures
+                .get(ui.ctx(), "original", TextureOptions::LINEAR, || {
+                    textures::rgba(&run.original)
+                });
+            let size = tex.size_vec2();
+            let scale = (side / size.x).min(side / size.y);
+            ui.vertical(|ui| {
+                ui.add(egui::Image::new((tex.id(), size * scale)));
+                ui.label(RichText::new(&run.name).small());
             });
-        let w = ui.available_width().min(280.0);
-        let size = tex.size_vec2();
-        let scale = (w / size.x).min(150.0 / size.y);
-        ui.add(egui::Image::new((tex.id(), size * scale)));
-        ui.label(RichText::new(&run.name).small());
+            // What the network actually sees, after resizing, cropping and (for a grey model)
+            // its grey world.
+            let input =
+                shared
+                    .textures
+                    .get(ui.ctx(), "input:nearest", TextureOptions::NEAREST, || {
+                        textures::rgb(&run.input)
+                    });
+            ui.vertical(|ui| {
+                ui.add(egui::Image::new((input.id(), egui::Vec2::splat(side))));
+                let (w, h) = (run.input.width(), run.input.height());
+                ui.label(RichText::new(format!("what the network sees ({w}×{h})")).small());
+            });
+        });
+        for n in &run.notices {
+            ui.colored_label(ui.visuals().warn_fg_color, n);
+        }
+    } else if let Some(name) = &shared.status.decoding {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label(format!("decoding {name}…"));
+        });
     } else {
         ui.label("Drop an image on the window, open one, or pick a sample.");
     }
     if ui.button("Open image…").clicked() {
         super::open_image_dialog(shared);
     }
+    samples(ui, shared);
+}
+
+/// The bundled sample images, one click each.
+fn samples(ui: &mut egui::Ui, shared: &mut Shared) {
     egui::CollapsingHeader::new("Samples")
         .default_open(true)
         .show(ui, |ui| {
@@ -234,36 +315,49 @@ fn image_section(ui: &mut egui::Ui, shared: &mut Shared) {
 fn predictions(ui: &mut egui::Ui, shared: &mut Shared) {
     ui.heading("Predictions");
     let Some(run) = &shared.run else {
-        ui.label("No image yet.");
+        ui.label(match &shared.status.decoding {
+            Some(name) => format!("decoding {name}…"),
+            None => "No image yet.".into(),
+        });
         return;
     };
     let mut clicked = None;
-    let bar_width = ui.available_width().min(280.0);
-    for p in &run.top {
+    ui.spacing_mut().item_spacing.y = 2.0;
+    // Padded to one width so the bars line up; each bar takes what the label leaves, so the
+    // row never asks the panel to grow (a fixed bar width fed back into a panel that fits its
+    // content widens the sidebar frame by frame).
+    let names: Vec<&str> = run
+        .top
+        .iter()
+        .map(|p| crate::labels::short(&p.label))
+        .collect();
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    for (p, name) in run.top.iter().zip(names) {
         let selected = shared.selection.class == Some(p.index);
-        let label = format!(
-            "{:5.1}%  {}",
-            p.prob * 100.0,
-            crate::labels::short(&p.label)
-        );
-        let r = ui
-            .selectable_label(selected, RichText::new(label).monospace())
-            .on_hover_text(format!(
-                "class {}: {}\nClick to show where the image supports this class.",
-                p.index, p.label
-            ));
-        if r.clicked() {
-            clicked = Some(p.index);
-        }
-        ui.add(
-            egui::ProgressBar::new(p.prob.clamp(0.0, 1.0))
-                .desired_width(bar_width)
-                .desired_height(6.0),
-        );
+        let label = format!("{:5.1}%  {name:<width$}", p.prob * 100.0);
+        let row = egui::vec2(ui.available_width(), ui.spacing().interact_size.y);
+        let rtl = egui::Layout::right_to_left(egui::Align::Center);
+        ui.allocate_ui_with_layout(row, rtl, |ui| {
+            let r = ui
+                .selectable_label(selected, RichText::new(label).monospace())
+                .on_hover_text(format!(
+                    "class {}: {}\nClick to show where the image supports this class.",
+                    p.index, p.label
+                ));
+            if r.clicked() {
+                clicked = Some(p.index);
+            }
+            let bar = egui::ProgressBar::new(p.prob.clamp(0.0, 1.0))
+                .desired_width(ui.available_width().max(20.0))
+                .desired_height(6.0);
+            ui.add(bar);
+        });
     }
     if let Some(c) = clicked {
         shared.selection.class = Some(c);
         shared.selection.channel = None;
-        shared.settings.tab = Tab::Features;
+        if !matches!(shared.settings.tab, Tab::Attribution) {
+            shared.settings.tab = Tab::Features;
+        }
     }
 }

@@ -15,6 +15,7 @@ use super::worker::ImageSource;
 /// The model as the panels see it.
 pub struct ModelView {
     pub spec: ModelSpec,
+    pub card: crate::card::ModelCard,
     pub plan: crate::model::Plan,
     pub num_params: usize,
     pub input_size: (usize, usize),
@@ -32,6 +33,10 @@ pub struct ModelView {
 /// One image through the model.
 pub struct RunView {
     pub name: String,
+    /// The file it came from (not for pasted or dropped pixels).
+    pub path: Option<std::path::PathBuf>,
+    /// Cautions: an image far from what the model was trained on.
+    pub notices: Vec<String>,
     /// The image as loaded (downscaled for display).
     pub original: RgbaImage,
     /// What the network saw: the resized, centre-cropped input.
@@ -82,6 +87,7 @@ pub struct ProfileView {
 pub fn model_view(engine: &Engine, spec: ModelSpec) -> anyhow::Result<ModelView> {
     Ok(ModelView {
         spec,
+        card: engine.card.clone(),
         plan: engine.plan.clone(),
         num_params: engine.num_params,
         input_size: engine.preprocess.input_size,
@@ -126,8 +132,14 @@ pub fn run_image(
             evidence.push((p.index, Arc::new(FeatureMap::from_nhwc(&m, 0)?)));
         }
     }
+    let path = match src {
+        ImageSource::Path(p) => Some(p.clone()),
+        _ => None,
+    };
     Ok(RunView {
         name: src.name(),
+        path,
+        notices: engine.card.notice_for(img).into_iter().collect(),
         original: thumbnail(img, 512),
         input: prepared.crop,
         top,

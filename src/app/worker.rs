@@ -335,7 +335,7 @@ impl WorkerState {
                 device,
                 dtype,
             } => self.load(spec, &device, &dtype),
-            Job::Classify(src) => self.classify(src).map(|r| vec![r]),
+            Job::Classify(src) => self.classify(src),
             Job::Profile { runs } => self.profile(runs, &mut progress).map(|r| vec![r]),
             Job::ScanWeights(dir) => Ok(vec![Reply::Weights(scan_weights(&dir))]),
             #[cfg(feature = "hub")]
@@ -388,12 +388,16 @@ impl WorkerState {
             .ok_or_else(|| anyhow::anyhow!("no model loaded"))
     }
 
-    fn classify(&mut self, src: ImageSource) -> anyhow::Result<Reply> {
-        let engine = self.engine()?;
+    /// Runs an image through the model; with no model yet, keeps it for the model to come.
+    fn classify(&mut self, src: ImageSource) -> anyhow::Result<Vec<Reply>> {
         let img = src.decode()?;
+        let Some(engine) = &self.engine else {
+            self.image = Some((src, img));
+            return Ok(vec![]);
+        };
         let view = run_image(engine, &src, &img)?;
         self.image = Some((src, img));
-        Ok(Reply::Ran(Box::new(view)))
+        Ok(vec![Reply::Ran(Box::new(view))])
     }
 
     /// The current image's network input.

@@ -1,5 +1,7 @@
 #![allow(dead_code)]
 pub mod det;
+#[cfg(feature = "gui")]
+pub mod gui;
 pub mod pth;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;

@@ -52,6 +52,7 @@ pub struct CheckpointInfo {
     pub preprocess: PreprocessConfig,
     pub labels: Vec<String>,
     pub label_source: LabelSource,
+    pub card: crate::card::ModelCard,
 }
 
 /// A loaded, checked checkpoint: tensors under timm's names and shapes, on the CPU.
@@ -125,6 +126,10 @@ fn read_table(path: &Path) -> Result<(CheckpointInfo, TensorFile, Vec<Canonical>
         .iter()
         .map(|c| c.shape.iter().product::<usize>())
         .sum();
+    let origin = format!("{} ({format})", file.display());
+    let json_value = json.as_ref().map(|(_, j)| j);
+    let card =
+        crate::card::ModelCard::from_config(json_value, &labels, label_source, &preprocess, origin);
     let info = CheckpointInfo {
         path: file,
         format,
@@ -133,6 +138,7 @@ fn read_table(path: &Path) -> Result<(CheckpointInfo, TensorFile, Vec<Canonical>
         preprocess,
         labels,
         label_source,
+        card,
     };
     Ok((info, table, canon))
 }
