@@ -27,9 +27,12 @@ fn main() {
 
 #[cfg(feature = "gui")]
 fn run_app(cli: Cli) -> anyhow::Result<()> {
-    if let Some(t) = cli.threads {
-        convnext_explorer::device::set_threads(t)?;
-    }
+    // Unless told otherwise, inference leaves the window a core of its own, so that a profile
+    // run does not starve the frames.
+    let threads = cli
+        .threads
+        .unwrap_or_else(convnext_explorer::app::default_worker_threads);
+    convnext_explorer::device::set_threads(threads)?;
     convnext_explorer::app::run(convnext_explorer::app::StartOptions {
         weights: cli.weights,
         device: cli.device,

@@ -309,3 +309,26 @@ fn a_profile_run_keeps_the_old_results_shows_progress_and_cancels() {
     assert_eq!(h.state().shared().profile.as_ref().unwrap().runs, 2);
     h.get_by_label_contains("cancelled");
 }
+
+#[test]
+fn long_layer_tables_lay_out_only_the_rows_in_view() {
+    let settings = Settings {
+        model: Some(ModelSpec::Variant {
+            name: "convnext_tiny".into(),
+            classes: 1000,
+            seed: 0,
+        }),
+        show_containers: true,
+        tab: Tab::Profile,
+        ..Default::default()
+    };
+    let mut h = harness(settings, StartOptions::default());
+    settle(&mut h);
+    let layers = h.state().shared().model.as_ref().unwrap().layers.len();
+    assert!(layers > 150, "{layers}");
+    let laid_out = h.query_all_by_label_contains("stages.").count();
+    assert!(
+        laid_out > 5 && laid_out < 80,
+        "{laid_out} of {layers} rows laid out"
+    );
+}
