@@ -2,6 +2,8 @@
 pub mod det;
 #[cfg(feature = "gui")]
 pub mod gui;
+#[cfg(feature = "hub")]
+pub mod hub_server;
 pub mod pth;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
