@@ -3,13 +3,16 @@
 //! line, the tests and the app all drive the same engine.
 pub mod attribution;
 pub mod card;
+pub mod collapse;
 pub mod colormap;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod evaluation;
 pub mod files;
 pub mod flops;
 pub mod folder;
+pub mod folder_run;
 pub mod grid;
 pub mod labels;
 pub mod model;
@@ -20,6 +23,7 @@ pub mod progress;
 pub mod stats;
 pub mod sync;
 pub mod text;
+pub mod top_images;
 pub mod trace;
 pub mod train;
 

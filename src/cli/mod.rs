@@ -3,12 +3,15 @@
 mod attribute;
 mod bench;
 mod classify;
+mod collapse;
 #[cfg(feature = "hub")]
 mod download;
 mod erf;
+mod eval;
 mod export;
 mod inspect;
 mod roadmap;
+mod top_images;
 mod train;
 
 use crate::device::{parse_device, parse_dtype, set_threads};
@@ -53,8 +56,9 @@ pub enum Command {
     /// Download a Hugging Face repo (timm or transformers ConvNeXt) into `weights/`.
     #[cfg(feature = "hub")]
     Download(download::DownloadArgs),
-    /// Top-1 accuracy on the Fashion-MNIST test set.
-    Eval(train::EvalArgs),
+    /// Accuracy, per-class precision/recall and confusion: on the Fashion-MNIST test set, or on
+    /// a folder labelled by its layout (`--images DIR`).
+    Eval(eval::EvalArgs),
     /// Time the forward pass.
     Bench(bench::BenchArgs),
     /// The paper's 16 steps from ResNet-50 to ConvNeXt-T: MACs, parameters (and times).
@@ -63,6 +67,10 @@ pub enum Command {
     Attribute(attribute::AttributeArgs),
     /// The effective receptive field of a layer, over a folder or a tensor.
     Erf(erf::ErfArgs),
+    /// Feature collapse (ConvNeXt V2) at every block's mlp.act and every stage output.
+    Collapse(collapse::CollapseArgs),
+    /// The images of a folder that excite one channel most, with the patches around the peaks.
+    TopImages(top_images::TopImagesArgs),
 }
 
 /// Which model: `--weights` (global) or a named variant with seeded random weights.
@@ -169,10 +177,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::train(a),
         #[cfg(feature = "hub")]
         Command::Download(a) => download::run(a),
-        Command::Eval(a) => train::eval(&ctx, a),
+        Command::Eval(a) => eval::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Roadmap(a) => roadmap::run(&ctx, a),
         Command::Attribute(a) => attribute::run(&ctx, a),
         Command::Erf(a) => erf::run(&ctx, a),
+        Command::Collapse(a) => collapse::run(&ctx, a),
+        Command::TopImages(a) => top_images::run(&ctx, a),
     }
 }

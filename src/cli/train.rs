@@ -1,8 +1,6 @@
-//! `train` and `eval`: the shipped Fashion-MNIST model, trained and measured.
-use super::Context;
+//! `train`: the shipped Fashion-MNIST model, trained.
 use crate::train::*;
 use anyhow::Result;
-use candle_core::DType;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -34,12 +32,6 @@ pub struct TrainArgs {
     /// Stop after N optimiser steps.
     #[arg(long)]
     steps: Option<usize>,
-}
-
-#[derive(Args, Debug)]
-pub struct EvalArgs {
-    #[command(flatten)]
-    data: DataArgs,
 }
 
 pub fn train(a: &TrainArgs) -> Result<()> {
@@ -120,21 +112,4 @@ impl TrainProgress {
             );
         }
     }
-}
-
-pub fn eval(ctx: &Context, a: &EvalArgs) -> Result<()> {
-    let engine = ctx.engine(None, DType::F32)?;
-    let mut test = fashion_mnist(&a.data.data, "t10k")?;
-    if let Some(l) = a.data.limit {
-        test.labels.truncate(l);
-    }
-    let xt = prepare_dataset(&test);
-    let acc = accuracy(&engine.model, &xt, &test.labels, 500)?;
-    println!(
-        "{}: top-1 {:.2}% on {} Fashion-MNIST test images",
-        engine.source,
-        100.0 * acc,
-        test.labels.len()
-    );
-    Ok(())
 }
