@@ -12,6 +12,9 @@ use std::time::Instant;
 
 const SIZES: [usize; 3] = [1000, 5000, 10_000];
 
+/// One run: images per second, and peak memory (MB) above the loaded model.
+type Measure = (f64, f64);
+
 fn rss_kb(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -56,9 +59,8 @@ fn child(dir: &Path, n: usize, full: bool) {
         limit: Some(n),
         batch: 32,
         top: full.then(|| {
-            let f: convnext_explorer::folder_run::LayerFilter = Box::new(|id| {
-                matches!(id, LayerId::Stem | LayerId::Stage(_) | LayerId::Block(..))
-            });
+            let f: convnext_explorer::folder_run::LayerFilter =
+                Box::new(|id| matches!(id, LayerId::Stem | LayerId::Stage(_) | LayerId::Block(..)));
             (9, f)
         }),
         collapse: full,
@@ -66,7 +68,11 @@ fn child(dir: &Path, n: usize, full: bool) {
     let t = Instant::now();
     let run = run_folder(&engine, dir, opts, &mut Silent).unwrap();
     let secs = t.elapsed().as_secs_f64();
-    println!("{} {secs} {} {model_kb}", run.eval.images.len(), rss_kb("VmHWM:"));
+    println!(
+        "{} {secs} {} {model_kb}",
+        run.eval.images.len(),
+        rss_kb("VmHWM:")
+    );
 }
 
 fn median_range(v: &mut [f64]) -> String {
@@ -88,8 +94,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     make_folder(dir.path(), *SIZES.iter().max().unwrap());
     let exe = std::env::current_exe().unwrap();
-    // (size, full) → [(images/s, peak MB above the loaded model)]
-    let mut results: Vec<((usize, bool), Vec<(f64, f64)>)> = Vec::new();
+    let mut results: Vec<((usize, bool), Vec<Measure>)> = Vec::new();
     for _ in 0..rounds {
         for full in [false, true] {
             for n in SIZES {
@@ -99,8 +104,16 @@ fn main() {
                     .output()
                     .unwrap();
                 let s = String::from_utf8_lossy(&out.stdout);
-                let v: Vec<f64> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-                assert_eq!(v.len(), 4, "child failed: {}", String::from_utf8_lossy(&out.stderr));
+                let v: Vec<f64> = s
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                assert_eq!(
+                    v.len(),
+                    4,
+                    "child failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 let entry = (v[0] / v[1], (v[2] - v[3]) / 1024.0);
                 match results.iter_mut().find(|r| r.0 == (n, full)) {
                     Some(r) => r.1.push(entry),
@@ -123,6 +136,10 @@ fn main() {
         } else {
             "predictions"
         };
-        println!("| {n} | {what} | {} | {} |", median_range(&mut speed), median_range(&mut mem));
+        println!(
+            "| {n} | {what} | {} | {} |",
+            median_range(&mut speed),
+            median_range(&mut mem)
+        );
     }
 }

@@ -408,6 +408,11 @@ fn large_view(shared: &mut Shared, ui: &mut egui::Ui) {
         cmap.name()
     ));
     heatmap::colour_bar(ui, cmap, w);
+    let shown = current_map(shared).map(|(layer, _)| layer);
+    if let (Some(layer), Some(channel)) = (shown, shared.selection.channel) {
+        ui.add_space(6.0);
+        super::folder::top_images_strip(ui, shared, layer, channel);
+    }
 }
 
 fn plots(shared: &mut Shared, ui: &mut egui::Ui, fm: &FeatureMap) {

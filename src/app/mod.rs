@@ -8,6 +8,8 @@ mod attribution;
 mod download;
 mod erf;
 mod features;
+mod folder;
+pub mod folder_jobs;
 mod heatmap;
 mod layer_scale;
 mod layer_table;
@@ -24,7 +26,7 @@ pub mod worker;
 use crate::colormap::Colormap;
 use crate::engine::{default_weights, project_dir, weights_dir, ModelSpec};
 use crate::grid::{Scale, SortBy};
-use crate::model::checkpoint::is_weights_file;
+use crate::model::checkpoint::{is_weights_dir, is_weights_file};
 use crate::preprocess::is_image_file;
 use crate::trace::LayerId;
 use serde::{Deserialize, Serialize};
@@ -47,13 +49,15 @@ pub enum Tab {
     Roadmap,
     Attribution,
     Erf,
+    Folder,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 7] = [
+    pub const ALL: [Tab; 8] = [
         Tab::Features,
         Tab::Attribution,
         Tab::Erf,
+        Tab::Folder,
         Tab::LayerScale,
         Tab::Profile,
         Tab::Architecture,
@@ -68,6 +72,7 @@ impl Tab {
             Tab::Roadmap => "Roadmap",
             Tab::Attribution => "Attribution",
             Tab::Erf => "Receptive field",
+            Tab::Folder => "Folder",
         }
     }
 }
@@ -94,6 +99,10 @@ pub struct Settings {
     pub sidebar_width: f32,
     /// The last image opened from a file, reopened at the next start.
     pub last_image: Option<PathBuf>,
+    /// Most images a folder run takes.
+    pub folder_limit: usize,
+    /// The last folder of images run.
+    pub last_folder: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -115,6 +124,8 @@ impl Default for Settings {
             show_containers: false,
             sidebar_width: 300.0,
             last_image: None,
+            folder_limit: 10_000,
+            last_folder: None,
         }
     }
 }
@@ -187,6 +198,17 @@ pub enum Request {
         limit: usize,
         random: bool,
     },
+    /// The model over a folder of images (at most the settings' limit).
+    RunFolder(PathBuf),
+    /// These images of the folder run, with their evidence maps.
+    FolderImages(Vec<usize>),
+    /// The patches of a channel's top images in the folder run.
+    TopPatches {
+        layer: LayerId,
+        channel: usize,
+    },
+    /// Another model's feature collapse over the folder run's images.
+    OtherCollapse(ModelSpec),
     CancelJob,
     RescanWeights,
     #[cfg(feature = "hub")]
@@ -216,6 +238,8 @@ pub struct Shared {
     pub erf: Option<ErfView>,
     /// The last stage's ERF of roadmap steps 6–10.
     pub roadmap_erf: Option<Vec<(String, crate::attribution::ErfSummary)>>,
+    /// The last folder run and what was asked of it since.
+    pub folder: folder::FolderResults,
     /// Counts the runs taken in, so panels can tell when their results are stale.
     pub run_serial: u64,
     pub status: Status,
@@ -254,6 +278,7 @@ struct Panels {
     roadmap: roadmap::RoadmapPanel,
     attribution: attribution::AttributionPanel,
     erf: erf::ErfPanel,
+    folder: folder::FolderPanel,
     #[cfg(feature = "hub")]
     download: download::DownloadWindow,
 }
@@ -288,6 +313,7 @@ impl ExplorerApp {
                 attribution: None,
                 erf: None,
                 roadmap_erf: None,
+                folder: Default::default(),
                 run_serial: 0,
                 status: Status::default(),
                 prompt: None,
@@ -317,9 +343,13 @@ impl ExplorerApp {
             .last_image
             .clone()
             .filter(|p| p.is_file());
-        if let Some(img) = start.image.or(last) {
-            app.shared
-                .request(Request::OpenImage(ImageSource::Path(img)));
+        match start.image.or(last) {
+            // A folder on the command line: weights if it holds a checkpoint, else images.
+            Some(p) if p.is_dir() => app.shared.request(Request::OpenPath(p)),
+            Some(img) => app
+                .shared
+                .request(Request::OpenImage(ImageSource::Path(img))),
+            None => {}
         }
         app.shared.request(Request::RescanWeights);
         app.handle_requests();
@@ -357,9 +387,19 @@ impl ExplorerApp {
                     self.shared.status.decoding = Some(src.name());
                     Some(Job::Classify(src))
                 }
-                Request::OpenPath(p) if is_weights_file(&p) || p.is_dir() => {
+                Request::OpenPath(p) if is_weights_file(&p) || is_weights_dir(&p) => {
                     Some(self.load_job(ModelSpec::Weights(p)))
                 }
+                // Any other folder is a folder of images.
+                Request::OpenPath(p) if p.is_dir() => Some(self.folder_job(p)),
+                Request::RunFolder(dir) => Some(self.folder_job(dir)),
+                Request::FolderImages(indices) => Some(Job::FolderImages(indices)),
+                Request::TopPatches { layer, channel } => Some(Job::TopPatches { layer, channel }),
+                Request::OtherCollapse(spec) => Some(Job::OtherCollapse {
+                    spec,
+                    device: self.shared.settings.device.clone(),
+                    dtype: self.shared.settings.dtype.clone(),
+                }),
                 Request::OpenPath(p) => {
                     let src = ImageSource::Path(p);
                     self.shared.status.decoding = Some(src.name());
@@ -419,6 +459,16 @@ impl ExplorerApp {
         self.shared.status.pending = self.worker.pending();
     }
 
+    fn folder_job(&mut self, dir: PathBuf) -> Job {
+        self.shared.settings.tab = Tab::Folder;
+        self.shared.folder = Default::default();
+        self.shared.folder.running = Some(dir.clone());
+        Job::Folder {
+            dir,
+            limit: Some(self.shared.settings.folder_limit),
+        }
+    }
+
     fn load_job(&mut self, spec: ModelSpec) -> Job {
         self.shared.status.loading = Some(spec.to_string());
         Job::Load {
@@ -457,6 +507,8 @@ impl ExplorerApp {
                 s.run = None;
                 s.attribution = None;
                 s.erf = None;
+                // A folder run belongs to the model that made it.
+                s.folder = Default::default();
                 s.textures.clear();
                 s.model = Some(*view);
                 self.panels.architecture.model_changed();
@@ -494,6 +546,21 @@ impl ExplorerApp {
                 s.textures.clear();
                 s.erf = Some(*e);
             }
+            Reply::Folder(v) => {
+                s.folder = folder::FolderResults {
+                    view: Some(*v),
+                    ..Default::default()
+                }
+            }
+            Reply::FolderImages(imgs) => {
+                s.textures.clear();
+                s.folder.images = imgs;
+            }
+            Reply::TopPatches(p) => {
+                s.textures.clear();
+                s.folder.patches = Some(*p);
+            }
+            Reply::OtherCollapse(name, curve) => s.folder.other = Some((name, curve)),
             Reply::RoadmapErf(e) => {
                 s.textures.clear();
                 s.roadmap_erf = Some(e);
@@ -539,6 +606,7 @@ impl ExplorerApp {
             JobKind::Roadmap => "The roadmap job failed",
             JobKind::Attribute => "Attribution failed",
             JobKind::Erf => "The receptive field failed",
+            JobKind::Folder => "The folder run failed",
         };
         if kind == JobKind::Classify {
             self.shared.status.decoding = None;
@@ -615,6 +683,7 @@ impl ExplorerApp {
                 Tab::Roadmap => panels.roadmap.ui(ui, shared),
                 Tab::Attribution => panels.attribution.ui(ui, shared),
                 Tab::Erf => panels.erf.ui(ui, shared),
+                Tab::Folder => panels.folder.ui(ui, shared),
             }
         });
         #[cfg(feature = "hub")]
@@ -650,6 +719,7 @@ fn kind_name(kind: JobKind) -> &'static str {
         JobKind::Roadmap => "The roadmap job",
         JobKind::Attribute => "Attribution",
         JobKind::Erf => "The receptive field",
+        JobKind::Folder => "Folder",
     }
 }
 
@@ -700,6 +770,10 @@ fn menu_bar(ui: &mut egui::Ui, shared: &mut Shared, panels: &mut Panels) {
         ui.menu_button("File", |ui| {
             if ui.button("Open image…").clicked() {
                 open_image_dialog(shared);
+                ui.close();
+            }
+            if ui.button("Open folder of images…").clicked() {
+                open_folder_dialog(shared);
                 ui.close();
             }
             if ui.button("Open weights…").clicked() {
@@ -850,6 +924,12 @@ fn open_image_dialog(shared: &mut Shared) {
         .map(|d| format!("{}/", d.display()))
         .unwrap_or_default();
     path_prompt::with_dialog(shared, path_prompt::Purpose::OpenImage, &start, dialog);
+}
+
+/// File > Open folder (and the Folder tab's button).
+fn open_folder_dialog(shared: &mut Shared) {
+    let dialog = || rfd::FileDialog::new().pick_folder();
+    path_prompt::with_dialog(shared, path_prompt::Purpose::OpenFolder, "", dialog);
 }
 
 /// File > Open weights (and the sidebar's button).

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub enum Purpose {
     OpenImage,
     OpenWeights,
+    OpenFolder,
     Save(SaveContent),
     Screenshot,
 }
@@ -18,7 +19,7 @@ pub enum Purpose {
 impl Purpose {
     fn verb(&self) -> &'static str {
         match self {
-            Purpose::OpenImage | Purpose::OpenWeights => "Open",
+            Purpose::OpenImage | Purpose::OpenWeights | Purpose::OpenFolder => "Open",
             Purpose::Save(_) | Purpose::Screenshot => "Save",
         }
     }
@@ -27,6 +28,7 @@ impl Purpose {
         match self {
             Purpose::OpenImage => "an image",
             Purpose::OpenWeights => "weights (a file or a folder)",
+            Purpose::OpenFolder => "a folder of images",
             Purpose::Save(_) => "the file",
             Purpose::Screenshot => "the screenshot",
         }
@@ -101,6 +103,7 @@ fn act(shared: &mut Shared, purpose: Purpose, path: PathBuf) {
     let r = match purpose {
         Purpose::OpenImage => Request::OpenImage(ImageSource::Path(path)),
         Purpose::OpenWeights => Request::Load(ModelSpec::Weights(path)),
+        Purpose::OpenFolder => Request::RunFolder(path),
         Purpose::Save(content) => Request::Save { path, content },
         Purpose::Screenshot => Request::Screenshot(path),
     };

@@ -2,6 +2,7 @@
 //! downloads, file saves), the worker owns the engine and sends back plain data for the panels
 //! to draw, with progress for long jobs and a cancel flag they check. The UI thread never waits
 //! on it.
+use super::folder_jobs::{FolderImage, FolderView, TopPatches};
 use super::views::{
     model_view, run_image, AttributionView, ErfView, ModelView, ProfileView, RunView,
 };
@@ -98,6 +99,24 @@ pub enum Job {
     },
     /// The last stage's ERF of roadmap steps 6–10 (kernel 3 to 11), random weights, 224×224.
     RoadmapErf,
+    /// The model over a folder of images.
+    Folder {
+        dir: PathBuf,
+        limit: Option<usize>,
+    },
+    /// These images of the last folder run, with their evidence maps.
+    FolderImages(Vec<usize>),
+    /// The patches of a channel's top images in the last folder run.
+    TopPatches {
+        layer: LayerId,
+        channel: usize,
+    },
+    /// Another model's feature collapse over the last folder run's images.
+    OtherCollapse {
+        spec: ModelSpec,
+        device: String,
+        dtype: String,
+    },
 }
 
 impl Job {
@@ -113,6 +132,10 @@ impl Job {
             Job::TimeRoadmap { .. } | Job::RoadmapErf => JobKind::Roadmap,
             Job::Attribute { .. } => JobKind::Attribute,
             Job::Erf { .. } => JobKind::Erf,
+            Job::Folder { .. }
+            | Job::FolderImages(_)
+            | Job::TopPatches { .. }
+            | Job::OtherCollapse { .. } => JobKind::Folder,
         }
     }
 }
@@ -128,6 +151,7 @@ pub enum JobKind {
     Roadmap,
     Attribute,
     Erf,
+    Folder,
 }
 
 /// A checkpoint found in `weights/`, with what the loader made of it.
@@ -150,6 +174,11 @@ pub enum Reply {
     Erf(Box<ErfView>),
     /// `(step name, ERF)` for roadmap steps 6–10.
     RoadmapErf(Vec<(String, crate::attribution::ErfSummary)>),
+    Folder(Box<FolderView>),
+    FolderImages(Vec<FolderImage>),
+    TopPatches(Box<TopPatches>),
+    /// `(model, curve)`: another model's collapse over the same folder.
+    OtherCollapse(String, Vec<crate::collapse::LayerCollapse>),
     /// How far the running job is.
     Progress {
         kind: JobKind,
@@ -323,6 +352,9 @@ struct WorkerState {
     engine: Option<Engine>,
     /// The last image, for re-runs (a new model) and profiling.
     image: Option<(ImageSource, DynamicImage)>,
+    /// The last folder run of this model, and its image limit.
+    folder: Option<crate::folder_run::FolderRun>,
+    folder_limit: Option<usize>,
 }
 
 impl WorkerState {
@@ -353,6 +385,14 @@ impl WorkerState {
                 random,
             } => self.erf(folder, limit, random, &mut progress),
             Job::RoadmapErf => self.roadmap_erf(&mut progress),
+            Job::Folder { dir, limit } => self.folder(dir, limit, &mut progress),
+            Job::FolderImages(indices) => self.folder_images(&indices),
+            Job::TopPatches { layer, channel } => self.top_patches(layer, channel),
+            Job::OtherCollapse {
+                spec,
+                device,
+                dtype,
+            } => self.other_collapse(spec, &device, &dtype, &mut progress),
         };
         result.unwrap_or_else(|e| match e.downcast_ref::<crate::Error>() {
             Some(crate::Error::Cancelled(_)) => vec![Reply::Cancelled(kind)],
@@ -367,7 +407,8 @@ impl WorkerState {
     fn load(&mut self, spec: ModelSpec, device: &str, dtype: &str) -> anyhow::Result<Vec<Reply>> {
         let engine = Engine::build(&spec, &parse_device(device)?, parse_dtype(dtype)?)?;
         let view = model_view(&engine, spec)?;
-        // Only a model that loaded replaces the one in use.
+        // Only a model that loaded replaces the one in use; a folder run was another model's.
+        self.folder = None;
         let engine = self.engine.insert(engine);
         let mut replies = vec![Reply::Loaded(Box::new(view))];
         if let Some((src, img)) = &self.image {
@@ -380,6 +421,53 @@ impl WorkerState {
             });
         }
         Ok(replies)
+    }
+
+    fn folder(
+        &mut self,
+        dir: PathBuf,
+        limit: Option<usize>,
+        progress: &mut dyn Progress,
+    ) -> anyhow::Result<Vec<Reply>> {
+        let engine = self
+            .engine
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no model loaded"))?;
+        let model = engine.source.to_string();
+        self.folder = None;
+        let view =
+            super::folder_jobs::folder(engine, model, dir, limit, &mut self.folder, progress)?;
+        self.folder_limit = limit;
+        Ok(vec![Reply::Folder(Box::new(view))])
+    }
+
+    fn kept_folder(&self) -> anyhow::Result<&crate::folder_run::FolderRun> {
+        self.folder
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("run a folder first"))
+    }
+
+    fn folder_images(&self, indices: &[usize]) -> anyhow::Result<Vec<Reply>> {
+        let imgs = super::folder_jobs::images(self.engine()?, self.kept_folder()?, indices)?;
+        Ok(vec![Reply::FolderImages(imgs)])
+    }
+
+    fn top_patches(&self, layer: LayerId, channel: usize) -> anyhow::Result<Vec<Reply>> {
+        let p = super::folder_jobs::patches(self.engine()?, self.kept_folder()?, layer, channel)?;
+        Ok(vec![Reply::TopPatches(Box::new(p))])
+    }
+
+    fn other_collapse(
+        &self,
+        spec: ModelSpec,
+        device: &str,
+        dtype: &str,
+        progress: &mut dyn Progress,
+    ) -> anyhow::Result<Vec<Reply>> {
+        let root = self.kept_folder()?.root.clone();
+        let other = Engine::build(&spec, &parse_device(device)?, parse_dtype(dtype)?)?;
+        let curve = super::folder_jobs::other_collapse(&other, &root, self.folder_limit, progress)?;
+        Ok(vec![Reply::OtherCollapse(spec.label(), curve)])
     }
 
     fn engine(&self) -> anyhow::Result<&Engine> {

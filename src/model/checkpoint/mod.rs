@@ -397,6 +397,17 @@ pub fn is_weights_file(p: &Path) -> bool {
         .is_some_and(|e| WEIGHTS_EXTENSIONS.contains(&e))
 }
 
+/// A folder that holds a checkpoint (a `config.json` or a weights file at its top), as a
+/// downloaded repo does; any other folder is taken for a folder of images.
+pub fn is_weights_dir(p: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return false;
+    };
+    rd.filter_map(|e| e.ok())
+        .take(10_000)
+        .any(|e| e.file_name() == "config.json" || is_weights_file(&e.path()))
+}
+
 fn check_strict(
     file: &Path,
     format: Format,

@@ -1,0 +1,581 @@
+//! The Folder tab: a folder of images through the model: accuracy, the confusion matrix (a cell
+//! opens its images, each with its top-5 and evidence map), per-class precision and recall, the
+//! most confident mistakes, feature collapse along the depth (two models on one plot), and the
+//! top images of a channel (shown in the Feature maps tab).
+use super::folder_jobs::{FolderImage, FolderView, TopPatches, PAGE};
+use super::textures;
+use super::worker::{ImageSource, JobKind};
+use super::{Request, Shared, Tab};
+use crate::collapse::LayerCollapse;
+use crate::colormap::Colormap;
+use crate::engine::ModelSpec;
+use crate::trace::LayerId;
+use egui::{Color32, Rect, RichText, Sense, TextureOptions, Vec2};
+use std::path::PathBuf;
+
+/// What the worker has sent about the folder.
+#[derive(Default)]
+pub struct FolderResults {
+    /// The folder being run, until its results come.
+    pub running: Option<PathBuf>,
+    pub view: Option<FolderView>,
+    /// The images of the selected cell (a page of them).
+    pub images: Vec<FolderImage>,
+    pub patches: Option<TopPatches>,
+    /// Another model's collapse over the same images.
+    pub other: Option<(String, Vec<LayerCollapse>)>,
+}
+
+/// Which images the list on the right shows.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Listing {
+    /// Labelled `truth`, predicted `predicted`.
+    Cell(usize, usize),
+    /// Predicted as a class (any label, or none).
+    Predicted(usize),
+    Mistakes,
+}
+
+#[derive(Default)]
+pub struct FolderPanel {
+    path: String,
+    listing: Option<Listing>,
+    page: usize,
+    /// What the shown images were asked for, so each is asked once.
+    asked: Option<(Listing, usize)>,
+    other: usize,
+    /// The folder the path field was last filled from.
+    shown: Option<PathBuf>,
+}
+
+impl FolderPanel {
+    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+        self.controls(ui, shared);
+        ui.separator();
+        let Some(view) = &shared.folder.view else {
+            ui.label(match &shared.folder.running {
+                Some(p) => format!("Running {}…", p.display()),
+                None => "Drop a folder of images on the window, or open one above. Class sub-folders (ImageFolder) or <label>_<n> file names give labels; otherwise you get predictions.".into(),
+            });
+            return;
+        };
+        summary(ui, view);
+        ui.columns(2, |cols| {
+            egui::ScrollArea::vertical()
+                .id_salt("folder left")
+                .show(&mut cols[0], |ui| self.left(ui, shared));
+            self.right(&mut cols[1], shared);
+        });
+    }
+
+    fn controls(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+        ui.horizontal_wrapped(|ui| {
+            if ui.button("Open folder…").clicked() {
+                super::open_folder_dialog(shared);
+            }
+            // The folder on show (dropped, opened or typed) fills the field.
+            let on_show = shared.folder.running.as_ref();
+            let on_show = on_show.or(shared.folder.view.as_ref().map(|v| &v.root));
+            if let Some(p) = on_show.or(shared.settings.last_folder.as_ref()) {
+                if self.path.is_empty() || Some(p) != self.shown.as_ref() {
+                    self.path = p.display().to_string();
+                    self.shown = Some(p.clone());
+                }
+            }
+            ui.add(
+                egui::TextEdit::singleline(&mut self.path)
+                    .hint_text("folder of images")
+                    .desired_width(280.0),
+            );
+            ui.add(
+                egui::DragValue::new(&mut shared.settings.folder_limit)
+                    .range(1..=1_000_000)
+                    .prefix("at most ")
+                    .suffix(" images"),
+            );
+            let busy = shared.busy();
+            let ok = !self.path.trim().is_empty() && shared.model.is_some();
+            if ui
+                .add_enabled(ok && !busy, egui::Button::new("Run"))
+                .clicked()
+            {
+                let dir = PathBuf::from(self.path.trim());
+                shared.settings.last_folder = Some(dir.clone());
+                shared.request(Request::RunFolder(dir));
+                self.listing = None;
+                self.asked = None;
+            }
+            progress(ui, shared);
+        });
+    }
+
+    fn left(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+        let Some(view) = &shared.folder.view else {
+            return;
+        };
+        let mut pick;
+        if view.scores.is_some() {
+            pick = confusion(ui, &mut shared.textures, view, self.listing);
+            if ui
+                .selectable_label(
+                    self.listing == Some(Listing::Mistakes),
+                    "Most confident mistakes",
+                )
+                .clicked()
+            {
+                pick = Some(Listing::Mistakes);
+            }
+            per_class(ui, view);
+        } else {
+            pick = predicted_counts(ui, view, self.listing);
+        }
+        ui.separator();
+        let other = self.collapse_controls(ui, shared);
+        if let Some(spec) = other {
+            shared.request(Request::OtherCollapse(spec));
+        }
+        if let Some(v) = &shared.folder.view {
+            collapse_plot(ui, v, shared.folder.other.as_ref());
+        }
+        if let Some(l) = pick {
+            self.listing = Some(l);
+            self.page = 0;
+        }
+    }
+
+    /// Picks another model (a checkpoint in `weights/` or a named variant) to compare with.
+    fn collapse_controls(&mut self, ui: &mut egui::Ui, shared: &Shared) -> Option<ModelSpec> {
+        let mut choices: Vec<ModelSpec> = shared
+            .weights
+            .iter()
+            .flatten()
+            .filter(|e| e.summary.is_ok())
+            .map(|e| ModelSpec::Weights(e.path.clone()))
+            .collect();
+        for v in [
+            "convnext_atto",
+            "convnextv2_atto",
+            "convnext_tiny",
+            "convnextv2_tiny",
+        ] {
+            choices.push(ModelSpec::Variant {
+                name: v.into(),
+                classes: 1000,
+                seed: 0,
+            });
+        }
+        self.other = self.other.min(choices.len().saturating_sub(1));
+        let mut go = None;
+        ui.horizontal(|ui| {
+            ui.label("Feature collapse; compare with");
+            egui::ComboBox::from_id_salt("other model")
+                .selected_text(
+                    choices
+                        .get(self.other)
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                )
+                .show_ui(ui, |ui| {
+                    for (i, c) in choices.iter().enumerate() {
+                        ui.selectable_value(&mut self.other, i, c.to_string());
+                    }
+                });
+            if ui
+                .add_enabled(!shared.busy(), egui::Button::new("Add to plot"))
+                .clicked()
+            {
+                go = choices.get(self.other).cloned();
+            }
+        });
+        go
+    }
+
+    fn right(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+        let Some(view) = &shared.folder.view else {
+            return;
+        };
+        let Some(listing) = self.listing else {
+            ui.label("Click a cell of the confusion matrix (or a class, or the mistakes) to see its images here, each with its top-5 and its evidence map.");
+            return;
+        };
+        let indices = match listing {
+            Listing::Cell(t, p) => view.eval.cell(t, p),
+            Listing::Mistakes => view.eval.mistakes(),
+            Listing::Predicted(c) => predicted(view, c),
+        };
+        let pages = indices.len().div_ceil(PAGE).max(1);
+        self.page = self.page.min(pages - 1);
+        ui.horizontal(|ui| {
+            ui.strong(listing_title(view, listing, indices.len()));
+            if ui.small_button("<").clicked() && self.page > 0 {
+                self.page -= 1;
+            }
+            ui.label(format!("page {}/{pages}", self.page + 1));
+            if ui.small_button(">").clicked() && self.page + 1 < pages {
+                self.page += 1;
+            }
+        });
+        if indices.is_empty() {
+            ui.label("No images.");
+            return;
+        }
+        let page: Vec<usize> = indices
+            .iter()
+            .skip(self.page * PAGE)
+            .take(PAGE)
+            .cloned()
+            .collect();
+        if self.asked != Some((listing, self.page)) && !page.is_empty() {
+            self.asked = Some((listing, self.page));
+            shared.folder.images.clear();
+            shared.request(Request::FolderImages(page.clone()));
+        }
+        image_list(ui, shared);
+    }
+}
+
+fn progress(ui: &mut egui::Ui, shared: &mut Shared) {
+    let job = shared
+        .status
+        .job
+        .clone()
+        .filter(|j| j.kind == JobKind::Folder);
+    if let Some(j) = job {
+        ui.spinner();
+        ui.label(format!("{}/{} {}", j.done, j.total, j.what));
+        if ui.button("Cancel").clicked() {
+            shared.request(Request::CancelJob);
+        }
+    }
+}
+
+fn summary(ui: &mut egui::Ui, view: &FolderView) {
+    let mut line = format!(
+        "{} images in {} · {} · {}",
+        view.eval.images.len(),
+        view.root.display(),
+        view.model,
+        view.labels_note
+    );
+    if let Some(s) = &view.scores {
+        line += &format!(
+            " · top-1 {:.2}% · top-5 {:.2}% over {} labelled",
+            100.0 * s.top1,
+            100.0 * s.top5,
+            s.labelled
+        );
+    }
+    ui.label(RichText::new(line).strong());
+    if !view.skipped.is_empty() {
+        egui::CollapsingHeader::new(format!("{} files skipped", view.skipped.len()))
+            .id_salt("skipped")
+            .show(ui, |ui| {
+                for (p, e) in view.skipped.iter().take(200) {
+                    ui.label(RichText::new(format!("{}: {e}", p.display())).small());
+                }
+            });
+    }
+}
+
+/// The matrix as an image, rows normalised (true class → predicted); the cell clicked.
+fn confusion(
+    ui: &mut egui::Ui,
+    tex: &mut textures::Textures,
+    view: &FolderView,
+    listing: Option<Listing>,
+) -> Option<Listing> {
+    let m = view.scores.as_ref()?.confusion.as_ref()?;
+    let k = m.len();
+    ui.label(
+        RichText::new("Confusion (rows: true class, columns: predicted; colour: share of the row)")
+            .small(),
+    );
+    let texture = tex.get(ui.ctx(), "confusion", TextureOptions::NEAREST, || {
+        textures::rgba(&matrix_image(m))
+    });
+    let side = ui.available_width().min(360.0);
+    let names = k <= 20;
+    let label_w = if names { 90.0 } else { 0.0 };
+    let (outer, resp) = ui.allocate_exact_size(Vec2::new(side + label_w, side), Sense::click());
+    let rect = Rect::from_min_size(outer.min + Vec2::new(label_w, 0.0), Vec2::splat(side));
+    let uv = Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
+    ui.painter().image(texture.id(), rect, uv, Color32::WHITE);
+    let cell = side / k as f32;
+    let painter = ui.painter();
+    for (t, row) in m.iter().enumerate() {
+        if names {
+            let y = rect.top() + (t as f32 + 0.5) * cell;
+            painter.text(
+                egui::pos2(outer.left(), y),
+                egui::Align2::LEFT_CENTER,
+                crate::labels::short(&view.labels[t]),
+                egui::FontId::proportional(10.0),
+                ui.visuals().text_color(),
+            );
+        }
+        if k <= 12 {
+            for (p, &n) in row.iter().enumerate() {
+                let c = rect.min + Vec2::new((p as f32 + 0.5) * cell, (t as f32 + 0.5) * cell);
+                // Dark digits on the bright cells, light on the dark ones.
+                let share = n as f32 / row.iter().sum::<u32>().max(1) as f32;
+                let ink = if share > 0.5 {
+                    Color32::BLACK
+                } else {
+                    Color32::WHITE
+                };
+                let font = egui::FontId::monospace(10.0);
+                painter.text(c, egui::Align2::CENTER_CENTER, n.to_string(), font, ink);
+            }
+        }
+    }
+    if let Some(Listing::Cell(t, p)) = listing {
+        let r = Rect::from_min_size(
+            rect.min + Vec2::new(p as f32 * cell, t as f32 * cell),
+            Vec2::splat(cell),
+        );
+        painter.rect_stroke(
+            r,
+            0.0,
+            egui::Stroke::new(2.0, Color32::from_rgb(255, 80, 0)),
+            egui::StrokeKind::Outside,
+        );
+    }
+    let at = |pos: egui::Pos2| -> Option<(usize, usize)> {
+        let q = (pos - rect.min) / cell;
+        (rect.contains(pos)).then(|| ((q.y as usize).min(k - 1), (q.x as usize).min(k - 1)))
+    };
+    if let Some((t, p)) = resp.hover_pos().and_then(at) {
+        resp.clone().on_hover_text_at_pointer(format!(
+            "{} predicted as {}: {} images",
+            view.labels[t], view.labels[p], m[t][p]
+        ));
+    }
+    let clicked = resp
+        .clicked()
+        .then(|| resp.interact_pointer_pos())
+        .flatten();
+    clicked.and_then(at).map(|(t, p)| Listing::Cell(t, p))
+}
+
+/// One pixel per cell, each row scaled to its own total.
+fn matrix_image(m: &[Vec<u32>]) -> image::RgbaImage {
+    let k = m.len() as u32;
+    image::RgbaImage::from_fn(k, k, |x, y| {
+        let row = &m[y as usize];
+        let total = row.iter().sum::<u32>().max(1) as f32;
+        let [r, g, b] = Colormap::Magma.rgb(row[x as usize] as f32 / total);
+        image::Rgba([r, g, b, 255])
+    })
+}
+
+fn per_class(ui: &mut egui::Ui, view: &FolderView) {
+    let Some(s) = &view.scores else { return };
+    let pct = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.1}%", 100.0 * v));
+    egui::CollapsingHeader::new("Per class: images, precision, recall")
+        .default_open(s.per_class.len() <= 20)
+        .show(ui, |ui| {
+            egui::ScrollArea::vertical().max_height(220.0).show_rows(
+                ui,
+                16.0,
+                s.per_class.len(),
+                |ui, range| {
+                    for c in &s.per_class[range] {
+                        ui.label(
+                            RichText::new(format!(
+                                "{:<18} {:>6} {:>8} {:>8}",
+                                crate::labels::short(&c.label),
+                                c.support,
+                                pct(c.precision),
+                                pct(c.recall)
+                            ))
+                            .monospace()
+                            .small(),
+                        );
+                    }
+                },
+            );
+        });
+}
+
+/// Without labels: how many images each class got; a click lists them.
+fn predicted_counts(
+    ui: &mut egui::Ui,
+    view: &FolderView,
+    listing: Option<Listing>,
+) -> Option<Listing> {
+    let mut counts = vec![0usize; view.labels.len()];
+    for r in &view.eval.images {
+        if let Some(c) = counts.get_mut(r.predicted()) {
+            *c += 1;
+        }
+    }
+    let mut order: Vec<usize> = (0..counts.len()).filter(|&c| counts[c] > 0).collect();
+    order.sort_by(|&a, &b| counts[b].cmp(&counts[a]));
+    ui.label("Predicted classes (no labels in this folder):");
+    let mut pick = None;
+    for c in order.into_iter().take(30) {
+        let text = format!(
+            "{:>5}  {}",
+            counts[c],
+            crate::labels::short(&view.labels[c])
+        );
+        if ui
+            .selectable_label(
+                listing == Some(Listing::Predicted(c)),
+                RichText::new(text).monospace(),
+            )
+            .clicked()
+        {
+            pick = Some(Listing::Predicted(c));
+        }
+    }
+    pick
+}
+
+fn predicted(view: &FolderView, c: usize) -> Vec<usize> {
+    (0..view.eval.images.len())
+        .filter(|&i| view.eval.images[i].predicted() == c)
+        .collect()
+}
+
+fn listing_title(view: &FolderView, l: Listing, n: usize) -> String {
+    let name = |c: usize| crate::labels::short(&view.labels[c]).to_string();
+    match l {
+        Listing::Cell(t, p) if t == p => format!("{} correctly called {}", n, name(t)),
+        Listing::Cell(t, p) => format!("{n} {} called {}", name(t), name(p)),
+        Listing::Predicted(c) => format!("{n} called {}", name(c)),
+        Listing::Mistakes => format!("{n} mistakes, most confident first"),
+    }
+}
+
+/// The page of images: what the network saw, the evidence for its top class, the top-5.
+fn image_list(ui: &mut egui::Ui, shared: &mut Shared) {
+    if shared.folder.images.is_empty() {
+        ui.spinner();
+        return;
+    }
+    let mut open = None;
+    egui::ScrollArea::vertical()
+        .id_salt("folder images")
+        .show(ui, |ui| {
+            for img in &shared.folder.images {
+                ui.horizontal(|ui| {
+                    let ctx = ui.ctx().clone();
+                    let key = |k: &str| format!("folder:{k}:{}", img.index);
+                    let opts = TextureOptions::LINEAR;
+                    let input = shared
+                        .textures
+                        .get(&ctx, &key("in"), opts, || textures::rgb(&img.input));
+                    ui.add(egui::Image::new((input.id(), Vec2::splat(72.0))));
+                    let ev = shared
+                        .textures
+                        .get(&ctx, &key("ev"), opts, || textures::rgba(&img.evidence));
+                    ui.add(egui::Image::new((ev.id(), Vec2::splat(72.0))))
+                        .on_hover_text("evidence for the top class (red for, blue against)");
+                    ui.vertical(|ui| {
+                        for (label, p) in &img.top5 {
+                            ui.label(
+                                RichText::new(format!(
+                                    "{:5.1}%  {}",
+                                    100.0 * p,
+                                    crate::labels::short(label)
+                                ))
+                                .small()
+                                .monospace(),
+                            );
+                        }
+                        if ui
+                            .small_button("open")
+                            .on_hover_text("Open in the Feature maps tab")
+                            .clicked()
+                        {
+                            open = shared
+                                .folder
+                                .view
+                                .as_ref()
+                                .map(|v| v.eval.images[img.index].path.clone());
+                        }
+                    });
+                });
+            }
+        });
+    if let Some(p) = open {
+        shared.request(Request::OpenImage(ImageSource::Path(p)));
+        shared.settings.tab = Tab::Features;
+    }
+}
+
+/// Distance against normalised depth, for this model and the one compared with.
+fn collapse_plot(
+    ui: &mut egui::Ui,
+    view: &FolderView,
+    other: Option<&(String, Vec<LayerCollapse>)>,
+) {
+    use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
+    let curve = |c: &[LayerCollapse]| -> Vec<[f64; 2]> {
+        c.iter().map(|l| [l.depth, l.distance]).collect()
+    };
+    Plot::new("collapse")
+        .height(ui.available_height().clamp(160.0, 260.0))
+        .x_axis_label("normalised depth")
+        .y_axis_label("feature cosine distance")
+        .legend(Legend::default())
+        .show(ui, |plot| {
+            plot.line(Line::new(
+                view.model.clone(),
+                PlotPoints::from(curve(&view.collapse)),
+            ));
+            plot.points(
+                Points::new(view.model.clone(), PlotPoints::from(curve(&view.collapse)))
+                    .radius(2.5),
+            );
+            if let Some((name, c)) = other {
+                plot.line(Line::new(name.clone(), PlotPoints::from(curve(c))));
+                plot.points(Points::new(name.clone(), PlotPoints::from(curve(c))).radius(2.5));
+            }
+        });
+}
+
+/// In the Feature maps tab: the folder's top images for the channel shown large.
+pub fn top_images_strip(ui: &mut egui::Ui, shared: &mut Shared, layer: LayerId, channel: usize) {
+    let Some(view) = &shared.folder.view else {
+        return;
+    };
+    if !view.top_layers.contains(&layer) {
+        return;
+    }
+    let have = shared
+        .folder
+        .patches
+        .as_ref()
+        .is_some_and(|p| p.layer == layer && p.channel == channel);
+    ui.label(
+        RichText::new(format!(
+            "Top images of channel {channel} in {}",
+            crate::text::file_label(&view.root)
+        ))
+        .strong(),
+    );
+    if !have {
+        if !shared.busy() {
+            shared.request(Request::TopPatches { layer, channel });
+        }
+        ui.spinner();
+        return;
+    }
+    let Some(p) = &shared.folder.patches else {
+        return;
+    };
+    ui.horizontal_wrapped(|ui| {
+        for (i, (patch, score, path)) in p.patches.iter().enumerate() {
+            let t = shared.textures.get(
+                ui.ctx(),
+                &format!("patch:{i}"),
+                TextureOptions::NEAREST,
+                || textures::rgb(patch),
+            );
+            ui.add(egui::Image::new((t.id(), Vec2::splat(48.0))))
+                .on_hover_text(format!("{}\nmax {score:.3}", path.display()));
+        }
+    });
+}
