@@ -125,6 +125,7 @@ impl FolderPanel {
             {
                 pick = Some(Listing::Mistakes);
             }
+            pick = top_confusions(ui, view, self.listing).or(pick);
             per_class(ui, view);
         } else {
             pick = predicted_counts(ui, view, self.listing);
@@ -355,6 +356,38 @@ fn confusion(
         .then(|| resp.interact_pointer_pos())
         .flatten();
     clicked.and_then(at).map(|(t, p)| Listing::Cell(t, p))
+}
+
+/// The largest off-diagonal cells, one click each.
+fn top_confusions(
+    ui: &mut egui::Ui,
+    view: &FolderView,
+    listing: Option<Listing>,
+) -> Option<Listing> {
+    let m = view.scores.as_ref()?.confusion.as_ref()?;
+    let mut cells: Vec<(u32, usize, usize)> = m
+        .iter()
+        .enumerate()
+        .flat_map(|(t, row)| row.iter().enumerate().map(move |(p, &n)| (n, t, p)))
+        .filter(|&(n, t, p)| t != p && n > 0)
+        .collect();
+    cells.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut pick = None;
+    ui.horizontal_wrapped(|ui| {
+        ui.label(RichText::new("Largest confusions:").small());
+        let name = |c: usize| crate::labels::short(&view.labels[c]).to_string();
+        for (n, t, p) in cells.into_iter().take(6) {
+            let text = format!("{} as {} ({n})", name(t), name(p));
+            let on = listing == Some(Listing::Cell(t, p));
+            if ui
+                .selectable_label(on, RichText::new(text).small())
+                .clicked()
+            {
+                pick = Some(Listing::Cell(t, p));
+            }
+        }
+    });
+    pick
 }
 
 /// One pixel per cell, each row scaled to its own total.

@@ -1,0 +1,193 @@
+//! The Folder tab, driven through egui_kittest: a dropped folder runs, scores and opens its
+//! confusions; the mistakes open in the Feature maps tab; a channel shows its top images; a
+//! second model joins the collapse plot; a folder without labels gives predictions.
+#![cfg(feature = "gui")]
+use convnext_explorer::app::{Request, Tab};
+use convnext_explorer::trace::LayerId;
+use egui_kittest::kittest::Queryable;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+mod common;
+use common::gui::*;
+
+/// The first `n` committed Fashion-MNIST test images as `DIR/<class>/<i>.png`.
+fn fashion_folder(dir: &Path, n: usize) {
+    use convnext_explorer::train::fashion_mnist;
+    let ds = fashion_mnist(&common::fixture("fashion"), "t10k").unwrap();
+    let names = [
+        "T-shirt_top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ];
+    for i in 0..n {
+        let d = dir.join(names[ds.labels[i] as usize]);
+        std::fs::create_dir_all(&d).unwrap();
+        let img = image::GrayImage::from_raw(ds.cols as u32, ds.rows as u32, ds.image(i).to_vec())
+            .unwrap();
+        img.save(d.join(format!("{i:04}.png"))).unwrap();
+    }
+}
+
+#[derive(Debug)]
+struct Dropped(PathBuf);
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        Err("a folder".into())
+    }
+}
+
+#[test]
+fn a_dropped_folder_is_scored_and_its_confusions_open() {
+    let dir = tempfile::tempdir().unwrap();
+    fashion_folder(dir.path(), 300);
+    let mut h = shipped(None);
+    h.input_mut()
+        .dropped_files
+        .push(Arc::new(Dropped(dir.path().to_path_buf())));
+    h.step();
+    settle(&mut h);
+    assert_eq!(h.state().shared().settings.tab, Tab::Folder);
+    let view = h
+        .state()
+        .shared()
+        .folder
+        .view
+        .as_ref()
+        .expect("a folder run");
+    assert_eq!(view.eval.images.len(), 300);
+    let s = view.scores.as_ref().expect("labelled by the layout");
+    assert!(s.top1 > 0.85, "{}", s.top1);
+    assert_eq!(
+        s.confusion.as_ref().unwrap().iter().flatten().sum::<u32>(),
+        300
+    );
+    assert_eq!(view.collapse.len(), 10); // 6 blocks' mlp.act + 4 stages
+    h.get_by_label_contains("300 of 300 images labelled by the folder's layout");
+    // The largest confusion opens with its images, each with its evidence map.
+    let (n, t, p) = {
+        let m = s.confusion.as_ref().unwrap();
+        let mut best = (0, 0, 0);
+        for (t, row) in m.iter().enumerate() {
+            for (p, &n) in row.iter().enumerate() {
+                if t != p && n > best.0 {
+                    best = (n, t, p);
+                }
+            }
+        }
+        best
+    };
+    let short = |c: usize| convnext_explorer::labels::short(&view.labels[c]).to_string();
+    let button = format!("{} as {} ({n})", short(t), short(p));
+    h.get_by_label(&button).click();
+    h.step();
+    settle(&mut h);
+    let n = n as usize;
+    assert_eq!(h.state().shared().folder.images.len(), n.min(12));
+    // The temporary folder's name changes from run to run: keep it out of the picture.
+    let mut rects: Vec<egui::Rect> = h
+        .query_all_by_label_contains(".tmp")
+        .map(|n| n.rect())
+        .collect();
+    rects.push(h.get_by_role(egui::accesskit::Role::TextInput).rect());
+    for r in rects {
+        h.mask(r);
+    }
+    snap(&mut h, "app_folder");
+    // The most confident mistake opens in the Feature maps tab.
+    h.get_by_label("Most confident mistakes").click();
+    h.step();
+    settle(&mut h);
+    let first = {
+        let f = &h.state().shared().folder;
+        let v = f.view.as_ref().unwrap();
+        v.eval.images[v.eval.mistakes()[0]].path.clone()
+    };
+    assert_eq!(h.state().shared().folder.images[0].top5.len(), 5);
+    h.get_all_by_label("open").next().unwrap().click();
+    h.step();
+    settle(&mut h);
+    assert_eq!(h.state().shared().settings.tab, Tab::Features);
+    assert_eq!(
+        h.state().shared().run.as_ref().unwrap().path.as_ref(),
+        Some(&first)
+    );
+}
+
+#[test]
+fn a_channel_shows_its_top_images_and_a_second_model_joins_the_collapse_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    fashion_folder(dir.path(), 60);
+    let mut h = shipped(Some("bag_18.png"));
+    h.state_mut()
+        .request(Request::RunFolder(dir.path().to_path_buf()));
+    settle(&mut h);
+    // Another model on the same images: the first choice is the shipped checkpoint.
+    h.get_by_label("Add to plot").click();
+    h.step();
+    settle(&mut h);
+    let f = &h.state().shared().folder;
+    let (_, other) = f.other.as_ref().expect("a second curve");
+    assert_eq!(other.len(), f.view.as_ref().unwrap().collapse.len());
+    // Feature maps: stage 1, a channel: its nine best images from the folder.
+    h.get_by_label("Feature maps").click();
+    h.run_steps(2);
+    h.get_by_label("stage 1").click();
+    h.run_steps(2);
+    h.get_all_by_label_contains("ch ").next().unwrap().click();
+    h.step();
+    settle(&mut h);
+    h.run_steps(2);
+    settle(&mut h);
+    let p = h
+        .state()
+        .shared()
+        .folder
+        .patches
+        .as_ref()
+        .expect("top patches");
+    assert_eq!(p.layer, LayerId::Stage(1));
+    assert_eq!(p.patches.len(), 9);
+    let scores: Vec<f32> = p.patches.iter().map(|x| x.1).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    h.get_by_label_contains("Top images of channel");
+}
+
+#[test]
+fn a_folder_without_labels_gives_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples");
+    for (sub, f) in [
+        ("rome", "bag_18.png"),
+        ("rome", "coat_6.png"),
+        ("paris", "dress_13.png"),
+    ] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        std::fs::copy(samples.join(f), dir.path().join(sub).join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("paris/broken.png"), b"not a png").unwrap();
+    let mut h = shipped(None);
+    h.state_mut()
+        .request(Request::RunFolder(dir.path().to_path_buf()));
+    settle(&mut h);
+    let v = h.state().shared().folder.view.as_ref().unwrap();
+    assert!(v.scores.is_none());
+    assert_eq!(v.eval.images.len(), 3);
+    assert_eq!(v.skipped.len(), 1);
+    h.get_by_label_contains("Predicted classes");
+    h.get_by_label_contains("1 files skipped");
+    h.get_by_label_contains("Bag").click();
+    h.step();
+    settle(&mut h);
+    assert_eq!(h.state().shared().folder.images.len(), 1);
+}
