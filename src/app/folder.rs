@@ -371,7 +371,7 @@ fn top_confusions(
         .flat_map(|(t, row)| row.iter().enumerate().map(move |(p, &n)| (n, t, p)))
         .filter(|&(n, t, p)| t != p && n > 0)
         .collect();
-    cells.sort_by(|a, b| b.0.cmp(&a.0));
+    cells.sort_by_key(|c| std::cmp::Reverse(c.0));
     let mut pick = None;
     ui.horizontal_wrapped(|ui| {
         ui.label(RichText::new("Largest confusions:").small());
