@@ -4,6 +4,7 @@
 //! work through [`Request`]s. All heavy work goes to the one [`worker`] thread.
 mod architecture;
 mod attribution;
+mod compare;
 #[cfg(feature = "hub")]
 mod download;
 mod erf;
@@ -50,14 +51,16 @@ pub enum Tab {
     Attribution,
     Erf,
     Folder,
+    Compare,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 8] = [
+    pub const ALL: [Tab; 9] = [
         Tab::Features,
         Tab::Attribution,
         Tab::Erf,
         Tab::Folder,
+        Tab::Compare,
         Tab::LayerScale,
         Tab::Profile,
         Tab::Architecture,
@@ -73,6 +76,7 @@ impl Tab {
             Tab::Attribution => "Attribution",
             Tab::Erf => "Receptive field",
             Tab::Folder => "Folder",
+            Tab::Compare => "Compare",
         }
     }
 }
@@ -209,6 +213,8 @@ pub enum Request {
     },
     /// Another model's feature collapse over the folder run's images.
     OtherCollapse(ModelSpec),
+    /// Another model on the current image, or this model on another image.
+    Compare(worker::CompareWith),
     CancelJob,
     RescanWeights,
     #[cfg(feature = "hub")]
@@ -240,6 +246,8 @@ pub struct Shared {
     pub roadmap_erf: Option<Vec<(String, crate::attribution::ErfSummary)>>,
     /// The last folder run and what was asked of it since.
     pub folder: folder::FolderResults,
+    /// The other side of the Compare tab: its model and its run.
+    pub compare: Option<(ModelView, RunView)>,
     /// Counts the runs taken in, so panels can tell when their results are stale.
     pub run_serial: u64,
     pub status: Status,
@@ -279,6 +287,7 @@ struct Panels {
     attribution: attribution::AttributionPanel,
     erf: erf::ErfPanel,
     folder: folder::FolderPanel,
+    compare: compare::ComparePanel,
     #[cfg(feature = "hub")]
     download: download::DownloadWindow,
 }
@@ -314,6 +323,7 @@ impl ExplorerApp {
                 erf: None,
                 roadmap_erf: None,
                 folder: Default::default(),
+                compare: None,
                 run_serial: 0,
                 status: Status::default(),
                 prompt: None,
@@ -395,6 +405,11 @@ impl ExplorerApp {
                 Request::RunFolder(dir) => Some(self.folder_job(dir)),
                 Request::FolderImages(indices) => Some(Job::FolderImages(indices)),
                 Request::TopPatches { layer, channel } => Some(Job::TopPatches { layer, channel }),
+                Request::Compare(other) => Some(Job::Compare {
+                    other,
+                    device: self.shared.settings.device.clone(),
+                    dtype: self.shared.settings.dtype.clone(),
+                }),
                 Request::OtherCollapse(spec) => Some(Job::OtherCollapse {
                     spec,
                     device: self.shared.settings.device.clone(),
@@ -561,6 +576,10 @@ impl ExplorerApp {
                 s.folder.patches = Some(*p);
             }
             Reply::OtherCollapse(name, curve) => s.folder.other = Some((name, curve)),
+            Reply::Compared(c) => {
+                s.textures.clear();
+                s.compare = Some(*c);
+            }
             Reply::RoadmapErf(e) => {
                 s.textures.clear();
                 s.roadmap_erf = Some(e);
@@ -607,6 +626,7 @@ impl ExplorerApp {
             JobKind::Attribute => "Attribution failed",
             JobKind::Erf => "The receptive field failed",
             JobKind::Folder => "The folder run failed",
+            JobKind::Compare => "The comparison failed",
         };
         if kind == JobKind::Classify {
             self.shared.status.decoding = None;
@@ -684,6 +704,7 @@ impl ExplorerApp {
                 Tab::Attribution => panels.attribution.ui(ui, shared),
                 Tab::Erf => panels.erf.ui(ui, shared),
                 Tab::Folder => panels.folder.ui(ui, shared),
+                Tab::Compare => panels.compare.ui(ui, shared),
             }
         });
         #[cfg(feature = "hub")]
@@ -720,6 +741,7 @@ fn kind_name(kind: JobKind) -> &'static str {
         JobKind::Attribute => "Attribution",
         JobKind::Erf => "The receptive field",
         JobKind::Folder => "Folder",
+        JobKind::Compare => "Comparing",
     }
 }
 

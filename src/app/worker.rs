@@ -117,6 +117,20 @@ pub enum Job {
         device: String,
         dtype: String,
     },
+    /// The right-hand side of the Compare tab: another model on the current image, or the
+    /// current model on another image.
+    Compare {
+        other: CompareWith,
+        device: String,
+        dtype: String,
+    },
+}
+
+/// What the Compare tab sets beside the current model and image.
+#[derive(Clone)]
+pub enum CompareWith {
+    Model(ModelSpec),
+    Image(ImageSource),
 }
 
 impl Job {
@@ -136,6 +150,7 @@ impl Job {
             | Job::FolderImages(_)
             | Job::TopPatches { .. }
             | Job::OtherCollapse { .. } => JobKind::Folder,
+            Job::Compare { .. } => JobKind::Compare,
         }
     }
 }
@@ -152,6 +167,7 @@ pub enum JobKind {
     Attribute,
     Erf,
     Folder,
+    Compare,
 }
 
 /// A checkpoint found in `weights/`, with what the loader made of it.
@@ -179,6 +195,8 @@ pub enum Reply {
     TopPatches(Box<TopPatches>),
     /// `(model, curve)`: another model's collapse over the same folder.
     OtherCollapse(String, Vec<crate::collapse::LayerCollapse>),
+    /// The other side of the comparison: its model and its run.
+    Compared(Box<(ModelView, RunView)>),
     /// How far the running job is.
     Progress {
         kind: JobKind,
@@ -355,6 +373,10 @@ struct WorkerState {
     /// The last folder run of this model, and its image limit.
     folder: Option<crate::folder_run::FolderRun>,
     folder_limit: Option<usize>,
+    /// What the current engine was built from.
+    current_spec: Option<ModelSpec>,
+    /// The other model of the Compare tab, kept while it is compared with.
+    other: Option<(ModelSpec, String, String, Engine)>,
 }
 
 impl WorkerState {
@@ -393,6 +415,11 @@ impl WorkerState {
                 device,
                 dtype,
             } => self.other_collapse(spec, &device, &dtype, &mut progress),
+            Job::Compare {
+                other,
+                device,
+                dtype,
+            } => self.compare(other, device, dtype),
         };
         result.unwrap_or_else(|e| match e.downcast_ref::<crate::Error>() {
             Some(crate::Error::Cancelled(_)) => vec![Reply::Cancelled(kind)],
@@ -406,7 +433,8 @@ impl WorkerState {
     /// Loads a model and, if an image is open, runs it through the new model too.
     fn load(&mut self, spec: ModelSpec, device: &str, dtype: &str) -> anyhow::Result<Vec<Reply>> {
         let engine = Engine::build(&spec, &parse_device(device)?, parse_dtype(dtype)?)?;
-        let view = model_view(&engine, spec)?;
+        let view = model_view(&engine, spec.clone())?;
+        self.current_spec = Some(spec);
         // Only a model that loaded replaces the one in use; a folder run was another model's.
         self.folder = None;
         let engine = self.engine.insert(engine);
@@ -468,6 +496,44 @@ impl WorkerState {
         let other = Engine::build(&spec, &parse_device(device)?, parse_dtype(dtype)?)?;
         let curve = super::folder_jobs::other_collapse(&other, &root, self.folder_limit, progress)?;
         Ok(vec![Reply::OtherCollapse(spec.label(), curve)])
+    }
+
+    /// Runs the other side: another model (loaded once, then kept) on the current image, or
+    /// this model on another image.
+    fn compare(
+        &mut self,
+        other: CompareWith,
+        device: String,
+        dtype: String,
+    ) -> anyhow::Result<Vec<Reply>> {
+        let (engine, spec, src, img) = match other {
+            CompareWith::Model(spec) => {
+                let fresh = !matches!(&self.other, Some((s, d, t, _)) if *s == spec && *d == device && *t == dtype);
+                if fresh {
+                    let e = Engine::build(&spec, &parse_device(&device)?, parse_dtype(&dtype)?)?;
+                    self.other = Some((spec.clone(), device, dtype, e));
+                }
+                let (src, img) = self
+                    .image
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("open an image first"))?;
+                let engine = &self.other.as_ref().expect("just set").3;
+                (engine, spec, src, img)
+            }
+            CompareWith::Image(src) => {
+                self.other = None;
+                let img = src.decode()?;
+                let engine = self.engine()?;
+                let spec = self
+                    .current_spec
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("no model loaded"))?;
+                (engine, spec, src, img)
+            }
+        };
+        let view = model_view(engine, spec)?;
+        let run = run_image(engine, &src, &img)?;
+        Ok(vec![Reply::Compared(Box::new((view, run)))])
     }
 
     fn engine(&self) -> anyhow::Result<&Engine> {
