@@ -12,7 +12,7 @@ pub fn fma_slices_generic(acc: &mut [f32], a: &[f32], b: &[f32]) {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     Baseline,
     Avx2,
@@ -25,14 +25,22 @@ pub fn level() -> Level {
         use std::sync::OnceLock;
         static LEVEL: OnceLock<Level> = OnceLock::new();
         *LEVEL.get_or_init(|| {
-            if std::is_x86_feature_detected!("avx512f") {
+            let found = if std::is_x86_feature_detected!("avx512f") {
                 Level::Avx512
             } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
             {
                 Level::Avx2
             } else {
                 Level::Baseline
-            }
+            };
+            // `CONVNEXT_SIMD=avx2|baseline` caps the level (never raises it): to run another
+            // machine's code path here, in tests and benchmarks.
+            let cap = match std::env::var("CONVNEXT_SIMD").as_deref() {
+                Ok("baseline") => Level::Baseline,
+                Ok("avx2") => Level::Avx2,
+                _ => Level::Avx512,
+            };
+            found.min(cap)
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
