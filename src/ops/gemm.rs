@@ -335,7 +335,11 @@ mod x86 {
             }
         }
         // The last panel of a width that is no multiple of 16 stores only its columns.
-        let mask: __mmask16 = if cols >= 16 { 0xffff } else { (1u16 << cols) - 1 };
+        let mask: __mmask16 = if cols >= 16 {
+            0xffff
+        } else {
+            (1u16 << cols) - 1
+        };
         for (r, acc) in acc.iter().enumerate() {
             _mm512_mask_storeu_ps(c.add(r * ldc), mask, *acc);
         }
