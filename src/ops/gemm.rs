@@ -108,6 +108,7 @@ impl PackedLinear {
                 let p0 = pg * panels_per;
                 let p1 = (p0 + panels_per).min(np);
                 let out = out_ptr;
+                let packed = pack_rows(&x[r0 * k..r1 * k], k, mr);
                 for p in p0..p1 {
                     let panel = &self.panels[p * k * NR..(p + 1) * k * NR];
                     let cols = NR.min(n - p * NR);
@@ -116,13 +117,14 @@ impl PackedLinear {
                     while r < r1 {
                         let rows = mr.min(r1 - r);
                         // SAFETY: tasks write disjoint (row range × panel) regions of `out`, all
-                        // inside it: rows r..r+rows < m, columns p·16..p·16+cols ≤ n; `x` holds
-                        // rows r..r+rows of k values; the panel holds k·16 values.
+                        // inside it: rows r..r+rows < m, columns p·16..p·16+cols ≤ n; `packed`
+                        // holds these rows' k × rows values from offset (r − r0)·k; the panel
+                        // holds k·16 values.
                         unsafe {
                             kernel(
                                 rows,
                                 k,
-                                x.as_ptr().add(r * k),
+                                packed.as_ptr().add((r - r0) * k),
                                 panel.as_ptr(),
                                 bias,
                                 out.0.add(r * n + p * NR),
@@ -136,6 +138,26 @@ impl PackedLinear {
             });
         out
     }
+}
+
+/// Rows of `x` (`[rows, k]`) regrouped tile by tile, `mr` rows at a time (fewer in the last),
+/// each tile `[k][rows]`: the kernel's broadcasts of x then read consecutive memory instead of
+/// one stream per row. Tile `t` starts at `t·mr·k`.
+fn pack_rows(x: &[f32], k: usize, mr: usize) -> Vec<f32> {
+    let m = x.len() / k.max(1);
+    let mut out = vec![0f32; m * k];
+    let mut r = 0;
+    while r < m {
+        let rows = mr.min(m - r);
+        let tile = &mut out[r * k..(r + rows) * k];
+        for i in 0..rows {
+            for (kk, &v) in x[(r + i) * k..(r + i + 1) * k].iter().enumerate() {
+                tile[kk * rows + i] = v;
+            }
+        }
+        r += rows;
+    }
+    out
 }
 
 impl PackedLinear {
@@ -185,8 +207,9 @@ unsafe impl Sync for SendPtr {}
 /// AVX-512 or AVX2 tile where the CPU has it and the portable one elsewhere.
 ///
 /// # Safety
-/// `a` must point at `rows × k` readable f32 (rows `k` apart), `b` at `k × 16`, `c` at `rows`
-/// rows of `cols ≤ 16` writable f32, `ldc` apart; `bias`, if given, holds 16 values.
+/// `a` must point at `k × rows` readable f32 (a tile of [`pack_rows`]: row `r`'s value `kk` at
+/// `kk·rows + r`), `b` at `k × 16`, `c` at `rows` rows of `cols ≤ 16` writable f32, `ldc` apart;
+/// `bias`, if given, holds 16 values.
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel(
     rows: usize,
@@ -236,17 +259,23 @@ unsafe fn kernel(
     let b = std::slice::from_raw_parts(b, k * NR);
     for r in 0..rows {
         let dst = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
-        tile_portable(&a[r * k..(r + 1) * k], b, bias, dst);
+        tile_portable(a.iter().skip(r).step_by(rows).copied(), b, bias, dst);
     }
 }
 
-/// One row × one panel, in plain Rust: the reference the AVX2 tile must match.
-fn tile_portable(a: &[f32], panel: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+/// One row (its `k` values in order) × one panel, in plain Rust: the reference the SIMD tiles
+/// must match.
+fn tile_portable(
+    a: impl Iterator<Item = f32>,
+    panel: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let mut acc = [0f32; NR];
     if let Some(b) = bias {
         acc.copy_from_slice(&b[..NR]);
     }
-    for (kk, &av) in a.iter().enumerate() {
+    for (kk, av) in a.enumerate() {
         for (j, acc) in acc.iter_mut().enumerate() {
             *acc = av.mul_add(panel[kk * NR + j], *acc);
         }
@@ -259,7 +288,7 @@ fn tile_portable(a: &[f32], panel: &[f32], bias: Option<&[f32]>, out: &mut [f32]
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// `R` rows × 16 columns of `c = a · panel (+ bias)`; `a` rows are `k` apart. Twelve
+    /// `R` rows × 16 columns of `c = a · panel (+ bias)`; `a` is packed `[k][R]`. Twelve
     /// accumulators, two panel loads and one broadcast per step: 15 of the 16 ymm registers.
     ///
     /// # Safety
@@ -287,7 +316,7 @@ mod x86 {
             let b0 = _mm256_loadu_ps(b.add(kk * 16));
             let b1 = _mm256_loadu_ps(b.add(kk * 16 + 8));
             for r in 0..R {
-                let av = _mm256_set1_ps(*a.add(r * k + kk));
+                let av = _mm256_set1_ps(*a.add(kk * R + r));
                 acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
                 acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
             }
@@ -330,7 +359,7 @@ mod x86 {
         for kk in 0..k {
             let bv = _mm512_loadu_ps(b.add(kk * 16));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r * k + kk));
+                let av = _mm512_set1_ps(*a.add(kk * R + r));
                 *acc = _mm512_fmadd_ps(av, bv, *acc);
             }
         }
