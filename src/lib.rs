@@ -1,6 +1,7 @@
 //! ConvNeXt Explorer's engine: model, checkpoints, preprocessing, tracing and analysis, with no
 //! GUI type in it (the `app` module, feature `gui`, is the only one that draws). The command
 //! line, the tests and the app all drive the same engine.
+pub mod allocator;
 pub mod attribution;
 pub mod card;
 pub mod collapse;

@@ -9,6 +9,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    convnext_explorer::allocator::keep_freed_memory();
     // A panic is a bug, but the user still deserves one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("convnext-explorer: internal error: {info}");

@@ -9,6 +9,7 @@ use crate::preprocess::{Interpolation, PreprocessConfig};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,9 @@ pub const FASHION_LABELS: [&str; 10] = [
 /// Fashion-MNIST pixel mean and std (on [0, 1]), the same for the three replicated channels.
 pub const FASHION_MEAN: f32 = 0.2860;
 pub const FASHION_STD: f32 = 0.3530;
-pub const INPUT: usize = 32;
+/// The default input side: Fashion-MNIST's 28×28 resized to 64×64, so that the four stages'
+/// maps are 16, 8, 4 and 2 pixels wide.
+pub const INPUT: usize = 64;
 
 /// A set of grey images (`n × rows × cols` bytes) and their labels.
 pub struct Dataset {
@@ -116,10 +119,11 @@ pub fn fashion_mnist(dir: &Path, split: &str) -> Result<Dataset> {
     )
 }
 
-/// The preprocessing the shipped model was trained with (and that users' images get).
-pub fn preprocess_config() -> PreprocessConfig {
+/// The preprocessing of a Fashion-MNIST model with `side`×`side` inputs (the shipped model's
+/// is [`INPUT`]); users' images get the same.
+pub fn preprocess_config(side: usize) -> PreprocessConfig {
     PreprocessConfig {
-        input_size: (INPUT, INPUT),
+        input_size: (side, side),
         crop_pct: 1.0,
         interpolation: Interpolation::Bicubic,
         mean: [FASHION_MEAN; 3],
@@ -127,29 +131,46 @@ pub fn preprocess_config() -> PreprocessConfig {
     }
 }
 
-/// Every image resized to 32×32 exactly as `preprocess` resizes a user's image, normalised,
-/// one channel (replicated to RGB at batch time).
-pub fn prepare_dataset(ds: &Dataset) -> Vec<f32> {
-    let cfg = preprocess_config();
-    let mut out = Vec::with_capacity(ds.len() * INPUT * INPUT);
-    for i in 0..ds.len() {
-        // `read_idx` checked that every image holds rows × cols bytes.
-        let Some(g) =
-            image::GrayImage::from_raw(ds.cols as u32, ds.rows as u32, ds.image(i).to_vec())
-        else {
-            continue;
-        };
-        let img = image::DynamicImage::ImageLuma8(g);
-        // 28×28 to 32×32 is always within the resize budget.
-        let Ok(crop) = crate::preprocess::resize_and_crop(&img, &cfg) else {
-            continue;
-        };
-        out.extend(
-            crop.pixels()
-                .map(|p| (p[0] as f32 / 255.0 - FASHION_MEAN) / FASHION_STD),
-        );
+/// Images resized and normalised for one model: one grey `side`×`side` plane each (replicated
+/// to RGB at batch time).
+pub struct Prepared {
+    pub pixels: Vec<f32>,
+    pub side: usize,
+    /// The value of a black pixel once normalised: what shifted-in borders are filled with.
+    pub background: f32,
+}
+
+/// Every image resized exactly as `preprocess` resizes a user's image with `cfg` (square input,
+/// crop 1, the first channel's mean and std: Fashion-MNIST is grey), in parallel.
+pub fn prepare_dataset(ds: &Dataset, cfg: &PreprocessConfig) -> Result<Prepared> {
+    let side = cfg.input_size.0;
+    if cfg.input_size.1 != side {
+        return Err(Error::Input(format!(
+            "Fashion-MNIST models take square inputs, this one {:?}",
+            cfg.input_size
+        )));
     }
-    out
+    let (mean, std) = (cfg.mean[0], cfg.std[0]);
+    let planes = (0..ds.len())
+        .into_par_iter()
+        .map(|i| -> Result<Vec<f32>> {
+            // `read_idx` checked that every image holds rows × cols bytes.
+            let g =
+                image::GrayImage::from_raw(ds.cols as u32, ds.rows as u32, ds.image(i).to_vec())
+                    .ok_or_else(|| Error::Input(format!("image {i}: short data")))?;
+            let img = image::DynamicImage::ImageLuma8(g);
+            let crop = crate::preprocess::resize_and_crop(&img, cfg)?;
+            Ok(crop
+                .pixels()
+                .map(|p| (p[0] as f32 / 255.0 - mean) / std)
+                .collect())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Prepared {
+        pixels: planes.concat(),
+        side,
+        background: -mean / std,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +186,8 @@ pub struct TrainConfig {
     pub drop_path: f64,
     pub ema_decay: f64,
     pub seed: u64,
+    /// Input side in pixels (the data must be prepared at this size).
+    pub input: usize,
     /// Stop after this many steps (tests); `None` runs every epoch.
     pub max_steps: Option<usize>,
     /// Use only the first N training images (tests).
@@ -185,6 +208,7 @@ impl TrainConfig {
             drop_path: 0.05,
             ema_decay: 0.999,
             seed: 0,
+            input: INPUT,
             max_steps: None,
             limit: None,
         }
@@ -205,38 +229,40 @@ pub fn fashion_config() -> Config {
     }
 }
 
-/// A batch of `idx` images as `[B, 3, 32, 32]`, with augmentation when `rng` is given.
+/// A batch of `idx` images as `[B, 3, side, side]`, with augmentation when `rng` is given:
+/// a horizontal flip and a shift of up to 2 of Fashion-MNIST's 28 pixels.
 fn batch_tensor(
-    data: &[f32],
+    data: &Prepared,
     idx: &[usize],
     rng: Option<&mut rand::rngs::StdRng>,
     dev: &Device,
 ) -> Result<Tensor> {
-    let n = INPUT * INPUT;
+    let side = data.side as i32;
+    let shift = (side / 14).max(1);
+    let n = data.side * data.side;
     let mut out = vec![0f32; idx.len() * 3 * n];
-    let bg = -FASHION_MEAN / FASHION_STD;
     let mut rng = rng;
     for (b, &i) in idx.iter().enumerate() {
-        let src = &data[i * n..(i + 1) * n];
+        let src = &data.pixels[i * n..(i + 1) * n];
         let (flip, dy, dx) = match rng.as_deref_mut() {
             Some(r) => (
                 r.random_bool(0.5),
-                r.random_range(-2i32..=2),
-                r.random_range(-2i32..=2),
+                r.random_range(-shift..=shift),
+                r.random_range(-shift..=shift),
             ),
             None => (false, 0, 0),
         };
         let plane = &mut out[b * 3 * n..b * 3 * n + n];
-        for y in 0..INPUT as i32 {
-            for x in 0..INPUT as i32 {
+        for y in 0..side {
+            for x in 0..side {
                 let sy = y - dy;
                 let sx0 = x - dx;
-                let sx = if flip { INPUT as i32 - 1 - sx0 } else { sx0 };
-                plane[(y * INPUT as i32 + x) as usize] =
-                    if (0..INPUT as i32).contains(&sy) && (0..INPUT as i32).contains(&sx) {
-                        src[(sy * INPUT as i32 + sx) as usize]
+                let sx = if flip { side - 1 - sx0 } else { sx0 };
+                plane[(y * side + x) as usize] =
+                    if (0..side).contains(&sy) && (0..side).contains(&sx) {
+                        src[(sy * side + sx) as usize]
                     } else {
-                        bg
+                        data.background
                     };
             }
         }
@@ -244,7 +270,11 @@ fn batch_tensor(
         rest[..n].copy_from_slice(first);
         rest[n..].copy_from_slice(first);
     }
-    Ok(Tensor::from_vec(out, (idx.len(), 3, INPUT, INPUT), dev)?)
+    Ok(Tensor::from_vec(
+        out,
+        (idx.len(), 3, data.side, data.side),
+        dev,
+    )?)
 }
 
 fn smoothed_cross_entropy(
@@ -265,26 +295,14 @@ pub struct Trained {
     pub losses: Vec<f32>,
 }
 
-/// Trains on `train` (already prepared with [`prepare_dataset`]).
+/// Trains on `data` (prepared with [`prepare_dataset`] at `cfg.input`).
 pub fn train(
     cfg: &TrainConfig,
-    data: &[f32],
+    data: &Prepared,
     labels: &[u8],
     mut progress: impl FnMut(usize, usize, f32, f64),
 ) -> Result<Trained> {
-    let dev = Device::Cpu;
-    let (varmap, named) = init_vars(cfg)?;
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-    let differentiable = TrainOptions {
-        differentiable: true,
-    };
-    let model = Network::new_with(vb, &Plan::convnext(&cfg.config), differentiable)?;
-    let mut opt = Optimisers::new(cfg, &named)?;
-    // The EMA starts as a copy of the initial weights, in the order of `named`.
-    let mut ema: Vec<Tensor> = named
-        .iter()
-        .map(|(_, v)| v.as_tensor().detach().copy())
-        .collect::<candle_core::Result<_>>()?;
+    let mut run = Run::new(cfg, data, false)?;
     let n = cfg.limit.unwrap_or(labels.len()).min(labels.len());
     let schedule = Schedule::new(cfg, n);
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
@@ -300,33 +318,118 @@ pub fn train(
                 break 'outer;
             }
             let lr = schedule.lr(step);
-            opt.set_learning_rate(lr);
-            let x = batch_tensor(data, chunk, Some(&mut rng), &dev)?;
-            let targets: Vec<u32> = chunk.iter().map(|&i| labels[i] as u32).collect();
-            let y = Tensor::from_vec(targets, chunk.len(), &dev)?;
-            let masks = drop_path_masks(cfg, chunk.len(), &mut rng, &dev)?;
-            let logits = model.forward_train(&x, &masks)?;
-            let loss = smoothed_cross_entropy(&logits, &y, cfg.label_smoothing)?;
-            opt.step(&loss.backward()?)?;
-            // EMA with a warm-up of its own, so that short runs are not all initialisation.
-            let d = cfg
-                .ema_decay
-                .min((1.0 + step as f64) / (10.0 + step as f64));
-            for (e, (_, v)) in ema.iter_mut().zip(&named) {
-                // Detached: the EMA must not drag the autograd graph of every step along.
-                *e = ((&*e * d)? + (v.as_tensor().detach() * (1.0 - d))?)?;
-            }
-            let l: f32 = loss.to_scalar()?;
+            let l = run.step(data, labels, chunk, lr, &mut rng)?;
             losses.push(l);
             progress(step + 1, schedule.total, l, lr);
         }
     }
-    let ema = named.into_iter().map(|(k, _)| k).zip(ema).collect();
+    let ema = run.named.into_iter().map(|(k, _)| k).zip(run.ema).collect();
     Ok(Trained {
-        varmap,
+        varmap: run.varmap,
         ema,
         losses,
     })
+}
+
+/// A model being trained: its variables, optimiser and EMA.
+struct Run {
+    cfg: TrainConfig,
+    varmap: VarMap,
+    named: Vec<(String, Var)>,
+    model: Network,
+    opt: Optimisers,
+    /// The EMA of every variable, in the order of `named`.
+    ema: Vec<Tensor>,
+    steps: usize,
+}
+
+impl Run {
+    fn new(cfg: &TrainConfig, data: &Prepared, generic_ops: bool) -> Result<Self> {
+        if data.side != cfg.input {
+            return Err(Error::Input(format!(
+                "training at {0}×{0} on images prepared at {1}×{1}",
+                cfg.input, data.side
+            )));
+        }
+        let (varmap, named) = init_vars(cfg)?;
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let options = TrainOptions {
+            differentiable: true,
+            generic_ops,
+        };
+        let model = Network::new_with(vb, &Plan::convnext(&cfg.config), options)?;
+        let opt = Optimisers::new(cfg, &named)?;
+        // The EMA starts as a copy of the initial weights.
+        let ema = named
+            .iter()
+            .map(|(_, v)| v.as_tensor().detach().copy())
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            varmap,
+            named,
+            model,
+            opt,
+            ema,
+            steps: 0,
+        })
+    }
+
+    /// One optimiser step on the images `chunk` at learning rate `lr`, then the EMA's; the loss.
+    fn step(
+        &mut self,
+        data: &Prepared,
+        labels: &[u8],
+        chunk: &[usize],
+        lr: f64,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<f32> {
+        let (cfg, dev) = (&self.cfg, Device::Cpu);
+        self.opt.set_learning_rate(lr);
+        let x = batch_tensor(data, chunk, Some(&mut *rng), &dev)?;
+        let targets: Vec<u32> = chunk.iter().map(|&i| labels[i] as u32).collect();
+        let y = Tensor::from_vec(targets, chunk.len(), &dev)?;
+        let masks = drop_path_masks(cfg, chunk.len(), rng, &dev)?;
+        let logits = self.model.forward_train(&x, &masks)?;
+        let loss = smoothed_cross_entropy(&logits, &y, cfg.label_smoothing)?;
+        self.opt.step(&loss.backward()?)?;
+        // EMA with a warm-up of its own, so that short runs are not all initialisation.
+        let s = self.steps as f64;
+        let d = cfg.ema_decay.min((1.0 + s) / (10.0 + s));
+        for (e, (_, v)) in self.ema.iter_mut().zip(&self.named) {
+            // Detached: the EMA must not drag the autograd graph of every step along.
+            *e = ((&*e * d)? + (v.as_tensor().detach() * (1.0 - d))?)?;
+        }
+        self.steps += 1;
+        Ok(loss.to_scalar()?)
+    }
+}
+
+/// Seconds per training step, `steps` steps from the same initial weights, with the fused
+/// kernels or with candle's generic ops (`generic_ops`, the reference of `train --bench`).
+pub fn time_steps(
+    cfg: &TrainConfig,
+    data: &Prepared,
+    labels: &[u8],
+    steps: usize,
+    generic_ops: bool,
+) -> Result<Vec<f64>> {
+    let n = labels
+        .len()
+        .min(data.pixels.len() / (data.side * data.side).max(1));
+    if n == 0 {
+        return Err(Error::Input("no training images to time steps on".into()));
+    }
+    let mut run = Run::new(cfg, data, generic_ops)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let mut times = Vec::with_capacity(steps);
+    for s in 0..steps {
+        let chunk: Vec<usize> = (0..cfg.batch).map(|i| (s * cfg.batch + i) % n).collect();
+        let t = std::time::Instant::now();
+        run.step(data, labels, &chunk, cfg.lr, &mut rng)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(times)
 }
 
 /// timm-style initial weights as trainable variables, and the variables by name (sorted, so
@@ -452,11 +555,11 @@ fn drop_path_masks(
 pub fn save(
     tensors: &HashMap<String, Tensor>,
     cfg: &Config,
+    pre: &PreprocessConfig,
     out: &Path,
     extra: serde_json::Value,
 ) -> Result<PathBuf> {
     candle_core::safetensors::save(tensors, out).map_err(|e| Error::file(out, e))?;
-    let pre = preprocess_config();
     let json = serde_json::json!({
         "architecture": "convnext_fashion",
         "num_classes": cfg.num_classes,
@@ -488,8 +591,8 @@ pub fn save(
     Ok(jp)
 }
 
-/// Top-1 accuracy of a model on prepared images.
-pub fn accuracy(model: &Network, data: &[f32], labels: &[u8], batch: usize) -> Result<f64> {
+/// Top-1 accuracy of a model on images prepared for it.
+pub fn accuracy(model: &Network, data: &Prepared, labels: &[u8], batch: usize) -> Result<f64> {
     let dev = model.device().clone();
     let mut correct = 0usize;
     let idx: Vec<usize> = (0..labels.len()).collect();

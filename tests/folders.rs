@@ -43,7 +43,8 @@ fn an_image_folder_scores_as_the_fashion_mnist_eval_does() {
     let s = run.eval.scores(&engine.labels).expect("labelled");
     assert_eq!(s.labelled, n);
     // The same images through `eval`'s own path.
-    let acc = accuracy(&engine.model, &prepare_dataset(&ds), &ds.labels, 500).unwrap();
+    let data = prepare_dataset(&ds, &engine.preprocess).unwrap();
+    let acc = accuracy(&engine.model, &data, &ds.labels, 500).unwrap();
     assert!(
         (s.top1 - acc as f64).abs() < 1e-9,
         "folder {} vs eval {acc}",

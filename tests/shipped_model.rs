@@ -15,7 +15,13 @@ fn engine() -> Engine {
 fn accuracy_on_committed_test_subset() {
     let e = engine();
     let ds = fashion_mnist(&common::fixture("fashion"), "t10k").unwrap();
-    let acc = accuracy(&e.model, &prepare_dataset(&ds), &ds.labels, 250).unwrap();
+    let acc = accuracy(
+        &e.model,
+        &prepare_dataset(&ds, &e.preprocess).unwrap(),
+        &ds.labels,
+        250,
+    )
+    .unwrap();
     // The shipped model's figures are in weights/README.md; the project's target is 90%.
     assert!(acc >= 0.90, "top-1 {acc} on the first 1000 test images");
 }
@@ -35,7 +41,13 @@ fn accuracy_on_full_test_set_where_installed() {
     let e = engine();
     let ds = fashion_mnist(dir, "t10k").unwrap();
     assert_eq!(ds.len(), 10_000);
-    let acc = accuracy(&e.model, &prepare_dataset(&ds), &ds.labels, 500).unwrap();
+    let acc = accuracy(
+        &e.model,
+        &prepare_dataset(&ds, &e.preprocess).unwrap(),
+        &ds.labels,
+        500,
+    )
+    .unwrap();
     assert!(acc >= 0.90, "top-1 {acc} on the 10,000 test images");
 }
 

@@ -16,10 +16,13 @@ fn tiny() -> Config {
     }
 }
 
-fn subset() -> (Vec<f32>, Vec<u8>) {
+fn subset() -> (Prepared, Vec<u8>) {
     let ds = fashion_mnist(&common::fixture("fashion"), "t10k").unwrap();
     assert_eq!(ds.len(), 1000);
-    (prepare_dataset(&ds), ds.labels)
+    (
+        prepare_dataset(&ds, &preprocess_config(32)).unwrap(),
+        ds.labels,
+    )
 }
 
 #[test]
@@ -27,6 +30,7 @@ fn loss_goes_down_and_checkpoint_loads_back() {
     let (x, y) = subset();
     let mut cfg = TrainConfig::fashion_default();
     cfg.config = tiny();
+    cfg.input = 32;
     (
         cfg.epochs,
         cfg.batch,
@@ -43,11 +47,12 @@ fn loss_goes_down_and_checkpoint_loads_back() {
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tiny.safetensors");
-    save(&trained.ema, &cfg.config, &out, serde_json::json!({})).unwrap();
+    let pre = preprocess_config(32);
+    save(&trained.ema, &cfg.config, &pre, &out, serde_json::json!({})).unwrap();
     let e = Engine::load(&out, &Device::Cpu, DType::F32).unwrap();
     assert_eq!(e.config(), Some(&cfg.config));
     assert_eq!(e.labels[7], "Sneaker");
-    assert_eq!(e.preprocess, preprocess_config());
+    assert_eq!(e.preprocess, pre);
     // What was saved is what gets loaded: the same logits as the in-memory EMA model.
     let m = model_from(&trained.ema, &cfg.config).unwrap();
     let xb = Tensor::randn(0f32, 1., (2, 3, 32, 32), &Device::Cpu).unwrap();
@@ -80,6 +85,7 @@ fn gradients_reach_every_parameter() {
         &Plan::convnext(&cfg),
         TrainOptions {
             differentiable: true,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -41,7 +41,7 @@ fn fashion(ctx: &Context, a: &EvalArgs) -> Result<()> {
     if let Some(l) = a.data.limit {
         test.labels.truncate(l);
     }
-    let xt = prepare_dataset(&test);
+    let xt = prepare_dataset(&test, &engine.preprocess)?;
     let acc = accuracy(&engine.model, &xt, &test.labels, 500)?;
     if a.json {
         let j = serde_json::json!({"images": test.labels.len(), "top1": acc});

@@ -29,19 +29,38 @@ pub struct TrainArgs {
     lr: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Stop after N optimiser steps.
+    /// Input side in pixels (Fashion-MNIST's 28×28 resized, bicubic).
+    #[arg(long, default_value_t = crate::train::INPUT)]
+    size: usize,
+    /// Stop after N optimiser steps (with `--bench`: steps per run, default 6).
     #[arg(long)]
     steps: Option<usize>,
+    /// Time training steps instead of training: the fused kernels against candle's generic
+    /// ops (and glibc's initial allocator thresholds), interleaved, `--rounds` times.
+    #[arg(long)]
+    bench: bool,
+    /// Rounds of `--bench` (each runs both paths, in alternating order).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+    /// Print `--bench`'s result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn train(a: &TrainArgs) -> Result<()> {
+    if a.bench {
+        return bench(a);
+    }
+    check(a)?;
     let ds = fashion_mnist(&a.data.data, "train")?;
     let test = fashion_mnist(&a.data.data, "t10k")?;
     eprintln!("preparing {} training images…", ds.len());
-    let x = prepare_dataset(&ds);
-    let xt = prepare_dataset(&test);
+    let pre = preprocess_config(a.size);
+    let x = prepare_dataset(&ds, &pre)?;
+    let xt = prepare_dataset(&test, &pre)?;
     let t0 = Instant::now();
     let mut cfg = TrainConfig::fashion_default();
+    cfg.input = a.size;
     (
         cfg.epochs,
         cfg.batch,
@@ -66,16 +85,96 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         "epochs": cfg.epochs, "batch": cfg.batch, "lr": cfg.lr, "min_lr": cfg.min_lr,
         "weight_decay": cfg.weight_decay, "warmup_epochs": cfg.warmup_epochs,
         "label_smoothing": cfg.label_smoothing, "drop_path": cfg.drop_path,
-        "ema_decay": cfg.ema_decay, "seed": cfg.seed,
+        "ema_decay": cfg.ema_decay, "seed": cfg.seed, "input": cfg.input,
         "test_top1_ema": acc,
         "train_seconds": t0.elapsed().as_secs_f64(),
     });
-    let json = save(&trained.ema, &cfg.config, &a.out, extra)?;
+    let json = save(&trained.ema, &cfg.config, &pre, &a.out, extra)?;
     println!(
         "test top-1 (EMA weights): {:.2}%; wrote {} and {}",
         100.0 * acc,
         a.out.display(),
         json.display()
+    );
+    Ok(())
+}
+
+/// Refuses sizes the network cannot take and batches that cannot be formed.
+fn check(a: &TrainArgs) -> Result<()> {
+    let size = a.size;
+    if size == 0 || !size.is_multiple_of(32) || size > crate::preprocess::MAX_INPUT_SIDE {
+        anyhow::bail!(
+            "--size {size}: want a multiple of 32 (the network's stride) up to {}",
+            crate::preprocess::MAX_INPUT_SIDE
+        );
+    }
+    if !(1..=super::MAX_BATCH).contains(&a.batch) {
+        anyhow::bail!("--batch {}: want 1 to {}", a.batch, super::MAX_BATCH);
+    }
+    Ok(())
+}
+
+/// `train --bench`: seconds per step of the shipped model's training, fused kernels against
+/// candle's generic ops, in one process, interleaved; a run's first step (allocations, thread
+/// start-up) is not counted.
+fn bench(a: &TrainArgs) -> Result<()> {
+    use crate::stats::median;
+    check(a)?;
+    let mut ds = fashion_mnist(&a.data.data, "train")?;
+    let n = a.data.limit.unwrap_or(1024).clamp(1, ds.len().max(1));
+    ds.labels.truncate(n);
+    ds.images.truncate(n * ds.rows * ds.cols);
+    let data = prepare_dataset(&ds, &preprocess_config(a.size))?;
+    let mut cfg = TrainConfig::fashion_default();
+    (cfg.batch, cfg.lr, cfg.seed, cfg.input) = (a.batch, a.lr, a.seed, a.size);
+    let steps = a.steps.unwrap_or(6).max(2);
+    let (mut fused, mut generic, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let time = |generic_ops: bool| -> Result<f64> {
+        if generic_ops {
+            crate::allocator::glibc_initial();
+        }
+        let t = time_steps(&cfg, &data, &ds.labels, steps, generic_ops);
+        crate::allocator::keep_freed_memory();
+        Ok(median(&t?[1..]))
+    };
+    for round in 0..a.rounds {
+        let (f, g) = if round % 2 == 0 {
+            let f = time(false)?;
+            (f, time(true)?)
+        } else {
+            let g = time(true)?;
+            (time(false)?, g)
+        };
+        eprintln!(
+            "round {}: fused {f:.3} s/step, candle ops {g:.3} s/step",
+            round + 1
+        );
+        fused.push(f);
+        generic.push(g);
+        ratios.push(g / f);
+    }
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let threads = rayon::current_num_threads();
+    if a.json {
+        let j = serde_json::json!({
+            "batch": cfg.batch, "size": cfg.input, "threads": threads, "rounds": a.rounds,
+            "steps_per_run": steps, "fused_s_per_step": median(&fused),
+            "generic_s_per_step": median(&generic), "speedup_median": median(&ratios),
+            "speedup_min": lo, "speedup_max": hi,
+        });
+        println!("{j}");
+        return Ok(());
+    }
+    println!(
+        "training step, batch {}, {}×{}, {threads} threads, {} rounds × {} steps a run",
+        cfg.batch, cfg.input, cfg.input, a.rounds, steps
+    );
+    println!("fused kernels: {:.3} s/step (median)", median(&fused));
+    println!("candle ops:    {:.3} s/step (median)", median(&generic));
+    println!(
+        "speed-up: {:.2}× (median of the rounds' ratios; range {lo:.2}–{hi:.2})",
+        median(&ratios)
     );
     Ok(())
 }

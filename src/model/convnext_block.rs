@@ -4,6 +4,7 @@
 use super::layers::{Grn, LayerNorm, Linear};
 use super::network::TrainOptions;
 use super::plan::{BlockSpec, Kind};
+use crate::ops::bias_scale::bias_scale;
 use crate::ops::depthwise_conv_nhwc;
 use crate::ops::gelu::{bias_gelu, gelu};
 use crate::trace::{report, LayerId, Observer};
@@ -23,6 +24,9 @@ pub struct ConvNeXtBlock {
     grn: Option<Grn>,
     fc2: Linear,
     gamma: Option<Tensor>,
+    /// Whether unobserved runs fuse fc1's bias into the GELU and fc2's into the layer scale
+    /// (off for [`TrainOptions::generic_ops`]).
+    fused: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -116,7 +120,11 @@ impl ConvNeXtBlock {
             dw_bias: vdw.get(c, "bias")?,
             dw_weight,
             dw_kkc,
-            norm: LayerNorm::new(vb.pp(norm.id.name()), c, eps, t.differentiable)?,
+            norm: LayerNorm {
+                composed: t.generic_ops,
+                ..LayerNorm::new(vb.pp(norm.id.name()), c, eps, t.differentiable)?
+            },
+            fused: !t.generic_ops,
             fc1: linear(fc1.id, c, fc1.channels_out)?,
             grn: grn
                 .map(|l| Grn::new(vb.pp(l.id.name()), l.channels_out))
@@ -143,29 +151,32 @@ impl ConvNeXtBlock {
         };
         let y = step(obs, ids.dw, &|| depthwise_conv_nhwc(x, &kkc, &self.dw_bias))?;
         let y = step(obs, ids.norm, &|| self.norm.forward(&y))?;
-        let inference = self.dw_kkc.is_some();
-        let y = if inference && !obs.sees_outputs() && !self.fc1.is_packed() {
+        let y = if self.fused && !obs.sees_outputs() && !self.fc1.is_packed() {
             // Nobody looks at fc1's output on its own: add its bias inside the GELU pass (the
-            // packed kernel adds it inside the matmul already).
+            // packed kernel adds it inside the matmul already). Training takes this path too:
+            // the fused op's backward gives the bias its gradient.
             bias_gelu(&self.fc1.matmul(&y)?, &self.fc1.bias)?
         } else {
             let y = step(obs, ids.fc1, &|| self.fc1.forward(&y))?;
-            step(obs, ids.act, &|| {
-                if inference {
-                    gelu(&y)
-                } else {
-                    y.gelu_erf()
-                }
+            step(obs, ids.act, &|| match self.fused {
+                true => gelu(&y),
+                false => y.gelu_erf(),
             })?
         };
         let y = match (&self.grn, ids.grn) {
             (Some(grn), Some(id)) => step(obs, id, &|| grn.forward(&y))?,
             _ => y,
         };
-        let y = step(obs, ids.fc2, &|| self.fc2.forward(&y))?;
         let y = match (&self.gamma, ids.gamma) {
-            (Some(g), Some(id)) => step(obs, id, &|| y.broadcast_mul(g))?,
-            _ => y,
+            // Unobserved and unpacked (training): fc2's bias and the layer scale in one pass.
+            (Some(g), Some(_)) if self.fused && !obs.sees_outputs() && !self.fc2.is_packed() => {
+                bias_scale(&self.fc2.matmul(&y)?, &self.fc2.bias, g)?
+            }
+            (Some(g), Some(id)) => {
+                let y = step(obs, ids.fc2, &|| self.fc2.forward(&y))?;
+                step(obs, id, &|| y.broadcast_mul(g))?
+            }
+            _ => step(obs, ids.fc2, &|| self.fc2.forward(&y))?,
         };
         // Stochastic depth: a per-sample keep mask, already scaled by 1/keep_prob.
         let y = match keep {

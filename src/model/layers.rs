@@ -12,6 +12,8 @@ pub struct LayerNorm {
     pub eps: f64,
     /// Training needs a differentiable path; candle's fused kernel has no backward.
     pub differentiable: bool,
+    /// Differentiable through candle's ops even where the kernel with a backward applies.
+    pub composed: bool,
 }
 
 impl LayerNorm {
@@ -21,6 +23,7 @@ impl LayerNorm {
             bias: vb.get(dim, "bias")?,
             eps,
             differentiable,
+            composed: false,
         })
     }
 }
@@ -29,7 +32,8 @@ impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // candle's fused kernel has no backward pass: a tracked input (training, or a
         // gradient asked of the network) takes the kernel that has one, or the composed path.
-        if (self.differentiable || x.track_op()) && crate::ops::layer_norm::has_kernel(x) {
+        let kernel = crate::ops::layer_norm::has_kernel(x) && !self.composed;
+        if (self.differentiable || x.track_op()) && kernel {
             crate::ops::layer_norm::layer_norm(x, &self.weight, &self.bias, self.eps)
         } else if self.differentiable || x.track_op() {
             let mean = x.mean_keepdim(D::Minus1)?;

@@ -19,6 +19,9 @@ use candle_nn::VarBuilder;
 pub struct TrainOptions {
     /// Build differentiable layers and recompute weight layouts every forward.
     pub differentiable: bool,
+    /// Use candle's generic ops for GELU, LayerNorm, fc2's bias and the layer scale instead of
+    /// the fused kernels with their own backward passes: the reference `train --bench` times.
+    pub generic_ops: bool,
 }
 
 /// A layer with its name.

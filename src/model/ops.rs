@@ -71,9 +71,8 @@ pub enum Op {
         shift: Tensor,
     },
     Relu,
-    Gelu {
-        inference: bool,
-    },
+    /// Exact (erf) GELU; the fast kernel, with its backward, on CPU f32.
+    Gelu,
     Grn(Grn),
     LayerScale(Tensor),
     MaxPool {
@@ -143,9 +142,7 @@ impl Op {
             }
             Kind::LayerNorm { eps } => Op::LayerNorm(LayerNorm::new(vb, o, eps, t.differentiable)?),
             Kind::Relu => Op::Relu,
-            Kind::Gelu => Op::Gelu {
-                inference: !t.differentiable,
-            },
+            Kind::Gelu => Op::Gelu,
             Kind::Grn => Op::Grn(Grn::new(vb, o)?),
             Kind::LayerScale => Op::LayerScale(root.get(o, &spec.id.name())?),
             Kind::MaxPool { k, stride, pad } => Op::MaxPool { k, stride, pad },
@@ -190,8 +187,7 @@ impl Op {
             Op::LayerNorm(n) => n.forward(x),
             Op::BatchNorm { scale, shift } => x.broadcast_mul(scale)?.broadcast_add(shift),
             Op::Relu => x.relu(),
-            Op::Gelu { inference: true } => gelu(x),
-            Op::Gelu { inference: false } => x.gelu_erf(),
+            Op::Gelu => gelu(x),
             Op::Grn(g) => g.forward(x),
             Op::LayerScale(g) => x.broadcast_mul(g),
             Op::MaxPool { k, stride, pad } => max_pool(x, *k, *stride, *pad),

@@ -181,7 +181,10 @@ impl CustomOp3 for DwConv {
             (true, true) => Some(x.apply_op2_no_bwd(&grad, &DwConvWeightGrad { k })?),
             (true, false) => Some(weight_grad_composed(x, &grad, k)?),
         };
-        let gb = b.track_op().then(|| grad.sum((0, 1, 2))).transpose()?;
+        let gb = b
+            .track_op()
+            .then(|| super::reduce::sum_to_channels(&grad))
+            .transpose()?;
         Ok((gx, gw, gb))
     }
 }
@@ -230,7 +233,6 @@ impl CustomOp2 for DwConvWeightGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, h, w, c) = l1.shape().dims4()?;
         let k = self.k;
-        let p = k / 2;
         let x = f32_data(s1, l1)?;
         let g = f32_data(s2, l2)?;
         let row = w * c;
@@ -240,26 +242,17 @@ impl CustomOp2 for DwConvWeightGrad {
                 || vec![0f32; k * k * c],
                 |mut acc, nh| {
                     let (ni, oh) = (nh / h, nh % h);
-                    let grow = &g[nh * row..(nh + 1) * row];
-                    for i in 0..k {
-                        let ih = oh as isize + i as isize - p as isize;
-                        if ih < 0 || ih >= h as isize {
-                            continue;
-                        }
-                        let xrow = &x[(ni * h + ih as usize) * row..][..row];
-                        for j in 0..k {
-                            let (lo, hi) = valid_cols(w, j, p);
-                            let a = &mut acc[(i * k + j) * c..][..c];
-                            for ow in lo..hi {
-                                let iw = ow + j - p;
-                                crate::ops::simd::fma_slices_generic(
-                                    a,
-                                    &grow[ow * c..][..c],
-                                    &xrow[iw * c..][..c],
-                                );
-                            }
-                        }
-                    }
+                    let plane = &x[ni * h * row..(ni + 1) * h * row];
+                    weight_grad_row(
+                        &mut acc,
+                        &g[nh * row..(nh + 1) * row],
+                        plane,
+                        oh,
+                        h,
+                        w,
+                        c,
+                        k,
+                    );
                     acc
                 },
             )
@@ -273,6 +266,42 @@ impl CustomOp2 for DwConvWeightGrad {
         Ok((to_storage(gw, s1.dtype())?, Shape::from((k, k, c))))
     }
 }
+
+/// Adds output row `oh`'s share of the weight gradient to `acc` (`[k, k, c]`): for each tap,
+/// the gradient row times the input row it read, summed over columns. `x` is the image's plane.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn weight_grad_row_generic(
+    acc: &mut [f32],
+    grow: &[f32],
+    x: &[f32],
+    oh: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+) {
+    let (p, row) = (k / 2, w * c);
+    for i in 0..k {
+        let ih = oh as isize + i as isize - p as isize;
+        if ih < 0 || ih >= h as isize {
+            continue;
+        }
+        let xrow = &x[ih as usize * row..][..row];
+        for j in 0..k {
+            let (lo, hi) = valid_cols(w, j, p);
+            let a = &mut acc[(i * k + j) * c..][..c];
+            for ow in lo..hi {
+                let iw = ow + j - p;
+                crate::ops::simd::fma_slices_generic(a, &grow[ow * c..][..c], &xrow[iw * c..][..c]);
+            }
+        }
+    }
+}
+
+simd_dispatch!(fn weight_grad_row => weight_grad_row_generic(
+    acc: &mut [f32], grow: &[f32], x: &[f32], oh: usize, h: usize, w: usize, c: usize, k: usize,
+));
 
 /// Output columns `ow` whose input column `ow + j - p` lies inside `[0, w)`.
 #[inline(always)]

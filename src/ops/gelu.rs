@@ -183,13 +183,10 @@ impl CustomOp2 for BiasGelu {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad_x = gelu_grad(x, b, grad_res)?;
-        let grad_b = match b.track_op() {
-            true => {
-                let rows = grad_x.elem_count() / b.elem_count().max(1);
-                Some(grad_x.reshape((rows, b.elem_count()))?.sum(0)?)
-            }
-            false => None,
-        };
+        let grad_b = b
+            .track_op()
+            .then(|| super::reduce::sum_to_channels(&grad_x))
+            .transpose()?;
         Ok((Some(grad_x), grad_b))
     }
 }

@@ -46,9 +46,18 @@ fn forward_rows_generic(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f
 
 simd_dispatch!(fn forward_rows => forward_rows_generic(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32));
 
-/// `dx = (gw − mean(gw) − x̂·mean(gw·x̂)) / σ` with `gw = g·w`, per row.
+/// `dx = (gw − mean(gw) − x̂·mean(gw·x̂)) / σ` with `gw = g·w`, per row; adds each row's
+/// `g·x̂` and `g` to `dw` and `db` (the scale's and shift's gradients, summed over rows).
 #[inline(always)]
-fn backward_rows_generic(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32) {
+fn backward_rows_generic(
+    dx: &mut [f32],
+    x: &[f32],
+    g: &[f32],
+    w: &[f32],
+    eps: f32,
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
     let c = w.len();
     let n = c.max(1) as f32;
     for ((d, row), gr) in dx
@@ -67,11 +76,13 @@ fn backward_rows_generic(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f
         for k in 0..c {
             let xh = (row[k] - mean) * rstd;
             d[k] = (gr[k] * w[k] - m1 - xh * m2) * rstd;
+            dw[k] += gr[k] * xh;
+            db[k] += gr[k];
         }
     }
 }
 
-simd_dispatch!(fn backward_rows => backward_rows_generic(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32));
+simd_dispatch!(fn backward_rows => backward_rows_generic(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32, dw: &mut [f32], db: &mut [f32]));
 
 /// Rows per task: about 16k elements.
 fn rows_per_task(c: usize) -> usize {
@@ -130,31 +141,35 @@ impl CustomOp3 for LayerNormOp {
         let wv: Vec<f32> = w.to_vec1()?;
         let mut dx = vec![0f32; xv.len()];
         let chunk = rows_per_task(c) * c;
-        dx.par_chunks_mut(chunk)
+        // Each task's partial sums of the scale's and shift's gradients, added at the end.
+        let (dw, db) = dx
+            .par_chunks_mut(chunk)
             .zip(xv.par_chunks(chunk))
             .zip(gv.par_chunks(chunk))
-            .for_each(|((d, xi), gi)| backward_rows(d, xi, gi, &wv, self.eps));
+            .map(|((d, xi), gi)| {
+                let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
+                backward_rows(d, xi, gi, &wv, self.eps, &mut dw, &mut db);
+                (dw, db)
+            })
+            .reduce(
+                || (vec![0f32; c], vec![0f32; c]),
+                |(mut aw, mut ab), (bw, bb)| {
+                    aw.iter_mut().zip(bw).for_each(|(a, b)| *a += b);
+                    ab.iter_mut().zip(bb).for_each(|(a, b)| *a += b);
+                    (aw, ab)
+                },
+            );
         let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
         // The scale's and shift's gradients only where they are learned (training).
-        let (dw, db) = if w.track_op() || b.track_op() {
-            let rows = xv.len() / c.max(1);
-            let xs = x.reshape((rows, c))?;
-            let mean = xs.mean_keepdim(1)?;
-            let xc = xs.broadcast_sub(&mean)?;
-            let rstd = (xc.sqr()?.mean_keepdim(1)? + self.eps as f64)?
-                .sqrt()?
-                .recip()?;
-            let xhat = xc.broadcast_mul(&rstd)?;
-            let g = grad.reshape((rows, c))?;
-            (Some((g.mul(&xhat))?.sum(0)?), Some(g.sum(0)?))
-        } else {
-            (None, None)
-        };
-        Ok((
-            Some(dx),
-            dw.filter(|_| w.track_op()),
-            db.filter(|_| b.track_op()),
-        ))
+        let dw = w
+            .track_op()
+            .then(|| Tensor::from_vec(dw, c, w.device()))
+            .transpose()?;
+        let db = b
+            .track_op()
+            .then(|| Tensor::from_vec(db, c, b.device()))
+            .transpose()?;
+        Ok((Some(dx), dw, db))
     }
 }
 

@@ -1,4 +1,5 @@
 //! Hand-written kernels where candle's generic path is too slow for an interactive explorer.
+pub mod bias_scale;
 pub mod dwconv;
 #[cfg(feature = "cuda")]
 mod dwconv_cuda;
@@ -7,6 +8,7 @@ mod dwconv_metal;
 pub mod gelu;
 pub mod gemm;
 pub mod layer_norm;
+pub mod reduce;
 pub mod simd;
 
 pub use dwconv::{depthwise_conv_nhwc, depthwise_conv_nhwc_reference};

@@ -1,0 +1,158 @@
+//! `(x + b) · γ` over channels-last rows: fc2's bias and the block's layer scale in one pass,
+//! with a backward pass. Composed from candle ops, training paid for two broadcasts forward and
+//! two more, each with a strided sum over the rows, backward.
+use super::reduce::{column_sums, with_cpu_f32};
+use crate::simd_dispatch;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `(x + b) · γ` with `b` and `γ` (`[C]`) broadcast along the last axis of `x`. CPU f32 uses the
+/// fused kernel; other devices and dtypes use candle's ops.
+pub fn bias_scale(x: &Tensor, b: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+    let c = x.dim(candle_core::D::Minus1)?;
+    if b.dims1()? != c || gamma.dims1()? != c {
+        candle_core::bail!(
+            "bias_scale: bias {:?} and scale {:?} for input {:?}",
+            b.dims(),
+            gamma.dims(),
+            x.dims()
+        )
+    }
+    let fused = [x, b, gamma]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if fused {
+        x.contiguous()?
+            .apply_op3(&b.contiguous()?, &gamma.contiguous()?, BiasScale)
+    } else {
+        x.broadcast_add(b)?.broadcast_mul(gamma)
+    }
+}
+
+struct BiasScale;
+
+#[inline(always)]
+fn bias_scale_rows_generic(out: &mut [f32], x: &[f32], b: &[f32], g: &[f32]) {
+    let c = b.len();
+    for (o, row) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        for k in 0..c {
+            o[k] = (row[k] + b[k]) * g[k];
+        }
+    }
+}
+
+simd_dispatch!(fn bias_scale_rows => bias_scale_rows_generic(out: &mut [f32], x: &[f32], b: &[f32], g: &[f32]));
+
+/// `(x + b) · γ` of whole rows, in parallel.
+fn apply(x: &[f32], b: &[f32], g: &[f32]) -> Vec<f32> {
+    let c = b.len().max(1);
+    let chunk = (16_384 / c).max(1) * c;
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk))
+        .for_each(|(o, xi)| bias_scale_rows(o, xi, b, g));
+    out
+}
+
+fn data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let (CpuStorage::F32(v), Some((a, b))) = (s, l.contiguous_offsets()) else {
+        candle_core::bail!("bias_scale: contiguous f32 only")
+    };
+    Ok(&v[a..b])
+}
+
+impl CustomOp3 for BiasScale {
+    fn name(&self) -> &'static str {
+        "bias-scale"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, b, g) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
+        Ok((CpuStorage::F32(apply(x, b, g)), l1.shape().clone()))
+    }
+
+    /// `dx = g·γ`, `db = Σ g·γ`, `dγ = Σ g·(x + b)` (sums over rows), each only when tracked.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        gamma: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = gamma.elem_count();
+        let grad = grad.contiguous()?;
+        let (bv, gv): (Vec<f32>, Vec<f32>) = (b.to_vec1()?, gamma.to_vec1()?);
+        let zero = vec![0f32; c];
+        // g·γ is both the input's gradient and, summed, the bias's.
+        let Some(dx) = with_cpu_f32(&grad, |gr| apply(gr, &zero, &gv)) else {
+            candle_core::bail!("bias_scale: gradient must be f32 on the CPU")
+        };
+        let db = b
+            .track_op()
+            .then(|| Tensor::from_vec(column_sums(&dx, c), c, b.device()))
+            .transpose()?;
+        let dgamma = match gamma.track_op() {
+            true => {
+                // Σ g·(x + b) = Σ g·x + b·Σ g: one product pass, two column sums.
+                let gx = (&grad * x.contiguous()?)?;
+                let sum_gx = super::reduce::sum_to_channels(&gx)?;
+                let sum_g = super::reduce::sum_to_channels(&grad)?;
+                Some((sum_gx + (sum_g * Tensor::new(bv.as_slice(), b.device())?)?)?)
+            }
+            false => None,
+        };
+        let dx = x
+            .track_op()
+            .then(|| Tensor::from_vec(dx, x.shape(), x.device()))
+            .transpose()?;
+        Ok((dx, db, dgamma))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn forward_and_gradients_equal_candles_autograd() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (2, 3, 5, 7), &dev).unwrap();
+        let b = Var::randn(0f32, 1.0, 7, &dev).unwrap();
+        let g = Var::randn(0f32, 1.0, 7, &dev).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (2, 3, 5, 7), &dev).unwrap();
+        let ours = bias_scale(&x, &b, &g).unwrap();
+        let theirs = x.broadcast_add(&b).unwrap().broadcast_mul(&g).unwrap();
+        let max = |t: Tensor| -> f32 {
+            t.abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(max((&ours - &theirs).unwrap()) < 1e-6);
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &b, &g] {
+            let (a, c) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert!(max((a - c).unwrap()) < 1e-4, "{:?}", v.dims());
+        }
+    }
+}
