@@ -115,3 +115,80 @@ fn idx_reader_rejects_foreign_files() {
         "{e}"
     );
 }
+
+/// The fused training path (GELU, bias + layer scale, LayerNorm kernel) against candle's generic
+/// ops: the same loss and the same gradient for every parameter.
+#[test]
+fn fused_training_ops_give_candles_gradients() {
+    let cfg = tiny();
+    let weights: Vec<(String, Tensor)> = Plan::convnext(&cfg)
+        .random_weights(7)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            let noise = Tensor::randn(0f32, 0.1, t.shape(), &Device::Cpu).unwrap();
+            (k, (t + noise).unwrap())
+        })
+        .collect();
+    let x = Tensor::randn(0f32, 1., (4, 3, 32, 32), &Device::Cpu).unwrap();
+    let run = |generic_ops: bool| {
+        let varmap = candle_nn::VarMap::new();
+        {
+            let mut vars = varmap.data().lock().unwrap();
+            for (k, t) in &weights {
+                vars.insert(k.clone(), candle_core::Var::from_tensor(t).unwrap());
+            }
+        }
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let opts = TrainOptions {
+            differentiable: true,
+            generic_ops,
+        };
+        let model = Network::new_with(vb, &Plan::convnext(&cfg), opts).unwrap();
+        let masks: Vec<Vec<Tensor>> = cfg
+            .depths
+            .iter()
+            .map(|&d| {
+                let m = Tensor::new(&[1.25f32, 0.0, 1.25, 1.25], &Device::Cpu).unwrap();
+                vec![m.reshape((4, 1, 1, 1)).unwrap(); d]
+            })
+            .collect();
+        let loss = model
+            .forward_train(&x, &masks)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = varmap.data().lock().unwrap();
+        let mut out: Vec<(String, Tensor)> = vars
+            .iter()
+            .map(|(k, v)| (k.clone(), grads.get(v.as_tensor()).unwrap().clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        (loss.to_scalar::<f32>().unwrap(), out)
+    };
+    let (l_fused, g_fused) = run(false);
+    let (l_generic, g_generic) = run(true);
+    assert!(
+        (l_fused - l_generic).abs() <= 1e-4 * l_generic.abs(),
+        "{l_fused} vs {l_generic}"
+    );
+    assert_eq!(g_fused.len(), g_generic.len());
+    for ((name, a), (_, b)) in g_fused.iter().zip(&g_generic) {
+        let diff: f32 = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let scale: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert!(
+            diff <= 1e-4 * scale.max(1e-6),
+            "{name}: {diff} (scale {scale})"
+        );
+    }
+}
