@@ -123,7 +123,7 @@ fn main() {
         }
     }
     println!(
-        "shipped model (32×32), batch 32, {} thread(s), {rounds} interleaved rounds\n",
+        "shipped model (64×64), batch 32, {} thread(s), {rounds} interleaved rounds\n",
         rayon::current_num_threads()
     );
     println!("| images | computed | images/s | peak memory above the loaded model (MB) |");

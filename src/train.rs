@@ -30,9 +30,10 @@ pub const FASHION_LABELS: [&str; 10] = [
 /// Fashion-MNIST pixel mean and std (on [0, 1]), the same for the three replicated channels.
 pub const FASHION_MEAN: f32 = 0.2860;
 pub const FASHION_STD: f32 = 0.3530;
-/// The shipped model's input side: Fashion-MNIST's 28×28 resized to 32×32 (stage maps of 8,
-/// 4, 2 and 1 pixels; `train --size 64` makes them 16, 8, 4 and 2).
-pub const INPUT: usize = 32;
+/// The shipped model's input side: Fashion-MNIST's 28×28 resized to 64×64, so that the stage
+/// maps are 16, 8, 4 and 2 pixels wide (at 32×32, the last stage and the evidence maps were a
+/// single pixel).
+pub const INPUT: usize = 64;
 
 /// A set of grey images (`n × rows × cols` bytes) and their labels.
 pub struct Dataset {

@@ -41,14 +41,14 @@ fn switching_layers_changes_the_grid_and_a_channel_opens_large() {
     h.get_by_label("stage 2").click();
     h.run_steps(2);
     assert_eq!(h.state().shared().selection.layer, Some(LayerId::Stage(2)));
-    h.get_by_label_contains("128 channels · 2×2");
+    h.get_by_label_contains("128 channels · 4×4");
     h.get_by_label("1").click(); // block 1 of stage 0 (stage labels come first in the strip)
     h.run_steps(2);
     let layer = h.state().shared().selection.layer.expect("a layer");
     assert!(matches!(layer, LayerId::Block(_, 1)), "{layer:?}");
     h.get_by_label("stage 1").click();
     h.run_steps(2);
-    h.get_by_label_contains("64 channels · 4×4");
+    h.get_by_label_contains("64 channels · 8×8");
     // The first button is the first channel of the page: the highest mean, by default.
     let c = {
         let run = h.state().shared().run.as_ref().unwrap();
@@ -365,7 +365,7 @@ fn the_attribution_tab_explains_a_class_at_any_layer() {
         (a.method, a.layer),
         (Method::GradCamPlusPlus, LayerId::Stage(1))
     );
-    assert_eq!((a.map.height, a.map.width), (4, 4));
+    assert_eq!((a.map.height, a.map.width), (8, 8));
     h.get_by_label_contains("gradcam++ at stages.1 for “Trouser”");
     h.get_by_label_contains("evidence (exact, last stage)");
     // Another class: click it among the predictions.
@@ -396,7 +396,7 @@ fn the_receptive_field_tab_compares_trained_and_random_weights() {
     assert_eq!(e.stages.len(), 4);
     assert_eq!(e.images, 1);
     assert!(e.source.contains("these weights"));
-    assert_eq!(e.stages[0].size, (32, 32));
+    assert_eq!(e.stages[0].size, (64, 64));
     h.get_by_label_contains("t = 0.99");
     snap(&mut h, "app_erf");
     h.get_by_label("random weights (the untrained baseline)")

@@ -20,7 +20,7 @@ fn root() -> &'static Path {
 fn the_model_card_says_what_the_shipped_model_knows() {
     let mut h = shipped(Some("sneaker_9.png"));
     h.get_by_label_contains("knows 28×28 grey images of clothing");
-    h.get_by_label_contains("what the network sees (32×32)");
+    h.get_by_label_contains("what the network sees (64×64)");
     // No notice for what the model was trained on.
     assert!(h.state().shared().run.as_ref().unwrap().notices.is_empty());
     h.get_by_label("Model card").click();
@@ -30,7 +30,7 @@ fn the_model_card_says_what_the_shipped_model_knows() {
     assert!(h.query_all_by_label_contains("Fashion-MNIST").count() >= 3);
     h.get_by_label("accuracy");
     h.get_by_label_contains("10 classes: T-shirt/top, Trouser");
-    h.get_by_label_contains("32×32 RGB: shorter side to 32 px");
+    h.get_by_label_contains("64×64 RGB: shorter side to 64 px");
     snap(&mut h, "app_model_card");
 }
 
@@ -206,7 +206,7 @@ fn tiny_maps_are_shown_on_one_scale_and_say_why() {
     h.get_by_label("stage 3").click();
     h.run_steps(3);
     assert_eq!(h.state().shared().selection.layer, Some(LayerId::Stage(3)));
-    h.get_by_label_contains("1×1 maps: stretched channel by channel");
+    h.get_by_label_contains("2×2 maps: stretched channel by channel");
     // A map larger than 2×2 keeps the per-channel scale, without the note.
     h.get_by_label("stage 1").click();
     h.run_steps(3);

@@ -48,7 +48,9 @@ fn accuracy_on_full_test_set_where_installed() {
         500,
     )
     .unwrap();
-    assert!(acc >= 0.90, "top-1 {acc} on the 10,000 test images");
+    // The shipped model has 91.80% (weights/README.md); issue 15's target of 92% is not yet
+    // reached, so this guards against a regression from it.
+    assert!(acc >= 0.915, "top-1 {acc} on the 10,000 test images");
 }
 
 #[test]
