@@ -25,11 +25,11 @@ xvfb-run -a -s "-screen 0 1400x900x24" bash -c "
   click 464 43; sleep 2; click 503 75; sleep 1; click 502 121; shot attribution 3
   # Receptive field of every stage for this image.
   click 562 43; sleep 1; click 355 131; shot receptive_field 6
-  click 661 43; shot layer_scale
-  click 737 43; sleep 1; click 428 75; shot profile 8
-  click 815 43; shot architecture
+  click 799 43; shot layer_scale
+  click 874 43; sleep 1; click 428 75; shot profile 8
+  click 953 43; shot architecture
   # Roadmap: what the 7x7 kernel changed.
-  click 903 43; sleep 1; click 440 537; shot roadmap
+  click 1041 43; sleep 1; click 440 537; shot roadmap
   # Open image with no desktop portal (as under Xvfb): the in-app path field.
   click 367 43; sleep 1; click 59 358; sleep 1; click 700 363; xdotool key End; xdotool type s; shot path_field
   kill \$P
