@@ -165,21 +165,10 @@ mod tests {
     use super::*;
 
     fn fashion() -> Vec<String> {
-        [
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        crate::train::FASHION_LABELS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     #[test]

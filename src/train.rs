@@ -152,23 +152,25 @@ pub fn prepare_dataset(ds: &Dataset, cfg: &PreprocessConfig) -> Result<Prepared>
         )));
     }
     let (mean, std) = (cfg.mean[0], cfg.std[0]);
-    let planes = (0..ds.len())
-        .into_par_iter()
-        .map(|i| -> Result<Vec<f32>> {
+    // Written in place: at 64×64 the training set alone is about 1 GB of f32.
+    let mut pixels = vec![0f32; ds.len() * side * side];
+    pixels
+        .par_chunks_mut((side * side).max(1))
+        .enumerate()
+        .try_for_each(|(i, plane)| -> Result<()> {
             // `read_idx` checked that every image holds rows × cols bytes.
             let g =
                 image::GrayImage::from_raw(ds.cols as u32, ds.rows as u32, ds.image(i).to_vec())
                     .ok_or_else(|| Error::Input(format!("image {i}: short data")))?;
             let img = image::DynamicImage::ImageLuma8(g);
             let crop = crate::preprocess::resize_and_crop(&img, cfg)?;
-            Ok(crop
-                .pixels()
-                .map(|p| (p[0] as f32 / 255.0 - mean) / std)
-                .collect())
-        })
-        .collect::<Result<Vec<_>>>()?;
+            for (o, p) in plane.iter_mut().zip(crop.pixels()) {
+                *o = (p[0] as f32 / 255.0 - mean) / std;
+            }
+            Ok(())
+        })?;
     Ok(Prepared {
-        pixels: planes.concat(),
+        pixels,
         side,
         background: -mean / std,
     })

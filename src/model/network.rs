@@ -19,8 +19,9 @@ use candle_nn::VarBuilder;
 pub struct TrainOptions {
     /// Build differentiable layers and recompute weight layouts every forward.
     pub differentiable: bool,
-    /// Use candle's generic ops for GELU, LayerNorm, fc2's bias and the layer scale instead of
-    /// the fused kernels with their own backward passes: the reference `train --bench` times.
+    /// In ConvNeXt blocks, use candle's generic ops for GELU, LayerNorm, the biases and the
+    /// layer scale instead of the fused kernels with their own backward passes: the reference
+    /// `train --bench` times. (Layers outside blocks, as in the roadmap's plans, keep theirs.)
     pub generic_ops: bool,
 }
 

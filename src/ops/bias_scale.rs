@@ -1,7 +1,8 @@
 //! `(x + b) · γ` over channels-last rows: fc2's bias and the block's layer scale in one pass,
 //! with a backward pass. Composed from candle ops, training paid for two broadcasts forward and
 //! two more, each with a strided sum over the rows, backward.
-use super::reduce::{column_sums, with_cpu_f32};
+use super::reduce::column_sums;
+use super::storage::{contiguous_f32, with_cpu_f32};
 use crate::simd_dispatch;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -54,13 +55,6 @@ fn apply(x: &[f32], b: &[f32], g: &[f32]) -> Vec<f32> {
     out
 }
 
-fn data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let (CpuStorage::F32(v), Some((a, b))) = (s, l.contiguous_offsets()) else {
-        candle_core::bail!("bias_scale: contiguous f32 only")
-    };
-    Ok(&v[a..b])
-}
-
 impl CustomOp3 for BiasScale {
     fn name(&self) -> &'static str {
         "bias-scale"
@@ -75,6 +69,7 @@ impl CustomOp3 for BiasScale {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let data = |s, l| contiguous_f32(s, l, "bias_scale");
         let (x, b, g) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
         Ok((CpuStorage::F32(apply(x, b, g)), l1.shape().clone()))
     }

@@ -259,7 +259,7 @@ impl CustomOp2 for DwConvWeightGrad {
             .reduce(
                 || vec![0f32; k * k * c],
                 |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    super::reduce::add_rows(&mut a, &b);
                     a
                 },
             );

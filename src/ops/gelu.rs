@@ -155,14 +155,8 @@ impl CustomOp2 for BiasGelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(xv), CpuStorage::F32(bv)) = (s1, s2) else {
-            candle_core::bail!("bias_gelu: f32 only")
-        };
-        let (Some((xs, xe)), Some((bs, be))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("bias_gelu: inputs must be contiguous")
-        };
-        let (x, b) = (&xv[xs..xe], &bv[bs..be]);
+        let x = super::storage::contiguous_f32(s1, l1, "bias_gelu")?;
+        let b = super::storage::contiguous_f32(s2, l2, "bias_gelu")?;
         let c = b.len();
         let mut out = vec![0f32; x.len()];
         // Whole rows per task, about 16k elements each.

@@ -388,18 +388,13 @@ impl CustomOp1 for PackedLinearOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = s else {
-            candle_core::bail!("packed linear: f32 only")
-        };
-        let Some((start, end)) = l.contiguous_offsets() else {
-            candle_core::bail!("packed linear: input must be contiguous")
-        };
+        let x = super::storage::contiguous_f32(s, l, "packed linear")?;
         let dims = l.shape().dims();
         let lin = &self.linear;
         let Some((_, batch)) = dims.split_last().filter(|(k, _)| **k == lin.k) else {
             candle_core::bail!("packed linear: input {dims:?}, want last dim {}", lin.k)
         };
-        let out = lin.forward(&v[start..end], self.add_bias);
+        let out = lin.forward(x, self.add_bias);
         let od: Vec<usize> = batch.iter().copied().chain([lin.n]).collect();
         Ok((CpuStorage::F32(out), Shape::from(od)))
     }

@@ -89,13 +89,6 @@ fn rows_per_task(c: usize) -> usize {
     (16_384 / c.max(1)).max(1)
 }
 
-fn data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let (CpuStorage::F32(v), Some((a, b))) = (s, l.contiguous_offsets()) else {
-        candle_core::bail!("layer norm kernel: contiguous f32 only")
-    };
-    Ok(&v[a..b])
-}
-
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
         "layer-norm-with-backward"
@@ -110,6 +103,7 @@ impl CustomOp3 for LayerNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let data = |s, l| super::storage::contiguous_f32(s, l, "layer norm kernel");
         let (x, w, b) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
         let c = w.len();
         if c == 0 || b.len() != c || x.len() % c != 0 {
@@ -154,8 +148,8 @@ impl CustomOp3 for LayerNormOp {
             .reduce(
                 || (vec![0f32; c], vec![0f32; c]),
                 |(mut aw, mut ab), (bw, bb)| {
-                    aw.iter_mut().zip(bw).for_each(|(a, b)| *a += b);
-                    ab.iter_mut().zip(bb).for_each(|(a, b)| *a += b);
+                    super::reduce::add_rows(&mut aw, &bw);
+                    super::reduce::add_rows(&mut ab, &bb);
                     (aw, ab)
                 },
             );

@@ -10,5 +10,6 @@ pub mod gemm;
 pub mod layer_norm;
 pub mod reduce;
 pub mod simd;
+pub mod storage;
 
 pub use dwconv::{depthwise_conv_nhwc, depthwise_conv_nhwc_reference};

@@ -1,10 +1,12 @@
 //! Sums over the rows of channels-last data (one value per channel): the bias and scale
 //! gradients of the backward passes. candle's `sum` over leading axes walks the data with a
 //! stride per element and was a tenth of a training step.
+use super::storage::with_cpu_f32;
 use crate::simd_dispatch;
-use candle_core::{CpuStorage, Result, Storage, Tensor};
+use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
+/// `acc += row` for each `acc.len()`-long row of `x` (one row: a vector sum).
 #[inline(always)]
 fn add_rows_generic(acc: &mut [f32], x: &[f32]) {
     let c = acc.len();
@@ -15,7 +17,7 @@ fn add_rows_generic(acc: &mut [f32], x: &[f32]) {
     }
 }
 
-simd_dispatch!(fn add_rows => add_rows_generic(acc: &mut [f32], x: &[f32]));
+simd_dispatch!(pub(crate) fn add_rows => add_rows_generic(acc: &mut [f32], x: &[f32]));
 
 /// `out[k] = Σ_r x[r·c + k]`, for `x` of whole rows of `c` values.
 pub fn column_sums(x: &[f32], c: usize) -> Vec<f32> {
@@ -34,16 +36,6 @@ pub fn column_sums(x: &[f32], c: usize) -> Vec<f32> {
                 a
             },
         )
-}
-
-/// Runs `f` on the values of a contiguous f32 CPU tensor without copying them; `None` for any
-/// other tensor (the caller then uses candle's ops).
-pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Some(f(&v[a..b])),
-        _ => None,
-    }
 }
 
 /// `t` summed over every axis but the last: `[C]`.
