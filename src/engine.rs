@@ -73,6 +73,49 @@ pub fn weights_dir() -> PathBuf {
     project_dir("weights")
 }
 
+/// The user's own folder of downloaded weights: `$XDG_DATA_HOME/convnext-explorer/weights`
+/// (`~/.local/share/…`), or the platform's equivalent.
+pub fn user_weights_dir() -> Option<PathBuf> {
+    let env_dir = |k: &str| {
+        std::env::var_os(k)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let home = env_dir("HOME");
+    let data = if cfg!(target_os = "macos") {
+        home.map(|h| h.join("Library/Application Support"))
+    } else if cfg!(windows) {
+        env_dir("APPDATA")
+    } else {
+        env_dir("XDG_DATA_HOME").or_else(|| home.map(|h| h.join(".local/share")))
+    };
+    data.map(|d| d.join("convnext-explorer").join("weights"))
+}
+
+/// Where a download goes when no `--out` says: `CONVNEXT_WEIGHTS_DIR` if set, else `weights/`
+/// in the current folder if there is one, else [`user_weights_dir`]. Never the build tree.
+pub fn download_dir() -> Option<PathBuf> {
+    if let Ok(d) = std::env::var("CONVNEXT_WEIGHTS_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    let here = PathBuf::from("weights");
+    if here.is_dir() {
+        return Some(here);
+    }
+    user_weights_dir()
+}
+
+/// Every folder the app lists checkpoints from: [`weights_dir`], then the user's downloads.
+pub fn weights_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![weights_dir()];
+    if let Some(d) = user_weights_dir().filter(|d| d.is_dir()) {
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs
+}
+
 /// The project's shipped model, trained on Fashion-MNIST (see `weights/README.md`).
 pub const DEFAULT_MODEL_FILE: &str = "convnext_fashion.safetensors";
 

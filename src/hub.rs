@@ -1,14 +1,26 @@
-//! Hugging Face downloads (feature `hub`): a repo's config, weights and preprocessing config,
-//! copied into `weights/<owner>--<name>/` so that the loader and the app find them.
+//! Hugging Face downloads (feature `hub`): a repo's config, weights and preprocessing config
+//! into `<root>/<owner>--<name>/`, where the loader and the app find them.
 //!
-//! The hub is `HF_ENDPOINT` where set (a mirror; the tests' local server), else huggingface.co;
-//! hf-hub's cache is `HF_HOME` (default `~/.cache/huggingface`). A transfer cut short resumes
-//! from hf-hub's partial file, within the call (a few retries) and at the next attempt; nothing
-//! reaches `weights/` until every file is complete.
+//! The hub is `HF_ENDPOINT` where set (a mirror; the tests' local server), else huggingface.co,
+//! and nothing it says is trusted: only the fixed file names below are ever written, no string
+//! from the server becomes a path, every file's length and hash are checked against what the
+//! hub states (and the weights against `--sha256` when given), and the files go to a staging
+//! folder beside the destination. Only when every file is complete, verified and accepted by
+//! the strict loader does one rename put the new folder in place of the old one; on any failure
+//! or cancel the staging folder is removed and an existing model is untouched.
+//! The transport and its limits are in [`http`].
+mod http;
+
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
+use http::{Client, Expected, Failure, Kind, Limits};
+use sha2::Digest;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+use url::Url;
+
+pub use http::{token_allowed, CONNECT_TIMEOUT, MAX_REDIRECTS};
 
 /// Repos users most often want (timm and Hugging Face transformers layouts).
 pub const COMMON_REPOS: &[&str] = &[
@@ -23,83 +35,62 @@ pub const COMMON_REPOS: &[&str] = &[
     "facebook/convnextv2-tiny-1k-224",
 ];
 
-/// The folder a repo lands in under `dest_root`.
-pub fn dest_folder(repo_id: &str, dest_root: &Path) -> Result<PathBuf> {
-    let ok = repo_id.split('/').count() == 2
-        && !repo_id.contains("..")
-        && repo_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-    if !ok {
-        return Err(Error::Input(format!(
-            "`{repo_id}` is not a Hugging Face repo id (owner/name)"
-        )));
-    }
-    Ok(dest_root.join(repo_id.replace('/', "--")))
+/// The most a config or preprocessing file may be.
+pub const MAX_CONFIG_BYTES: u64 = 8_000_000;
+/// The stall window when neither the options nor `CONVNEXT_DOWNLOAD_STALL_SECS` say otherwise.
+pub const STALL: Duration = Duration::from_secs(30);
+
+/// The weights files the loader reads, in the order they are tried: the older pickle only when
+/// the hub has no safetensors.
+const WEIGHTS_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
+
+/// How to download.
+#[derive(Clone, Debug)]
+pub struct DownloadOptions {
+    /// The hub's base URL.
+    pub endpoint: String,
+    /// Sent only to the endpoint's origin (see [`token_allowed`]).
+    pub token: Option<String>,
+    /// The sha256 the weights file must have, from a source the user trusts.
+    pub sha256: Option<String>,
+    /// Less than 1 kB received in this long is an error.
+    pub stall: Duration,
 }
 
-/// Downloads `repo_id` (with a progress bar on the terminal) into `dest_root`; returns the folder.
-pub fn download(repo_id: &str, dest_root: &Path) -> Result<PathBuf> {
-    fetch_repo(repo_id, dest_root, true, |repo, file| repo.get(file))
-}
-
-/// Raised (by unwinding, which hf-hub's progress callback offers no other way to do) when a
-/// download is cancelled; [`download_with_progress`] catches it.
-struct Cancelled;
-
-/// hf-hub's progress callbacks, forwarded to a [`Progress`].
-struct Reporter<'a> {
-    file: String,
-    done: usize,
-    total: usize,
-    progress: &'a mut dyn Progress,
-}
-
-impl hf_hub::api::Progress for Reporter<'_> {
-    fn init(&mut self, size: usize, filename: &str) {
-        // hf-hub calls this again before each (re)started transfer, then reports the bytes a
-        // resumed one already has as an update: start over each time.
-        self.file = filename.to_string();
-        self.done = 0;
-        self.total = size;
-        self.progress.update(0, size, &self.file);
-    }
-    fn update(&mut self, size: usize) {
-        if self.progress.cancelled() {
-            // resume_unwind skips the panic hook: this is control flow, not a bug.
-            std::panic::resume_unwind(Box::new(Cancelled));
+impl DownloadOptions {
+    /// From the environment: `HF_ENDPOINT`, the token in `HF_TOKEN` or `HF_HOME/token`, and
+    /// `CONVNEXT_DOWNLOAD_STALL_SECS` (tests shorten the stall window with it).
+    pub fn from_env() -> Self {
+        let stall = std::env::var("CONVNEXT_DOWNLOAD_STALL_SECS")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+            .map_or(STALL, Duration::from_secs_f64);
+        Self {
+            endpoint: endpoint(),
+            token: token_from_env(),
+            sha256: None,
+            stall,
         }
-        self.done += size;
-        self.progress.update(self.done, self.total, &self.file);
     }
-    fn finish(&mut self) {}
 }
 
-/// Like [`download`], reporting each file's bytes to `progress` and stopping soon after it
-/// says the user cancelled ([`Error::Cancelled`]).
-pub fn download_with_progress(
-    repo_id: &str,
-    dest_root: &Path,
-    progress: &mut dyn Progress,
-) -> Result<PathBuf> {
-    let run = std::panic::AssertUnwindSafe(|| {
-        fetch_repo(repo_id, dest_root, false, |repo, file| {
-            let reporter = Reporter {
-                file: file.to_string(),
-                done: 0,
-                total: 0,
-                progress: &mut *progress,
-            };
-            repo.download_with_progress(file, reporter)
-        })
-    });
-    match std::panic::catch_unwind(run) {
-        Ok(r) => r,
-        Err(payload) if payload.is::<Cancelled>() => {
-            Err(Error::Cancelled(format!("download of `{repo_id}`")))
-        }
-        Err(payload) => std::panic::resume_unwind(payload),
-    }
+/// A finished download.
+#[derive(Clone, Debug)]
+pub struct Downloaded {
+    pub dir: PathBuf,
+    /// Every file kept, with its size and sha256.
+    pub files: Vec<KeptFile>,
+    /// Things the user should know (a token withheld from another origin).
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct KeptFile {
+    pub name: &'static str,
+    pub bytes: u64,
+    pub sha256: String,
+    pub weights: bool,
 }
 
 /// Where downloads come from: `HF_ENDPOINT`, else the Hugging Face hub.
@@ -107,89 +98,317 @@ pub fn endpoint() -> String {
     std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into())
 }
 
-/// Retries of a transfer that broke off, each resuming where the last one stopped.
-const RETRIES: usize = 2;
-
-/// Is this the hub saying the file (or the whole repo) is not there?
-fn not_found(e: &ApiError) -> bool {
-    matches!(e, ApiError::RequestError(b) if matches!(**b, ureq::Error::Status(404, _)))
+/// The token in `HF_TOKEN`, else in `HF_HOME/token` (`~/.cache/huggingface/token`).
+fn token_from_env() -> Option<String> {
+    if let Some(t) = std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Some(t.trim().to_string());
+    }
+    let home = std::env::var_os("HF_HOME").map(PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface"))
+    })?;
+    let bytes = crate::files::read_capped(&home.join("token"), 4096, "a token").ok()?;
+    let t = String::from_utf8(bytes).ok()?;
+    let t = t.trim();
+    (!t.is_empty() && t.chars().all(|c| c.is_ascii_graphic())).then(|| t.to_string())
 }
 
-/// One line a user can act on, for what hf-hub reports.
-fn explain(e: ApiError, file: &str) -> String {
-    let ApiError::RequestError(boxed) = &e else {
-        return format!("{file}: {e}");
+/// The folder a repo lands in under `dest_root`.
+pub fn dest_folder(repo_id: &str, dest_root: &Path) -> Result<PathBuf> {
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with(['.', '-'])
+            && !p.contains("..")
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
-    match &**boxed {
-        ureq::Error::Status(code, r) => match (code, r.header("x-error-code")) {
-            (401 | 404, Some("RepositoryNotFound")) => {
-                format!("no such repo on {} (or it is private)", endpoint())
-            }
-            (404, Some("RevisionNotFound")) => "the repo has no `main` branch".into(),
-            (404, _) => format!("{file} is not in the repo"),
-            (code, _) => format!("{file}: the hub answered HTTP {code}"),
-        },
-        ureq::Error::Transport(t) => format!("could not reach {}: {t}", endpoint()),
+    match repo_id.split_once('/') {
+        Some((owner, name)) if part_ok(owner) && part_ok(name) => {
+            Ok(dest_root.join(format!("{owner}--{name}")))
+        }
+        _ => Err(Error::Input(format!(
+            "`{repo_id}` is not a Hugging Face repo id (owner/name)"
+        ))),
     }
 }
 
-fn fetch_repo(
+/// Downloads `repo_id` into `dest_root/<owner>--<name>`, reporting each file's bytes to
+/// `progress` and stopping within a moment of it saying the user cancelled
+/// ([`Error::Cancelled`]).
+pub fn download(
     repo_id: &str,
     dest_root: &Path,
-    terminal_progress: bool,
-    mut fetch: impl FnMut(&ApiRepo, &str) -> std::result::Result<PathBuf, ApiError>,
-) -> Result<PathBuf> {
+    options: &DownloadOptions,
+    progress: &mut dyn Progress,
+) -> Result<Downloaded> {
     let fail = |msg: String| Error::Download {
         repo: repo_id.to_string(),
         msg,
     };
     let dest = dest_folder(repo_id, dest_root)?;
-    let api = ApiBuilder::from_env()
-        .with_progress(terminal_progress)
-        .with_retries(RETRIES)
-        .build()
-        .map_err(|e| fail(e.to_string()))?;
-    let repo = api.model(repo_id.to_string());
-    let config = fetch(&repo, "config.json").map_err(|e| fail(explain(e, "config.json")))?;
-    let preprocessor = match fetch(&repo, "preprocessor_config.json") {
-        Ok(p) => Some(p),
-        Err(e) if not_found(&e) => None,
-        Err(e) => return Err(fail(explain(e, "preprocessor_config.json"))),
+    let pin = options.sha256.as_deref().map(parse_pin).transpose()?;
+    let base = repo_url(&options.endpoint, repo_id).map_err(fail)?;
+    std::fs::create_dir_all(dest_root).map_err(|e| Error::file(dest_root, e))?;
+    let staging = Staging::new(&dest)?;
+    let limits = Limits {
+        stall: options.stall,
+        max_small: MAX_CONFIG_BYTES,
     };
-    // Only a missing model.safetensors sends us to the older pickle; a failed transfer is an
-    // error of its own, not a reason to fetch something else.
-    let weights = match fetch(&repo, "model.safetensors") {
-        Ok(p) => (p, "model.safetensors"),
-        Err(e) if not_found(&e) => match fetch(&repo, "pytorch_model.bin") {
-            Ok(p) => (p, "pytorch_model.bin"),
-            Err(e) if not_found(&e) => {
-                return Err(fail(
+    let endpoint = Url::parse(&options.endpoint).map_err(|e| fail(e.to_string()))?;
+    let mut client = Client::new(endpoint, options.token.clone(), limits, progress);
+    let files =
+        fetch_all(&mut client, &base, staging.path(), pin.as_deref()).map_err(|f| match f {
+            Failure::Cancelled => Error::Cancelled(format!("download of `{repo_id}`")),
+            Failure::Fatal(m) | Failure::Broken(m) => fail(m),
+            Failure::NotFound => fail("a file is missing".into()),
+        })?;
+    crate::model::checkpoint::Checkpoint::open(staging.path())
+        .map_err(|e| fail(format!("the files do not load as a model: {e}")))?;
+    staging.replace(&dest)?;
+    Ok(Downloaded {
+        dir: dest,
+        files,
+        notes: client.notes,
+    })
+}
+
+/// `{endpoint}/{owner}/{name}/resolve/main/`, from an http(s) endpoint.
+fn repo_url(endpoint: &str, repo_id: &str) -> std::result::Result<Url, String> {
+    let base = format!("{}/{repo_id}/resolve/main/", endpoint.trim_end_matches('/'));
+    let url = Url::parse(&base).map_err(|e| format!("HF_ENDPOINT `{endpoint}`: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "HF_ENDPOINT `{endpoint}` is not an http(s) address"
+        ));
+    }
+    Ok(url)
+}
+
+/// The config, the preprocessing config if there is one, and the weights, each verified.
+fn fetch_all(
+    client: &mut Client,
+    base: &Url,
+    dir: &Path,
+    pin: Option<&str>,
+) -> std::result::Result<Vec<KeptFile>, Failure> {
+    let mut kept = vec![fetch_one(
+        client,
+        base,
+        dir,
+        "config.json",
+        Kind::Small,
+        None,
+    )?];
+    match fetch_one(
+        client,
+        base,
+        dir,
+        "preprocessor_config.json",
+        Kind::Small,
+        None,
+    ) {
+        Ok(f) => kept.push(f),
+        Err(Failure::NotFound) => {}
+        Err(e) => return Err(e),
+    }
+    for (i, name) in WEIGHTS_FILES.iter().enumerate() {
+        // Only a missing file sends us to the next; a failed transfer is an error of its own.
+        match fetch_one(client, base, dir, name, Kind::Weights, pin) {
+            Ok(f) => {
+                kept.push(f);
+                return Ok(kept);
+            }
+            Err(Failure::NotFound) if i + 1 < WEIGHTS_FILES.len() => {}
+            Err(Failure::NotFound) => {
+                return Err(Failure::Fatal(
                     "the repo has neither model.safetensors nor pytorch_model.bin".into(),
                 ))
             }
-            Err(e) => return Err(fail(explain(e, "pytorch_model.bin"))),
-        },
-        Err(e) => return Err(fail(explain(e, "model.safetensors"))),
-    };
-    // Only a complete download becomes a folder in weights/: each file is copied under a
-    // temporary name and renamed, the weights before the config the loader looks for first.
-    std::fs::create_dir_all(&dest).map_err(|e| Error::file(&dest, e))?;
-    copy(&weights.0, &dest.join(weights.1))?;
-    if let Some(p) = preprocessor {
-        copy(&p, &dest.join("preprocessor_config.json"))?;
+            Err(e) => return Err(e),
+        }
     }
-    copy(&config, &dest.join("config.json"))?;
-    Ok(dest)
+    unreachable!("the last weights file ends the loop")
 }
 
-/// Copies whole or not at all (a half-copied file never carries the final name).
-fn copy(from: &Path, to: &Path) -> Result<()> {
-    let mut partial = to.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    std::fs::copy(from, &partial).map_err(|e| Error::file(to, e))?;
-    std::fs::rename(&partial, to).map_err(|e| Error::file(to, e))?;
-    Ok(())
+fn fetch_one(
+    client: &mut Client,
+    base: &Url,
+    dir: &Path,
+    name: &'static str,
+    kind: Kind,
+    pin: Option<&str>,
+) -> std::result::Result<KeptFile, Failure> {
+    let url = base
+        .join(name)
+        .map_err(|e| Failure::Fatal(format!("{name}: {e}")))?;
+    let path = dir.join(name);
+    client.progress.update(0, 0, name);
+    let meta = client.fetch(&url, name, &path, kind).map_err(|f| match f {
+        Failure::NotFound if kind == Kind::Small && name == "config.json" => {
+            Failure::Fatal("config.json is not in the repo".into())
+        }
+        f => f,
+    })?;
+    let hashes = hash_file(&path).map_err(|e| Failure::Fatal(format!("{name}: {e}")))?;
+    if let Some(size) = meta.size.filter(|&s| s != hashes.bytes) {
+        return Err(Failure::Fatal(format!(
+            "{name} has {} bytes, but the hub declared {size}",
+            hashes.bytes
+        )));
+    }
+    verify(
+        name,
+        &hashes,
+        meta.expected.as_ref(),
+        pin.filter(|_| kind == Kind::Weights),
+    )?;
+    Ok(KeptFile {
+        name,
+        bytes: hashes.bytes,
+        sha256: hashes.sha256,
+        weights: kind == Kind::Weights,
+    })
+}
+
+struct Hashes {
+    bytes: u64,
+    sha256: String,
+    git_sha1: String,
+}
+
+/// The file's sha256, and its sha1 as git names a blob.
+fn hash_file(path: &Path) -> std::io::Result<Hashes> {
+    let bytes = std::fs::metadata(path)?.len();
+    let mut sha256 = sha2::Sha256::new();
+    let mut git = sha1::Sha1::new();
+    git.update(format!("blob {bytes}\0"));
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sha256.update(&buf[..n]);
+        git.update(&buf[..n]);
+    }
+    Ok(Hashes {
+        bytes,
+        sha256: hex(&sha256.finalize()),
+        git_sha1: hex(&git.finalize()),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hash the hub states must match; a pinned sha256 must match too, and stands in for a
+/// hub that states none.
+fn verify(
+    name: &str,
+    got: &Hashes,
+    expected: Option<&Expected>,
+    pin: Option<&str>,
+) -> std::result::Result<(), Failure> {
+    let mismatch = |what: &str, got: &str, want: &str, who: &str| {
+        Failure::Fatal(format!(
+            "{name} is corrupt or tampered with: its {what} is {got}, but {who} says {want}"
+        ))
+    };
+    if let Some(p) = pin {
+        if got.sha256 != p {
+            return Err(mismatch("sha256", &got.sha256, p, "--sha256"));
+        }
+    }
+    match expected {
+        Some(Expected::Sha256(want)) if got.sha256 != *want => {
+            Err(mismatch("sha256", &got.sha256, want, "the hub"))
+        }
+        Some(Expected::GitSha1(want)) if got.git_sha1 != *want => {
+            Err(mismatch("git sha1", &got.git_sha1, want, "the hub"))
+        }
+        Some(_) => Ok(()),
+        None if pin.is_some() => Ok(()),
+        None => Err(Failure::Fatal(format!(
+            "the hub stated no hash for {name} (no X-Linked-Etag sha256, no git-sha1 ETag), so \
+             it cannot be checked"
+        ))),
+    }
+}
+
+/// `--sha256`: 64 hex digits.
+fn parse_pin(s: &str) -> Result<String> {
+    let t = s.trim().to_ascii_lowercase();
+    if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(t)
+    } else {
+        Err(Error::Input(format!(
+            "--sha256 `{s}` is not a sha256 (64 hexadecimal digits)"
+        )))
+    }
+}
+
+/// A folder beside the destination, on the same file system, removed on drop unless it has
+/// replaced the destination.
+struct Staging {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl Staging {
+    fn new(dest: &Path) -> Result<Self> {
+        let path = sibling(dest, "download");
+        std::fs::create_dir(&path).map_err(|e| Error::file(&path, e))?;
+        Ok(Self { path, kept: false })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Puts the staged folder where `dest` is: the old folder (with files the repo no longer
+    /// has) goes as a whole; if the swap fails, the old one is put back.
+    fn replace(mut self, dest: &Path) -> Result<()> {
+        let old = sibling(dest, "old");
+        let had = dest.exists();
+        if had {
+            std::fs::rename(dest, &old).map_err(|e| Error::file(dest, e))?;
+        }
+        if let Err(e) = std::fs::rename(&self.path, dest) {
+            if had {
+                let _ = std::fs::rename(&old, dest);
+            }
+            return Err(Error::file(dest, e));
+        }
+        self.kept = true;
+        if had {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// `.<name>.<what>-<pid>-<n>` beside `dest`: hidden, and unique to this process and call.
+fn sibling(dest: &Path, what: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.{what}-{}-{n}", std::process::id()))
 }
 
 #[cfg(test)]
@@ -202,9 +421,32 @@ mod tests {
             dest_folder("timm/convnext_tiny.fb_in1k", root).unwrap(),
             root.join("timm--convnext_tiny.fb_in1k")
         );
-        for bad in ["convnext", "a/b/c", "../x", "a/..", "a/b c", ""] {
+        for bad in [
+            "convnext", "a/b/c", "../x", "a/..", "a/b c", "", "./x", "a/.", "-a/b", "a/",
+        ] {
             let e = dest_folder(bad, root).err().unwrap().to_string();
             assert!(e.contains("not a Hugging Face repo id"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_pin_must_be_a_sha256() {
+        assert_eq!(parse_pin(&"AB".repeat(32)).unwrap(), "ab".repeat(32));
+        assert!(parse_pin("abc").is_err());
+        assert!(parse_pin(&"z".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn git_names_a_blob_by_the_sha1_of_its_header_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"hello\n").unwrap();
+        let h = hash_file(&p).unwrap();
+        // `echo hello | git hash-object --stdin`
+        assert_eq!(h.git_sha1, "ce013625030ba8dba906f756967f9e9ca394464a");
+        assert_eq!(
+            h.sha256,
+            "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+        );
     }
 }

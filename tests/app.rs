@@ -246,7 +246,7 @@ fn the_weights_list_says_what_each_file_is() {
     .unwrap();
     std::fs::write(dir.path().join("b.pth"), b"garbage").unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"not listed").unwrap();
-    let list = convnext_explorer::app::scan_weights(dir.path());
+    let list = convnext_explorer::app::scan_weights(&[dir.path().to_path_buf()]);
     assert_eq!(list.len(), 2);
     let ok = list[0].summary.as_ref().unwrap();
     assert!(

@@ -1,14 +1,18 @@
-//! The Download window: a Hugging Face repo into `weights/`, run by the worker with progress
-//! and cancel; a finished download loads itself and shows up in the weights list.
+//! The Download window: a Hugging Face repo into `weights/` (or the user's data folder), run
+//! by the worker with progress (bytes, total, rate) and cancel; a finished download loads
+//! itself and shows up in the weights list. What is verified is said in the window.
 use super::worker::JobKind;
 use super::{Request, Shared};
-use crate::engine::weights_dir;
+use crate::engine::download_dir;
 use crate::hub::COMMON_REPOS;
+use std::time::Instant;
 
 #[derive(Default)]
 pub struct DownloadWindow {
     pub open: bool,
     repo: String,
+    /// The file being fetched, when its first bytes were seen and how many there were then.
+    rate_from: Option<(String, Instant, usize)>,
 }
 
 impl DownloadWindow {
@@ -22,9 +26,13 @@ impl DownloadWindow {
     }
 
     fn contents(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+        let dest = download_dir().map_or("nowhere (no ./weights, no HOME)".into(), |d| {
+            d.display().to_string()
+        });
         ui.label(format!(
-            "Files go to {} (config.json, weights, preprocessor config).",
-            weights_dir().display()
+            "Files go to {dest} (config.json, weights, preprocessor config). Each is checked \
+             against the size and hash the hub states and the model must load before it \
+             replaces anything."
         ));
         let job = shared
             .status
@@ -61,12 +69,33 @@ impl DownloadWindow {
             } else {
                 0.0
             };
+            let rate = self.rate(&j.what, j.done);
             ui.label(&j.what);
             ui.add(egui::ProgressBar::new(frac).show_percentage().text(format!(
-                "{:.1} / {:.1} MB",
+                "{:.1} / {:.1} MB{rate}",
                 j.done as f64 / 1e6,
                 j.total as f64 / 1e6
             )));
+        } else {
+            self.rate_from = None;
         }
+    }
+}
+
+impl DownloadWindow {
+    /// `, 3.2 MB/s` once a file has been coming for a moment.
+    fn rate(&mut self, file: &str, done: usize) -> String {
+        let fresh = !matches!(&self.rate_from, Some((f, _, d)) if f == file && *d <= done);
+        if fresh {
+            self.rate_from = Some((file.to_string(), Instant::now(), done));
+        }
+        let Some((_, t0, d0)) = &self.rate_from else {
+            return String::new();
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        if secs < 0.5 {
+            return String::new();
+        }
+        format!(", {:.1} MB/s", (done - d0) as f64 / secs / 1e6)
     }
 }

@@ -452,7 +452,7 @@ impl ExplorerApp {
                 }
                 Request::RescanWeights => {
                     self.shared.weights = None;
-                    Some(Job::ScanWeights(weights_dir()))
+                    Some(Job::ScanWeights(crate::engine::weights_dirs()))
                 }
                 #[cfg(feature = "hub")]
                 Request::Download(repo) => Some(Job::Download(repo)),
@@ -545,8 +545,12 @@ impl ExplorerApp {
             }
             Reply::Profiled(p) => s.profile = Some(p),
             Reply::Weights(list) => s.weights = Some(list),
-            Reply::Downloaded(folder) => {
-                s.status.notice = Some(format!("Downloaded into {}", folder.display()));
+            Reply::Downloaded { dir: folder, notes } => {
+                let mut notice = format!("Downloaded into {}", folder.display());
+                for n in notes {
+                    notice.push_str(&format!("; {n}"));
+                }
+                s.status.notice = Some(notice);
                 s.request(Request::RescanWeights);
                 s.request(Request::Load(ModelSpec::Weights(folder)));
                 self.handle_requests();

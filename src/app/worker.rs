@@ -71,8 +71,8 @@ pub enum Job {
     Profile {
         runs: usize,
     },
-    /// Say what each checkpoint in a folder is.
-    ScanWeights(PathBuf),
+    /// Say what each checkpoint in these folders is.
+    ScanWeights(Vec<PathBuf>),
     /// Fetch a Hugging Face repo into `weights/`.
     #[cfg(feature = "hub")]
     Download(String),
@@ -182,7 +182,11 @@ pub enum Reply {
     Ran(Box<RunView>),
     Profiled(ProfileView),
     Weights(Vec<WeightsEntry>),
-    Downloaded(PathBuf),
+    /// The folder a download landed in, and what the user should know about it.
+    Downloaded {
+        dir: PathBuf,
+        notes: Vec<String>,
+    },
     Saved(PathBuf),
     /// Median ms of each roadmap step, in order.
     RoadmapTimes(Vec<f64>),
@@ -704,17 +708,25 @@ impl WorkerState {
     }
 }
 
-/// Checkpoints in a folder (files and model folders), each opened to say what it is.
-pub fn scan_weights(dir: &std::path::Path) -> Vec<WeightsEntry> {
+/// Checkpoints in folders (files and model folders), each opened to say what it is. Hidden
+/// entries (a download's staging folder) are not models.
+pub fn scan_weights(dirs: &[PathBuf]) -> Vec<WeightsEntry> {
     use crate::model::checkpoint::{is_weights_file, CheckpointInfo};
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut paths: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
+    let mut paths: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|rd| {
+            let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            v.sort();
+            v
+        })
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .filter(|p| is_weights_file(p) || (p.is_dir() && p.join("config.json").is_file()))
         .collect();
-    paths.sort();
+    paths.dedup();
     paths
         .into_iter()
         .map(|path| {
@@ -747,8 +759,14 @@ fn time_roadmap(
 
 #[cfg(feature = "hub")]
 fn download(repo: &str, progress: &mut dyn Progress) -> anyhow::Result<Reply> {
-    let dir = crate::hub::download_with_progress(repo, &crate::engine::weights_dir(), progress)?;
-    Ok(Reply::Downloaded(dir))
+    let root = crate::engine::download_dir()
+        .ok_or_else(|| anyhow::anyhow!("no folder to download into (no ./weights, no HOME)"))?;
+    let options = crate::hub::DownloadOptions::from_env();
+    let got = crate::hub::download(repo, &root, &options, progress)?;
+    Ok(Reply::Downloaded {
+        dir: got.dir,
+        notes: got.notes,
+    })
 }
 
 fn save(path: PathBuf, content: SaveContent) -> anyhow::Result<Reply> {

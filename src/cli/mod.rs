@@ -53,7 +53,7 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Train the small Fashion-MNIST ConvNeXt (the shipped default model).
     Train(train::TrainArgs),
-    /// Download a Hugging Face repo (timm or transformers ConvNeXt) into `weights/`.
+    /// Download a Hugging Face repo (timm or transformers ConvNeXt), verified, into `weights/`.
     #[cfg(feature = "hub")]
     Download(download::DownloadArgs),
     /// Accuracy, per-class precision/recall and confusion: on the Fashion-MNIST test set, or on
