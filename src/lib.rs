@@ -4,9 +4,11 @@
 pub mod allocator;
 pub mod attribution;
 pub mod card;
+pub mod cka;
 pub mod collapse;
 pub mod colormap;
 pub mod device;
+pub mod diff;
 pub mod engine;
 pub mod error;
 pub mod evaluation;

@@ -2,6 +2,7 @@
 //! options several share are the structs below.
 mod attribute;
 mod bench;
+mod cka;
 mod classify;
 mod collapse;
 #[cfg(feature = "hub")]
@@ -71,6 +72,10 @@ pub enum Command {
     Collapse(collapse::CollapseArgs),
     /// The images of a folder that excite one channel most, with the patches around the peaks.
     TopImages(top_images::TopImagesArgs),
+    /// Centred kernel alignment (CKA) between every layer of two models over the same images.
+    Cka(cka::CkaArgs),
+    /// What changed between two checkpoints: per tensor, per block, in layer scale.
+    Diff(cka::DiffArgs),
 }
 
 /// Which model: `--weights` (global) or a named variant with seeded random weights.
@@ -184,5 +189,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Erf(a) => erf::run(&ctx, a),
         Command::Collapse(a) => collapse::run(&ctx, a),
         Command::TopImages(a) => top_images::run(&ctx, a),
+        Command::Cka(a) => cka::run(&ctx, a),
+        Command::Diff(a) => cka::diff(a),
     }
 }
