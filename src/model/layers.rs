@@ -176,12 +176,24 @@ impl Grn {
     }
 }
 
-impl Module for Grn {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Grn {
+    /// GRN from candle's ops (with their backward): `γ·(x·Nx) + β + x`, `Nx = Gx / (mean Gx + ε)`,
+    /// `Gx` the per-channel L2 norm over H·W of a channels-last `[N, H, W, C]` map.
+    pub fn composed(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let gx = x.sqr()?.sum_keepdim((1, 2))?.sqrt()?;
         let nx = gx.broadcast_div(&(gx.mean_keepdim(D::Minus1)? + Self::EPS)?)?;
-        let scaled = x.broadcast_mul(&nx)?.broadcast_mul(&self.weight)?;
-        (x + scaled)?.broadcast_add(&self.bias)
+        let scaled = x.broadcast_mul(&nx)?.broadcast_mul(weight)?;
+        (x + scaled)?.broadcast_add(bias)
+    }
+}
+
+impl Module for Grn {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::ops::grn::has_kernel(x) && self.weight.dtype() == DType::F32 {
+            crate::ops::grn::grn(x, &self.weight, &self.bias, Self::EPS)
+        } else {
+            Self::composed(x, &self.weight, &self.bias)
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod dwconv_cuda;
 mod dwconv_metal;
 pub mod gelu;
 pub mod gemm;
+pub mod grn;
 pub mod layer_norm;
 pub mod reduce;
 pub mod simd;

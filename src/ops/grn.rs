@@ -1,0 +1,180 @@
+//! Global response normalisation (ConvNeXt V2) over channels-last maps, fused: one pass for
+//! each image's per-channel L2 norms, one for the scale. Composed from candle ops, GRN took
+//! about as long as the rest of a V2 block (a square, a strided sum, a square root, a mean,
+//! two divisions, three broadcasts, each a pass over the map or an allocation).
+//!
+//! `Gx = ‖x_c‖₂` over H·W, `Nx = Gx / (mean_c Gx + ε)`, `y = γ·(x·Nx) + β + x`, computed as
+//! `y = x·(1 + γ·Nx) + β`. Inference only: a tracked input (a gradient asked of the network)
+//! takes the composed path, which has candle's backward.
+use super::storage::contiguous_f32;
+use crate::simd_dispatch;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Whether [`grn`] runs the fused kernel for these tensors (CPU, f32, untracked).
+pub fn has_kernel(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op()
+}
+
+/// GRN of a channels-last `[N, H, W, C]` map with `γ`, `β` of `[C]`.
+pub fn grn(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let (_, _, _, c) = x.dims4()?;
+    if gamma.dims1()? != c || beta.dims1()? != c {
+        candle_core::bail!(
+            "grn: γ {:?} and β {:?} for input {:?}",
+            gamma.dims(),
+            beta.dims(),
+            x.dims()
+        )
+    }
+    x.contiguous()?.apply_op3(
+        &gamma.to_dtype(DType::F32)?.contiguous()?,
+        &beta.to_dtype(DType::F32)?.contiguous()?,
+        Grn { eps: eps as f32 },
+    )
+}
+
+struct Grn {
+    eps: f32,
+}
+
+#[inline(always)]
+fn sum_squares_generic(acc: &mut [f32], x: &[f32]) {
+    let c = acc.len();
+    for row in x.chunks_exact(c) {
+        for k in 0..c {
+            acc[k] += row[k] * row[k];
+        }
+    }
+}
+
+simd_dispatch!(fn sum_squares => sum_squares_generic(acc: &mut [f32], x: &[f32]));
+
+#[inline(always)]
+fn scale_shift_generic(out: &mut [f32], x: &[f32], s: &[f32], b: &[f32]) {
+    let c = s.len();
+    for (o, row) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        for k in 0..c {
+            o[k] = row[k] * s[k] + b[k];
+        }
+    }
+}
+
+simd_dispatch!(fn scale_shift => scale_shift_generic(out: &mut [f32], x: &[f32], s: &[f32], b: &[f32]));
+
+/// Rows per task: enough work to be worth a thread, whole rows only.
+fn chunk_len(c: usize) -> usize {
+    (16_384 / c.max(1)).max(1) * c.max(1)
+}
+
+/// One image (`[H·W, C]`): its per-channel scale `1 + γ·Nx`.
+fn scale_of(img: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
+    let c = gamma.len();
+    let ss = img
+        .par_chunks(chunk_len(c))
+        .map(|part| {
+            let mut acc = vec![0f32; c];
+            sum_squares(&mut acc, part);
+            acc
+        })
+        .reduce(
+            || vec![0f32; c],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    let gx: Vec<f32> = ss.iter().map(|v| v.sqrt()).collect();
+    let mean = gx.iter().sum::<f32>() / c.max(1) as f32;
+    gx.iter()
+        .zip(gamma)
+        .map(|(g, w)| 1.0 + w * (g / (mean + eps)))
+        .collect()
+}
+
+fn apply(x: &[f32], hw: usize, gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
+    let c = gamma.len();
+    let mut out = vec![0f32; x.len()];
+    let per_image = (hw * c).max(1);
+    for (o_img, x_img) in out.chunks_mut(per_image).zip(x.chunks(per_image)) {
+        let s = scale_of(x_img, gamma, eps);
+        o_img
+            .par_chunks_mut(chunk_len(c))
+            .zip(x_img.par_chunks(chunk_len(c)))
+            .for_each(|(o, xi)| scale_shift(o, xi, &s, beta));
+    }
+    out
+}
+
+impl CustomOp3 for Grn {
+    fn name(&self) -> &'static str {
+        "grn"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, h, w, _) = l1.shape().dims4()?;
+        let data = |s, l| contiguous_f32(s, l, "grn");
+        let (x, g, b) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
+        let out = apply(x, h * w, g, b, self.eps);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::layers::Grn as Composed;
+    use candle_core::{Device, Module};
+
+    #[test]
+    fn the_fused_kernel_equals_candles_composed_ops() {
+        let dev = Device::Cpu;
+        for (n, h, w, c) in [(1, 7, 7, 40), (2, 5, 3, 19), (3, 1, 1, 8), (1, 14, 14, 384)] {
+            let x = (Tensor::randn(0f32, 1.0, (n, h, w, c), &dev).unwrap() + 0.3).unwrap();
+            let gamma = Tensor::randn(0f32, 0.5, c, &dev).unwrap();
+            let beta = Tensor::randn(0f32, 0.5, c, &dev).unwrap();
+            let want = Composed::composed(&x, &gamma, &beta).unwrap();
+            let got = grn(&x, &gamma, &beta, Composed::EPS).unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let d = (got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d <= 1e-5 * scale, "{n}x{h}x{w}x{c}: {d} of {scale}");
+            // The module picks the kernel for an untracked f32 input: the same values.
+            let m = Composed {
+                weight: gamma.clone(),
+                bias: beta.clone(),
+            };
+            let via = m.forward(&x).unwrap();
+            let same = (via - &want).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(same.to_scalar::<f32>().unwrap() <= 1e-5 * scale);
+        }
+    }
+
+    #[test]
+    fn a_shape_mismatch_is_an_error() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 2, 2, 4), DType::F32, &dev).unwrap();
+        let v3 = Tensor::zeros(3, DType::F32, &dev).unwrap();
+        assert!(grn(&x, &v3, &v3, 1e-6).is_err());
+    }
+}
