@@ -47,8 +47,8 @@ pub const STEPS: [Step; 16] = [
     step("kernel_11", "Kernel 11x11", "depthwise 11x11 (from step 6)", 80.47, 4.29),
     step("gelu", "GELU", "every ReLU -> GELU", 80.62, 4.15),
     step("fewer_activations", "Fewer activations", "one GELU per block, between the two 1x1 convs", 81.27, 4.15),
-    step("fewer_norms", "Fewer norms", "one norm per block, after the depthwise conv", 81.41, 4.15),
-    step("layer_norm", "BN -> LN", "every BatchNorm -> LayerNorm", 81.47, 4.46),
+    step("fewer_norms", "Fewer norms", "one norm per block, after the depthwise conv; the 1x1 convs gain biases", 81.41, 4.15),
+    step("layer_norm", "BN -> LN", "every BatchNorm -> LayerNorm; the convs before them gain biases", 81.47, 4.46),
     step("separate_downsampling", "ConvNeXt-T", "LN + 2x2/2 conv between stages, LN after stem and pooling, layer scale: timm's convnext_tiny", 81.97, 4.49),
 ];
 
@@ -153,6 +153,7 @@ impl Recipe {
     }
 }
 
+/// A convolution, made without bias; [`bias_unless_batch_norm`] decides from what follows it.
 fn conv(id: LayerId, i: usize, o: usize, k: usize, stride: usize, groups: usize) -> LayerSpec {
     let kind = Kind::Conv {
         k,
@@ -162,6 +163,30 @@ fn conv(id: LayerId, i: usize, o: usize, k: usize, stride: usize, groups: usize)
         bias: false,
     };
     LayerSpec::new(id, kind, i, o)
+}
+
+/// Gives each convolution of a sequence a bias unless a BatchNorm follows it.
+///
+/// A BatchNorm subtracts each channel's mean, so a bias before it has no effect and its shift
+/// is the bias: ResNet's convolutions have none. Where a step removes that BatchNorm (step 13,
+/// fewer norms: the two 1×1 convs) the shift is gone and the convolution takes it as its bias.
+/// Where a step makes it a LayerNorm (step 14: the stem conv, the depthwise convs and the
+/// shortcut convs) a bias is no longer redundant (LayerNorm normalises across channels at each
+/// position, so a per-channel bias survives it but for its mean), and ConvNeXt, the network the
+/// roadmap arrives at, has one on every convolution and Linear, the depthwise conv before its
+/// LayerNorm and the stem and downsampling convs included, next to the LayerNorms' own shifts.
+/// So a convolution gains its bias at the step that changes the norm after it, not at step 15
+/// (whose new biases are only those of its new layers: the downsampling convs).
+fn bias_unless_batch_norm(layers: &mut [LayerSpec]) {
+    for i in 0..layers.len() {
+        let batch_norm_next = matches!(
+            layers.get(i + 1).map(|l| l.kind),
+            Some(Kind::BatchNorm { .. })
+        );
+        if let Kind::Conv { bias, .. } = &mut layers[i].kind {
+            *bias = !batch_norm_next;
+        }
+    }
 }
 
 fn build(r: Recipe, num_classes: usize) -> Plan {
@@ -188,6 +213,7 @@ fn build(r: Recipe, num_classes: usize) -> Plan {
         };
         stem.push(LayerSpec::same(LayerId::StemPart(3), pool, stem_width));
     }
+    bias_unless_batch_norm(&mut stem);
     let mut channels = stem_width;
     let mut stages = Vec::new();
     for (s, &depth) in r.depths.iter().enumerate() {
@@ -228,7 +254,7 @@ fn build(r: Recipe, num_classes: usize) -> Plan {
 fn block(r: &Recipe, (s, b): (usize, usize), inp: usize, width: usize, stride: usize) -> BlockSpec {
     let id = |p| LayerId::BlockPart(s, b, p);
     let k = r.kernel;
-    let (branch, out) = match r.block {
+    let (mut branch, out) = match r.block {
         BlockKind::Bottleneck { depthwise } => {
             let groups = if depthwise { width } else { 1 };
             let out = 4 * width;
@@ -260,7 +286,7 @@ fn block(r: &Recipe, (s, b): (usize, usize), inp: usize, width: usize, stride: u
         }
         BlockKind::DwFirst => (dw_first_branch(r, id, inp, width, stride), width),
     };
-    let shortcut = if stride != 1 || inp != out {
+    let mut shortcut = if stride != 1 || inp != out {
         vec![
             conv(id(Part::ShortcutConv), inp, out, 1, stride, 1),
             r.norm(id(Part::ShortcutNorm), out),
@@ -268,6 +294,8 @@ fn block(r: &Recipe, (s, b): (usize, usize), inp: usize, width: usize, stride: u
     } else {
         vec![]
     };
+    bias_unless_batch_norm(&mut branch);
+    bias_unless_batch_norm(&mut shortcut);
     let after = if r.fewer_acts {
         vec![]
     } else {
@@ -337,16 +365,28 @@ pub struct PlanDiff {
 pub fn diff(before: &Plan, after: &Plan, (h, w): (usize, usize)) -> PlanDiff {
     use crate::flops::{layers, totals, LayerInfo};
     let (a, b) = (layers(before, 1, h, w), layers(after, 1, h, w));
-    let leaves = |l: &[LayerInfo]| -> Vec<(String, String)> {
+    // A layer's label leaves its bias out; a convolution gaining one is a change.
+    let biased = |p: &Plan| -> Vec<LayerId> {
+        p.layers()
+            .filter(|l| matches!(l.kind, Kind::Conv { bias: true, .. }))
+            .map(|l| l.id)
+            .collect()
+    };
+    let leaves = |l: &[LayerInfo], biased: &[LayerId]| -> Vec<(String, String)> {
         l.iter()
             .filter(|x| !x.container)
             .map(|x| {
                 let shape = crate::text::shape_text(&x.out_shape, '×');
-                (x.name.clone(), format!("{} -> {shape}", x.kind))
+                let bias = if biased.contains(&x.id) {
+                    " + bias"
+                } else {
+                    ""
+                };
+                (x.name.clone(), format!("{}{bias} -> {shape}", x.kind))
             })
             .collect()
     };
-    let (la, lb) = (leaves(&a), leaves(&b));
+    let (la, lb) = (leaves(&a, &biased(before)), leaves(&b, &biased(after)));
     let find =
         |l: &[(String, String)], n: &str| l.iter().find(|(m, _)| m == n).map(|(_, d)| d.clone());
     let mut d = PlanDiff::default();
@@ -390,6 +430,35 @@ mod tests {
         let d = diff(&step_plan(11), &step_plan(12), (224, 224));
         assert_eq!(d.removed.len(), 36, "{d:?}");
         assert!(d.added.is_empty() && d.changed.is_empty() && d.delta_macs == 0);
+        // Fewer norms: norm2 and norm3 go, and the two 1×1 convs before them take their
+        // shifts as biases (5C per block of width C: 33,120 for the 18 blocks).
+        let d = diff(&step_plan(12), &step_plan(13), (224, 224));
+        assert_eq!((d.removed.len(), d.changed.len()), (36, 36), "{d:?}");
+        assert!(d
+            .changed
+            .iter()
+            .all(|(n, a, b)| (n.ends_with("conv2") || n.ends_with("conv3"))
+                && !a.contains("bias")
+                && b.starts_with("Conv2d 1×1 + bias")));
+        // The BatchNorms' scales and shifts (2 × 5C per block) go, half of it comes back.
+        assert_eq!(d.delta_params, 33_120 - 66_240);
+        // BN -> LN: every norm changes kind, and every conv before one gains a bias (the stem
+        // conv, 18 depthwise convs, 3 shortcut convs), as ConvNeXt's have.
+        let d = diff(&step_plan(13), &step_plan(14), (224, 224));
+        assert!(d.added.is_empty() && d.removed.is_empty(), "{d:?}");
+        assert_eq!(d.changed.len(), 44, "{d:?}");
+        assert_eq!(d.delta_params, 96 + 5_952 + 1_344);
+        let conv_biases = |i: usize| -> Vec<bool> {
+            let (plan, mut biases) = (step_plan(i), vec![]);
+            for l in plan.layers() {
+                if let Kind::Conv { bias, .. } = l.kind {
+                    biases.push(bias);
+                }
+            }
+            biases
+        };
+        assert!(conv_biases(14).iter().all(|&b| b));
+        assert!(conv_biases(12).iter().all(|&b| !b));
         assert_eq!(parent(11), Some(8));
         assert_eq!(parent(9), Some(6));
     }
