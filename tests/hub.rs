@@ -6,10 +6,10 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::hub_server::{Behaviour, Hub, Repo};
-use convnext_explorer::error::Error;
-use convnext_explorer::hub::download_with_progress;
-use convnext_explorer::model::checkpoint::{CheckpointInfo, Format};
-use convnext_explorer::progress::Progress;
+use convnext_explorer::base::error::Error;
+use convnext_explorer::base::progress::Progress;
+use convnext_explorer::io::checkpoint::{CheckpointInfo, Format};
+use convnext_explorer::io::hub::download_with_progress;
 use convnext_explorer::Engine;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -326,17 +326,17 @@ fn the_cli_downloads_into_weights_and_says_what_it_got() {
     );
 }
 
-#[cfg(feature = "gui")]
+#[cfg(feature = "app")]
 mod app {
     use super::*;
     use common::gui::{harness, settle, App};
     use convnext_explorer::app::{Request, Settings, StartOptions};
-    use convnext_explorer::engine::ModelSpec;
+    use convnext_explorer::io::engine::ModelSpec;
     use egui_kittest::kittest::Queryable;
 
     fn app() -> App {
         let weights = env().tmp.join("weights");
-        assert_eq!(convnext_explorer::engine::weights_dir(), weights);
+        assert_eq!(convnext_explorer::io::engine::weights_dir(), weights);
         let settings = Settings {
             model: Some(ModelSpec::Weights(
                 root().join("weights/convnext_fashion.safetensors"),

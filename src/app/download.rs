@@ -2,8 +2,8 @@
 //! and cancel; a finished download loads itself and shows up in the weights list.
 use super::worker::JobKind;
 use super::{Request, Shared};
-use crate::engine::weights_dir;
-use crate::hub::COMMON_REPOS;
+use crate::io::engine::weights_dir;
+use crate::io::hub::COMMON_REPOS;
 
 #[derive(Default)]
 pub struct DownloadWindow {

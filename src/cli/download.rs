@@ -1,6 +1,6 @@
 //! `download`: a Hugging Face repo into `weights/`, then what the loader makes of it.
-use crate::model::checkpoint::CheckpointInfo;
-use crate::text::human;
+use crate::base::text::human;
+use crate::io::checkpoint::CheckpointInfo;
 use anyhow::Result;
 use clap::Args;
 
@@ -11,7 +11,7 @@ pub struct DownloadArgs {
 }
 
 pub fn run(a: &DownloadArgs) -> Result<()> {
-    let dir = crate::hub::download(&a.repo, &crate::engine::weights_dir())?;
+    let dir = crate::io::hub::download(&a.repo, &crate::io::engine::weights_dir())?;
     let info = CheckpointInfo::read(&dir)?;
     println!(
         "{} ({}, {}) in {}",
