@@ -10,7 +10,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=NVCC");
     for k in KERNELS {
-        println!("cargo:rerun-if-changed=src/ops/kernels/{k}.cu");
+        println!("cargo:rerun-if-changed=src/kernels/gpu/{k}.cu");
     }
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
@@ -19,7 +19,7 @@ fn main() {
     let nvcc = env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
     let arch = format!("-arch=compute_{}", compute_cap());
     for k in KERNELS {
-        let src = format!("src/ops/kernels/{k}.cu");
+        let src = format!("src/kernels/gpu/{k}.cu");
         let status = Command::new(&nvcc)
             .args(["--ptx", "-O3", &arch, "-o"])
             .arg(out_dir.join(format!("{k}.ptx")))

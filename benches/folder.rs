@@ -3,9 +3,9 @@
 //! predictions only and with everything the app computes (top images of every stage and block,
 //! feature collapse). Each run is its own process, so each peak is its own; rounds are
 //! interleaved and each figure is the median of `BENCH_ROUNDS` (default 5) with its range.
-use convnext_explorer::folder_run::{run_folder, FolderOptions};
-use convnext_explorer::progress::Silent;
-use convnext_explorer::trace::LayerId;
+use convnext_explorer::analysis::folder_run::{run_folder, FolderOptions};
+use convnext_explorer::base::progress::Silent;
+use convnext_explorer::model::layer_id::LayerId;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -47,7 +47,7 @@ fn make_folder(dir: &Path, n: usize) {
 
 /// In a child process: one run, printed as `images seconds peak_kb model_kb`.
 fn child(dir: &Path, n: usize, full: bool) {
-    let weights = convnext_explorer::engine::default_weights().expect("shipped model");
+    let weights = convnext_explorer::io::engine::default_weights().expect("shipped model");
     let engine = convnext_explorer::Engine::load(
         &weights,
         &candle_core::Device::Cpu,
@@ -59,7 +59,7 @@ fn child(dir: &Path, n: usize, full: bool) {
         limit: Some(n),
         batch: 32,
         top: full.then(|| {
-            let f: convnext_explorer::folder_run::LayerFilter =
+            let f: convnext_explorer::analysis::top_images::LayerFilter =
                 Box::new(|id| matches!(id, LayerId::Stem | LayerId::Stage(_) | LayerId::Block(..)));
             (9, f)
         }),

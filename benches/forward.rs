@@ -2,7 +2,7 @@
 //! in the same run (absolute times move from machine to machine; ratios much less).
 //! `BENCH_VARIANTS=atto,tiny BENCH_ITERS=20 cargo bench` to choose.
 use candle_core::{DType, Device, Tensor};
-use convnext_explorer::trace::{CaptureLevel, CaptureObserver, TimingObserver};
+use convnext_explorer::analysis::trace::{CaptureLevel, CaptureObserver, TimingObserver};
 use convnext_explorer::Engine;
 use std::time::Instant;
 
@@ -17,7 +17,7 @@ fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();
-    convnext_explorer::stats::median(&v)
+    convnext_explorer::analysis::stats::median(&v)
 }
 
 fn main() {

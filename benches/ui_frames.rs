@@ -9,25 +9,25 @@
 //! Rounds are interleaved (every tab once per round) and each tab's figure is the median of the
 //! per-round medians, with their range. `BENCH_ROUNDS` (default 5) and `BENCH_FRAMES` (default
 //! 30 per tab per round) to choose.
-#[cfg(feature = "gui")]
+#[cfg(feature = "app")]
 fn main() {
     frames::main();
 }
 
-#[cfg(not(feature = "gui"))]
+#[cfg(not(feature = "app"))]
 fn main() {
-    eprintln!("ui_frames needs the `gui` feature");
+    eprintln!("ui_frames needs the `app` feature");
 }
 
-#[cfg(feature = "gui")]
+#[cfg(feature = "app")]
 mod frames {
+    use convnext_explorer::analysis::attribution::Method;
+    use convnext_explorer::analysis::stats::median;
     use convnext_explorer::app::{
         default_worker_threads, ExplorerApp, Request, Settings, StartOptions, Tab,
     };
-    use convnext_explorer::attribution::Method;
-    use convnext_explorer::engine::ModelSpec;
-    use convnext_explorer::stats::median;
-    use convnext_explorer::trace::LayerId;
+    use convnext_explorer::io::engine::ModelSpec;
+    use convnext_explorer::model::layer_id::LayerId;
     use egui_kittest::Harness;
     use std::time::{Duration, Instant};
 
@@ -187,7 +187,7 @@ mod frames {
         let frames = env("BENCH_FRAMES", 30).max(1);
         // As the app does: inference leaves the UI thread a core.
         let threads = default_worker_threads();
-        convnext_explorer::device::set_threads(threads).expect("threads");
+        convnext_explorer::base::device::set_threads(threads).expect("threads");
         let mut h = loaded();
         let layers = h.state().shared().model.as_ref().unwrap().layers.len();
         println!(

@@ -1,40 +1,34 @@
 //! ConvNeXt Explorer's engine: model, checkpoints, preprocessing, tracing and analysis, with no
-//! GUI type in it (the `app` module, feature `gui`, is the only one that draws). The command
+//! GUI type in it (the `app` module, feature `app`, is the only one that draws). The command
 //! line, the tests and the app all drive the same engine.
-pub mod allocator;
-pub mod attribution;
-pub mod card;
-pub mod cka;
-pub mod collapse;
-pub mod colormap;
-pub mod device;
-pub mod diff;
-pub mod engine;
-pub mod error;
-pub mod evaluation;
-pub mod files;
-pub mod flops;
-pub mod folder;
-pub mod folder_run;
-pub mod grid;
-pub mod labels;
+//!
+//! The modules are layers, lowest first; a layer uses only the layers before it in this list
+//! (ARCHITECTURE.md draws them, and `tests/architecture.rs` checks it).
+
+// Errors, devices, progress, locks, text, files: what any layer may use.
+pub mod base;
+
+// Hand-written CPU/CUDA/Metal ops.
+pub mod kernels;
+
+// Plans, layer ids, layers, networks, counting, variants, the roadmap.
 pub mod model;
-pub mod ops;
-pub mod preprocess;
-pub mod profile;
-pub mod progress;
-pub mod stats;
-pub mod sync;
-pub mod text;
-pub mod top_images;
-pub mod trace;
+
+// Checkpoints, images, labels, cards, folders, the hub, and the engine.
+pub mod io;
+
+// Traces, profiles, attribution, folder runs and what is computed from them.
+pub mod analysis;
+
+// The training loop and its data.
 pub mod train;
 
-#[cfg(feature = "gui")]
-pub mod app;
+// The command line (a front end).
 pub mod cli;
-#[cfg(feature = "hub")]
-pub mod hub;
 
-pub use engine::Engine;
-pub use error::{Error, Result};
+// The desktop app (a front end; feature `app`).
+#[cfg(feature = "app")]
+pub mod app;
+
+pub use base::error::{Error, Result};
+pub use io::engine::Engine;

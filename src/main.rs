@@ -9,7 +9,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    convnext_explorer::allocator::keep_freed_memory();
+    convnext_explorer::base::allocator::keep_freed_memory();
     // A panic is a bug, but the user still deserves one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("convnext-explorer: internal error: {info}");
@@ -26,14 +26,14 @@ fn main() {
     }
 }
 
-#[cfg(feature = "gui")]
+#[cfg(feature = "app")]
 fn run_app(cli: Cli) -> anyhow::Result<()> {
     // Unless told otherwise, inference leaves the window a core of its own, so that a profile
     // run does not starve the frames.
     let threads = cli
         .threads
         .unwrap_or_else(convnext_explorer::app::default_worker_threads);
-    convnext_explorer::device::set_threads(threads)?;
+    convnext_explorer::base::device::set_threads(threads)?;
     convnext_explorer::app::run(convnext_explorer::app::StartOptions {
         weights: cli.weights,
         device: cli.device,
@@ -41,7 +41,7 @@ fn run_app(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-#[cfg(not(feature = "gui"))]
+#[cfg(not(feature = "app"))]
 fn run_app(_cli: Cli) -> anyhow::Result<()> {
-    anyhow::bail!("this build has no desktop app (built without the `gui` feature); use a subcommand (see --help)")
+    anyhow::bail!("this build has no desktop app (built without the `app` feature); use a subcommand (see --help)")
 }

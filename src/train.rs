@@ -2,10 +2,10 @@
 //! linear warm-up then cosine decay, weight decay (not on norms, biases or gamma), label
 //! smoothing, stochastic depth, layer scale initialised at 1e-6, an EMA of the weights (the
 //! EMA is what gets saved), and light augmentation (horizontal flip, ±2 px shifts).
-use crate::error::{Error, Result};
-use crate::model::network::TrainOptions;
+use crate::base::error::{Error, Result};
+use crate::io::preprocess::{Interpolation, PreprocessConfig};
+use crate::model::layers::TrainOptions;
 use crate::model::{Config, Network, Plan, Version};
-use crate::preprocess::{Interpolation, PreprocessConfig};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
@@ -15,18 +15,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub const FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
-pub const FASHION_LABELS: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+pub use crate::io::labels::FASHION_LABELS;
 /// Fashion-MNIST pixel mean and std (on [0, 1]), the same for the three replicated channels.
 pub const FASHION_MEAN: f32 = 0.2860;
 pub const FASHION_STD: f32 = 0.3530;
@@ -163,7 +152,7 @@ pub fn prepare_dataset(ds: &Dataset, cfg: &PreprocessConfig) -> Result<Prepared>
                 image::GrayImage::from_raw(ds.cols as u32, ds.rows as u32, ds.image(i).to_vec())
                     .ok_or_else(|| Error::Input(format!("image {i}: short data")))?;
             let img = image::DynamicImage::ImageLuma8(g);
-            let crop = crate::preprocess::resize_and_crop(&img, cfg)?;
+            let crop = crate::io::preprocess::resize_and_crop(&img, cfg)?;
             for (o, p) in plane.iter_mut().zip(crop.pixels()) {
                 *o = (p[0] as f32 / 255.0 - mean) / std;
             }
@@ -439,7 +428,7 @@ pub fn time_steps(
 /// that the optimiser sees them in the same order on every run).
 fn init_vars(cfg: &TrainConfig) -> Result<(VarMap, Vec<(String, Var)>)> {
     let varmap = VarMap::new();
-    let mut vars = crate::sync::lock(varmap.data());
+    let mut vars = crate::base::sync::lock(varmap.data());
     for (name, t) in Plan::convnext(&cfg.config).random_weights(cfg.seed)? {
         vars.insert(name, Var::from_tensor(&t)?);
     }
@@ -602,7 +591,7 @@ pub fn accuracy(model: &Network, data: &Prepared, labels: &[u8], batch: usize) -
     for chunk in idx.chunks(batch.max(1)) {
         let x = batch_tensor(data, chunk, None, &dev)?;
         let logits = model.forward(&x)?;
-        if !crate::trace::all_finite(&logits)? {
+        if !crate::model::observer::all_finite(&logits)? {
             return Err(Error::NonFinite("the logits".into()));
         }
         let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;

@@ -2,8 +2,9 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::rel_err;
-use convnext_explorer::engine::default_weights;
-use convnext_explorer::trace::{CaptureLevel, CaptureObserver, LayerId};
+use convnext_explorer::analysis::trace::{CaptureLevel, CaptureObserver};
+use convnext_explorer::io::engine::default_weights;
+use convnext_explorer::model::layer_id::LayerId;
 use convnext_explorer::Engine;
 
 /// The evidence map's spatial mean is the class's logit, for every class, on trained and random

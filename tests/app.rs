@@ -1,10 +1,10 @@
 //! The app, driven through egui_kittest: the real `eframe::App`, the real worker thread, the
 //! shipped model. Snapshots render on the CPU (wgpu on llvmpipe/lavapipe).
-#![cfg(feature = "gui")]
-use convnext_explorer::app::worker::ImageSource;
+#![cfg(feature = "app")]
+use convnext_explorer::app::views::ImageSource;
 use convnext_explorer::app::{Request, Settings, StartOptions, Tab};
-use convnext_explorer::engine::ModelSpec;
-use convnext_explorer::trace::LayerId;
+use convnext_explorer::io::engine::ModelSpec;
+use convnext_explorer::model::layer_id::LayerId;
 use egui_kittest::kittest::Queryable;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,7 +57,10 @@ fn switching_layers_changes_the_grid_and_a_channel_opens_large() {
             .iter()
             .find(|(id, _)| *id == LayerId::Stage(1))
             .unwrap();
-        convnext_explorer::grid::order(fm, convnext_explorer::grid::SortBy::Mean)[0]
+        convnext_explorer::analysis::grid::order(
+            fm,
+            convnext_explorer::analysis::grid::SortBy::Mean,
+        )[0]
     };
     h.get_by_label(&format!("ch {c}")).click();
     h.run_steps(2);
@@ -345,7 +348,7 @@ fn the_roadmap_tab_counts_diffs_loads_and_times_the_steps() {
 
 #[test]
 fn the_attribution_tab_explains_a_class_at_any_layer() {
-    use convnext_explorer::attribution::Method;
+    use convnext_explorer::analysis::attribution::Method;
     let mut h = shipped(Some("trouser_2.png"));
     h.get_by_label("Attribution").click();
     h.run_steps(2);

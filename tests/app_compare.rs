@@ -1,9 +1,10 @@
 //! The Compare tab, driven through egui_kittest: two models on one image, one model on two
 //! images; one selection drives both sides; the right side follows the left.
-#![cfg(feature = "gui")]
-use convnext_explorer::app::worker::{CompareWith, ImageSource};
+#![cfg(feature = "app")]
+use convnext_explorer::app::views::ImageSource;
+use convnext_explorer::app::worker::CompareWith;
 use convnext_explorer::app::{Request, Tab};
-use convnext_explorer::trace::LayerId;
+use convnext_explorer::model::layer_id::LayerId;
 use egui_kittest::kittest::Queryable;
 
 mod common;

@@ -1,9 +1,9 @@
 //! The Folder tab, driven through egui_kittest: a dropped folder runs, scores and opens its
 //! confusions; the mistakes open in the Feature maps tab; a channel shows its top images; a
 //! second model joins the collapse plot; a folder without labels gives predictions.
-#![cfg(feature = "gui")]
+#![cfg(feature = "app")]
 use convnext_explorer::app::{Request, Tab};
-use convnext_explorer::trace::LayerId;
+use convnext_explorer::model::layer_id::LayerId;
 use egui_kittest::kittest::Queryable;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,7 +87,7 @@ fn a_dropped_folder_is_scored_and_its_confusions_open() {
         }
         best
     };
-    let short = |c: usize| convnext_explorer::labels::short(&view.labels[c]).to_string();
+    let short = |c: usize| convnext_explorer::io::labels::short(&view.labels[c]).to_string();
     let button = format!("{} as {} ({n})", short(t), short(p));
     h.get_by_label(&button).click();
     h.step();

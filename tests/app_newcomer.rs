@@ -1,9 +1,9 @@
 //! The app as a newcomer meets it: it says what its model knows, keeps every error on show
 //! until dismissed, works without a native file dialog, and never leaves the window stuck.
-#![cfg(feature = "gui")]
+#![cfg(feature = "app")]
 use convnext_explorer::app::{Request, Settings, StartOptions, Tab};
-use convnext_explorer::engine::ModelSpec;
-use convnext_explorer::trace::LayerId;
+use convnext_explorer::io::engine::ModelSpec;
+use convnext_explorer::model::layer_id::LayerId;
 use egui::Key;
 use egui_kittest::kittest::Queryable;
 use std::path::Path;

@@ -4,8 +4,8 @@
 mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::{fixture, load_ref};
-use convnext_explorer::attribution::{self, area_ratios, layer_by_name, Method};
-use convnext_explorer::progress::Silent;
+use convnext_explorer::analysis::attribution::{self, area_ratios, layer_by_name, Method};
+use convnext_explorer::base::progress::Silent;
 use convnext_explorer::Engine;
 
 /// ‖a − b‖₂ / ‖b‖₂.

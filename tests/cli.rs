@@ -2,19 +2,10 @@
 mod common;
 use candle_core::{DType, Device};
 use common::{fixture, load_ref, rel_err};
-use std::process::Command;
 
+/// No default weights: every run names its model.
 fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_convnext-explorer"))
-        .args(args)
-        .env("CONVNEXT_WEIGHTS_DIR", "/nonexistent")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::cli_with_env(args, &[("CONVNEXT_WEIGHTS_DIR", "/nonexistent")])
 }
 
 #[test]

@@ -3,7 +3,7 @@
 mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::{dwconv_problem, rel_err as max_rel, DWCONV_SHAPES};
-use convnext_explorer::ops::{depthwise_conv_nhwc, depthwise_conv_nhwc_reference};
+use convnext_explorer::kernels::{depthwise_conv_nhwc, depthwise_conv_nhwc_reference};
 
 /// candle's own grouped conv2d (NCHW), the independent reference.
 fn candle_grouped(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {

@@ -2,7 +2,7 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::fixture;
-use convnext_explorer::preprocess::{decode_image, load_image, prepare, PreprocessConfig};
+use convnext_explorer::io::preprocess::{decode_image, load_image, prepare, PreprocessConfig};
 use convnext_explorer::{Engine, Error};
 use std::collections::HashMap;
 use std::path::Path;
@@ -173,23 +173,23 @@ fn unknown_variant_device_dtype_and_input_size() {
         "{e}"
     );
     #[cfg(not(feature = "cuda"))]
-    assert!(convnext_explorer::device::parse_device("cuda")
+    assert!(convnext_explorer::base::device::parse_device("cuda")
         .err()
         .unwrap()
         .to_string()
         .contains("--features cuda"));
     #[cfg(not(feature = "metal"))]
-    assert!(convnext_explorer::device::parse_device("metal")
+    assert!(convnext_explorer::base::device::parse_device("metal")
         .err()
         .unwrap()
         .to_string()
         .contains("--features metal"));
-    let e = convnext_explorer::device::parse_device("tpu")
+    let e = convnext_explorer::base::device::parse_device("tpu")
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("tpu") && e.contains("expected cpu"), "{e}");
-    let e = convnext_explorer::device::parse_dtype("f8")
+    let e = convnext_explorer::base::device::parse_dtype("f8")
         .err()
         .unwrap()
         .to_string();

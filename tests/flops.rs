@@ -2,9 +2,11 @@
 //! against what a real forward pass reports.
 mod common;
 use candle_core::{DType, Device, Tensor};
-use convnext_explorer::flops::{layers, totals};
+use convnext_explorer::analysis::trace::{to_nchw, CaptureLevel, CaptureObserver};
+use convnext_explorer::model::flops::{layers, totals};
+use convnext_explorer::model::layer_id::LayerId;
+use convnext_explorer::model::observer::Observer;
 use convnext_explorer::model::{Config, Plan};
-use convnext_explorer::trace::{to_nchw, CaptureLevel, CaptureObserver, LayerId, Observer};
 use convnext_explorer::Engine;
 
 fn fvcore() -> serde_json::Value {

@@ -2,17 +2,19 @@
 //! a brute-force search, feature collapse against PyTorch, skipped files, cancel, the CLI.
 mod common;
 use candle_core::{DType, Device};
-use convnext_explorer::error::Error;
-use convnext_explorer::folder_run::{collapse_of_tensor, run_folder, FolderOptions};
-use convnext_explorer::progress::{Progress, Silent};
-use convnext_explorer::top_images::TopImages;
-use convnext_explorer::trace::{CaptureLevel, CaptureObserver, LayerId};
+use common::cli;
+use convnext_explorer::analysis::folder_run::{collapse_of_tensor, run_folder, FolderOptions};
+use convnext_explorer::analysis::top_images::TopImages;
+use convnext_explorer::analysis::trace::{CaptureLevel, CaptureObserver};
+use convnext_explorer::base::error::Error;
+use convnext_explorer::base::progress::{Progress, Silent};
+use convnext_explorer::model::layer_id::LayerId;
 use convnext_explorer::train::*;
 use convnext_explorer::Engine;
 use std::path::{Path, PathBuf};
 
 fn shipped() -> Engine {
-    let p = convnext_explorer::engine::default_weights().expect("the shipped model");
+    let p = convnext_explorer::io::engine::default_weights().expect("the shipped model");
     Engine::load(&p, &Device::Cpu, DType::F32).unwrap()
 }
 
@@ -180,18 +182,6 @@ fn a_folder_run_cancels_between_batches() {
     let e = run_folder(&engine, &samples, opts, &mut p).err().unwrap();
     assert!(matches!(e, Error::Cancelled(_)), "{e}");
     assert_eq!(p.1, 4);
-}
-
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convnext-explorer"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -12,8 +12,8 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::fixture;
-use convnext_explorer::model::checkpoint::Checkpoint;
-use convnext_explorer::preprocess::{decode_image, prepare, PreprocessConfig};
+use convnext_explorer::io::checkpoint::Checkpoint;
+use convnext_explorer::io::preprocess::{decode_image, prepare, PreprocessConfig};
 use convnext_explorer::Engine;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -6,7 +6,7 @@
 mod common;
 use candle_core::{Device, Tensor};
 use common::{dwconv_problem, rel_err, DWCONV_SHAPES};
-use convnext_explorer::ops::depthwise_conv_nhwc_reference;
+use convnext_explorer::kernels::depthwise_conv_nhwc_reference;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,7 +22,7 @@ fn build_harness(backend: &str, dir: &Path) -> PathBuf {
         .arg("-I")
         .arg(root().join("tests/gpu_host/include"))
         .arg("-I")
-        .arg(root().join("src/ops/kernels"))
+        .arg(root().join("src/kernels/gpu"))
         .arg(format!("-DBACKEND_{backend}"))
         .arg(root().join("tests/gpu_host/harness.cpp"))
         .arg("-o")

@@ -12,10 +12,10 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::hub_server::{git_sha1_hex, sha256_hex, tampered, Fault, Hub, Repo, Served};
-use convnext_explorer::error::Error;
-use convnext_explorer::hub::{download, DownloadOptions, Downloaded};
-use convnext_explorer::model::checkpoint::{CheckpointInfo, Format};
-use convnext_explorer::progress::Progress;
+use convnext_explorer::base::error::Error;
+use convnext_explorer::base::progress::Progress;
+use convnext_explorer::io::checkpoint::{CheckpointInfo, Format};
+use convnext_explorer::io::hub::{download, DownloadOptions, Downloaded};
 use convnext_explorer::Engine;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -840,17 +840,17 @@ fn the_cli_says_when_it_withholds_the_token() {
         .all(|s| s.authorization.is_none()));
 }
 
-#[cfg(feature = "gui")]
+#[cfg(feature = "app")]
 mod app {
     use super::*;
     use common::gui::{harness, settle, App};
     use convnext_explorer::app::{Request, Settings, StartOptions};
-    use convnext_explorer::engine::ModelSpec;
+    use convnext_explorer::io::engine::ModelSpec;
     use egui_kittest::kittest::Queryable;
 
     fn app() -> App {
         let weights = env().tmp.join("weights");
-        assert_eq!(convnext_explorer::engine::weights_dir(), weights);
+        assert_eq!(convnext_explorer::io::engine::weights_dir(), weights);
         let settings = Settings {
             model: Some(ModelSpec::Weights(root().join(TIMM_WEIGHTS))),
             ..Default::default()

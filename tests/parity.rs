@@ -3,8 +3,10 @@
 mod common;
 use candle_core::{DType, Device};
 use common::{fixture, load_ref, rel_err};
-use convnext_explorer::model::{Format, Version};
-use convnext_explorer::trace::{to_nchw, CaptureLevel, CaptureObserver, LayerId};
+use convnext_explorer::analysis::trace::{to_nchw, CaptureLevel, CaptureObserver};
+use convnext_explorer::io::checkpoint::Format;
+use convnext_explorer::model::layer_id::LayerId;
+use convnext_explorer::model::Version;
 use convnext_explorer::Engine;
 
 const TOL: f32 = 1e-4;
@@ -13,7 +15,7 @@ fn check(checkpoint: &str, reference: &str, format: Format, version: Version) {
     let engine = Engine::load(&fixture(checkpoint), &Device::Cpu, DType::F32)
         .unwrap_or_else(|e| panic!("{checkpoint}: {e}"));
     match &engine.source {
-        convnext_explorer::engine::Source::Weights { format: f, .. } => assert_eq!(*f, format),
+        convnext_explorer::io::engine::Source::Weights { format: f, .. } => assert_eq!(*f, format),
         s => panic!("unexpected source {s}"),
     }
     assert_eq!(engine.config().unwrap().version, version);

@@ -2,7 +2,7 @@
 mod common;
 use candle_core::Device;
 use common::{fixture, rel_err};
-use convnext_explorer::preprocess::{load_image, prepare, PreprocessConfig};
+use convnext_explorer::io::preprocess::{load_image, prepare, PreprocessConfig};
 
 #[test]
 fn matches_timm_eval_transform_on_a_photo() {

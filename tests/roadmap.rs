@@ -4,10 +4,11 @@
 mod common;
 use candle_core::{DType, Device};
 use common::{det, fixture, rel_err};
-use convnext_explorer::flops::{layers, totals};
+use convnext_explorer::analysis::trace::{CaptureLevel, CaptureObserver};
+use convnext_explorer::model::flops::{layers, totals};
+use convnext_explorer::model::layer_id::LayerId;
 use convnext_explorer::model::roadmap::STEPS;
 use convnext_explorer::model::{Network, Plan};
-use convnext_explorer::trace::{CaptureLevel, CaptureObserver, LayerId};
 use std::collections::HashMap;
 
 fn meta() -> serde_json::Value {

@@ -1,7 +1,7 @@
 //! The shipped default model: accuracy on Fashion-MNIST test images and the bundled samples.
 mod common;
 use candle_core::{DType, Device};
-use convnext_explorer::engine::default_weights;
+use convnext_explorer::io::engine::default_weights;
 use convnext_explorer::train::*;
 use convnext_explorer::Engine;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! saved checkpoint loads back through the normal loader.
 mod common;
 use candle_core::{DType, Device, Tensor};
-use convnext_explorer::model::network::TrainOptions;
+use convnext_explorer::model::layers::TrainOptions;
 use convnext_explorer::model::{Config, Network, Plan};
 use convnext_explorer::train::*;
 use convnext_explorer::Engine;

@@ -5,8 +5,8 @@ mod common;
 use candle_core::{DType, Device, Tensor as CTensor};
 use common::fixture;
 use common::pth::{self, Pickle, Tensor};
-use convnext_explorer::model::checkpoint::{Checkpoint, CheckpointInfo};
-use convnext_explorer::preprocess::{decode_image, load_image};
+use convnext_explorer::io::checkpoint::{Checkpoint, CheckpointInfo};
+use convnext_explorer::io::preprocess::{decode_image, load_image};
 use convnext_explorer::{Engine, Error};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -541,17 +541,6 @@ fn a_non_finite_forward_names_the_first_bad_layer() {
     assert!(out.stdout.is_empty(), "no result printed for a NaN forward");
 }
 
-fn cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convnext-explorer"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn options_are_range_checked_with_the_limit_in_the_message() {
     for (args, want) in [
@@ -595,7 +584,7 @@ fn options_are_range_checked_with_the_limit_in_the_message() {
         ),
     ] {
         let t = Instant::now();
-        let (ok, err) = cli(&args);
+        let (ok, _, err) = common::cli(&args);
         assert!(!ok, "{args:?}");
         assert!(
             err.contains(want) && !err.contains("panicked"),

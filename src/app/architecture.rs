@@ -1,9 +1,9 @@
 //! Architecture: the layer list with shapes, parameters and MACs, at any input size.
 use super::layer_table::LayerTable;
 use super::Shared;
-use crate::flops::{layers, totals};
-use crate::profile::rows;
-use crate::text::human;
+use crate::analysis::profile::rows;
+use crate::base::text::human;
+use crate::model::flops::{layers, totals};
 
 #[derive(Default)]
 pub struct ArchitecturePanel {

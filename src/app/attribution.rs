@@ -4,11 +4,11 @@
 //! prediction) are picked here; the map is computed on the worker whenever they change.
 use super::worker::{JobKind, SaveContent};
 use super::{heatmap, save_as, strip, Request, Shared};
-use crate::attribution::Method;
-use crate::colormap::Colormap;
-use crate::grid;
-use crate::stats::FeatureMap;
-use crate::trace::LayerId;
+use crate::analysis::attribution::Method;
+use crate::analysis::colormap::Colormap;
+use crate::analysis::grid;
+use crate::analysis::stats::FeatureMap;
+use crate::model::layer_id::LayerId;
 use egui::RichText;
 
 const METHODS: [(Method, &str); 4] = [
@@ -162,7 +162,7 @@ impl AttributionPanel {
             "{} at {} for “{}” ({}×{}, {:.0} ms)",
             a.method.name(),
             a.layer,
-            crate::labels::short(&a.label),
+            crate::io::labels::short(&a.label),
             a.map.height,
             a.map.width,
             a.elapsed.as_secs_f64() * 1e3
@@ -205,7 +205,7 @@ impl AttributionPanel {
 /// Every spatial layer of the plan, for the finer choice than the strip offers.
 fn part_names(plan: &crate::model::Plan) -> Vec<(LayerId, String)> {
     let s = plan.stride();
-    crate::flops::layers(plan, 1, s, s)
+    crate::model::flops::layers(plan, 1, s, s)
         .into_iter()
         .filter(|l| l.id.is_spatial())
         .map(|l| (l.id, l.name))

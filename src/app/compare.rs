@@ -2,12 +2,13 @@
 //! predictions, the same layer's channels, the channel picked shown large, and layer scale.
 //! One selection (layer, page, channel) drives both sides.
 use super::textures::{self, Textures};
-use super::worker::{CompareWith, ImageSource};
+use super::views::ImageSource;
+use super::worker::CompareWith;
 use super::{heatmap, strip, ModelView, Request, RunView, Shared};
-use crate::engine::ModelSpec;
-use crate::grid::{self, GridLayout, Scale};
-use crate::stats::FeatureMap;
-use crate::trace::LayerId;
+use crate::analysis::grid::{self, GridLayout, Scale};
+use crate::analysis::stats::FeatureMap;
+use crate::io::engine::ModelSpec;
+use crate::model::layer_id::LayerId;
 use egui::{Color32, Rect, RichText, Sense, TextureOptions, Vec2};
 use std::sync::Arc;
 
@@ -90,7 +91,7 @@ impl ComparePanel {
                 let name = |i: usize| {
                     images
                         .get(i)
-                        .map(|p| crate::text::file_label(p))
+                        .map(|p| crate::base::text::file_label(p))
                         .unwrap_or_default()
                 };
                 egui::ComboBox::from_id_salt("compare image")
@@ -199,7 +200,7 @@ fn side(
                     RichText::new(format!(
                         "{:5.1}%  {}",
                         100.0 * p.prob,
-                        crate::labels::short(&p.label)
+                        crate::io::labels::short(&p.label)
                     ))
                     .monospace()
                     .small(),
@@ -227,7 +228,7 @@ fn side(
                 &fm2,
                 c,
                 Scale::PerChannel,
-                crate::colormap::Colormap::Viridis,
+                crate::analysis::colormap::Colormap::Viridis,
             )
         };
         heatmap::over_input(
@@ -270,7 +271,7 @@ fn channel_grid(
                 &channels,
                 layout,
                 Scale::PerChannel,
-                crate::colormap::Colormap::Viridis,
+                crate::analysis::colormap::Colormap::Viridis,
             ))
         },
     );

@@ -3,8 +3,8 @@
 //! itself and shows up in the weights list. What is verified is said in the window.
 use super::worker::JobKind;
 use super::{Request, Shared};
-use crate::engine::download_dir;
-use crate::hub::COMMON_REPOS;
+use crate::io::engine::download_dir;
+use crate::io::hub::COMMON_REPOS;
 use std::time::Instant;
 
 #[derive(Default)]

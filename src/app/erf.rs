@@ -3,9 +3,9 @@
 //! same architecture (the untrained baseline), on the worker with progress and cancel.
 use super::worker::JobKind;
 use super::{textures, Request, Shared};
-use crate::attribution::{ErfSummary, ERF_THRESHOLDS};
-use crate::colormap::Colormap;
-use crate::grid;
+use crate::analysis::attribution::{erf_log, ErfSummary, ERF_THRESHOLDS};
+use crate::analysis::colormap::Colormap;
+use crate::analysis::grid;
 use egui::{RichText, TextureOptions};
 use egui_extras::{Column, TableBuilder};
 use std::path::PathBuf;
@@ -30,10 +30,7 @@ impl Default for ErfPanel {
 
 /// `log10(map + 1)` of every map, and their common maximum (one colour scale for all).
 pub fn log_maps(maps: &[&ErfSummary]) -> (Vec<Vec<f32>>, f32) {
-    let logs: Vec<Vec<f32>> = maps
-        .iter()
-        .map(|s| s.map.iter().map(|v| (v + 1.0).log10()).collect())
-        .collect();
+    let logs: Vec<Vec<f32>> = maps.iter().map(|s| erf_log(&s.map)).collect();
     let max = logs.iter().flatten().cloned().fold(0.0, f32::max);
     (logs, max.max(f32::MIN_POSITIVE))
 }

@@ -2,10 +2,10 @@
 //! statistics, click one to see it large over the input; histogram and channel means below.
 use super::plots::histogram_bars;
 use super::{heatmap, save_as, strip, textures, worker::SaveContent, Shared};
-use crate::colormap::Colormap;
-use crate::grid::{self, GridLayout, Scale, SortBy};
-use crate::stats::FeatureMap;
-use crate::trace::LayerId;
+use crate::analysis::colormap::Colormap;
+use crate::analysis::grid::{self, GridLayout, Scale, SortBy};
+use crate::analysis::stats::FeatureMap;
+use crate::model::layer_id::LayerId;
 use egui::{Color32, Rect, Sense, Stroke, TextureOptions, Vec2};
 use egui_plot::{BarChart, Line, Plot, VLine};
 use image::RgbaImage;
@@ -89,7 +89,7 @@ fn large_map(shared: &Shared) -> Option<(String, Arc<FeatureMap>, usize, Colorma
         .top
         .iter()
         .find(|p| p.index == class)
-        .map(|p| crate::labels::short(&p.label).to_string())
+        .map(|p| crate::io::labels::short(&p.label).to_string())
         .unwrap_or_default();
     // Evidence is signed (for and against the class): always the diverging map.
     Some((

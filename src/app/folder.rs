@@ -4,12 +4,13 @@
 //! top images of a channel (shown in the Feature maps tab).
 use super::folder_jobs::{FolderImage, FolderView, TopPatches, PAGE};
 use super::textures;
-use super::worker::{ImageSource, JobKind};
+use super::views::ImageSource;
+use super::worker::JobKind;
 use super::{Request, Shared, Tab};
-use crate::collapse::LayerCollapse;
-use crate::colormap::Colormap;
-use crate::engine::ModelSpec;
-use crate::trace::LayerId;
+use crate::analysis::collapse::LayerCollapse;
+use crate::analysis::colormap::Colormap;
+use crate::io::engine::ModelSpec;
+use crate::model::layer_id::LayerId;
 use egui::{Color32, Rect, RichText, Sense, TextureOptions, Vec2};
 use std::path::PathBuf;
 
@@ -309,7 +310,7 @@ fn confusion(
             painter.text(
                 egui::pos2(outer.left(), y),
                 egui::Align2::LEFT_CENTER,
-                crate::labels::short(&view.labels[t]),
+                crate::io::labels::short(&view.labels[t]),
                 egui::FontId::proportional(10.0),
                 ui.visuals().text_color(),
             );
@@ -375,7 +376,7 @@ fn top_confusions(
     let mut pick = None;
     ui.horizontal_wrapped(|ui| {
         ui.label(RichText::new("Largest confusions:").small());
-        let name = |c: usize| crate::labels::short(&view.labels[c]).to_string();
+        let name = |c: usize| crate::io::labels::short(&view.labels[c]).to_string();
         for (n, t, p) in cells.into_iter().take(6) {
             let text = format!("{} as {} ({n})", name(t), name(p));
             let on = listing == Some(Listing::Cell(t, p));
@@ -416,7 +417,7 @@ fn per_class(ui: &mut egui::Ui, view: &FolderView) {
                         ui.label(
                             RichText::new(format!(
                                 "{:<18} {:>6} {:>8} {:>8}",
-                                crate::labels::short(&c.label),
+                                crate::io::labels::short(&c.label),
                                 c.support,
                                 pct(c.precision),
                                 pct(c.recall)
@@ -450,7 +451,7 @@ fn predicted_counts(
         let text = format!(
             "{:>5}  {}",
             counts[c],
-            crate::labels::short(&view.labels[c])
+            crate::io::labels::short(&view.labels[c])
         );
         if ui
             .selectable_label(
@@ -472,7 +473,7 @@ fn predicted(view: &FolderView, c: usize) -> Vec<usize> {
 }
 
 fn listing_title(view: &FolderView, l: Listing, n: usize) -> String {
-    let name = |c: usize| crate::labels::short(&view.labels[c]).to_string();
+    let name = |c: usize| crate::io::labels::short(&view.labels[c]).to_string();
     match l {
         Listing::Cell(t, p) if t == p => format!("{} correctly called {}", n, name(t)),
         Listing::Cell(t, p) => format!("{n} {} called {}", name(t), name(p)),
@@ -511,7 +512,7 @@ fn image_list(ui: &mut egui::Ui, shared: &mut Shared) {
                                 RichText::new(format!(
                                     "{:5.1}%  {}",
                                     100.0 * p,
-                                    crate::labels::short(label)
+                                    crate::io::labels::short(label)
                                 ))
                                 .small()
                                 .monospace(),
@@ -585,7 +586,7 @@ pub fn top_images_strip(ui: &mut egui::Ui, shared: &mut Shared, layer: LayerId, 
     ui.label(
         RichText::new(format!(
             "Top images of channel {channel} in {}",
-            crate::text::file_label(&view.root)
+            crate::base::text::file_label(&view.root)
         ))
         .strong(),
     );

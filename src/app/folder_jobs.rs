@@ -1,14 +1,15 @@
 //! The worker's folder jobs: a folder run (predictions, scores, top images of every stage and
 //! block, feature collapse), the images of a confusion cell with their evidence maps, a
 //! channel's top-image patches, and another model's collapse curve on the same folder.
-use crate::collapse::LayerCollapse;
-use crate::colormap::Colormap;
-use crate::engine::Engine;
-use crate::evaluation::{Evaluation, Scores};
-use crate::folder_run::{run_folder, FolderOptions, FolderRun, LayerFilter};
-use crate::progress::Progress;
-use crate::top_images::patch_rect;
-use crate::trace::LayerId;
+use crate::analysis::collapse::LayerCollapse;
+use crate::analysis::colormap::Colormap;
+use crate::analysis::evaluation::{Evaluation, Scores};
+use crate::analysis::folder_run::{run_folder, FolderOptions, FolderRun};
+use crate::analysis::top_images::patch_rect;
+use crate::analysis::top_images::LayerFilter;
+use crate::base::progress::Progress;
+use crate::io::engine::Engine;
+use crate::model::layer_id::LayerId;
 use image::{RgbImage, RgbaImage};
 use std::path::PathBuf;
 
@@ -113,16 +114,16 @@ pub fn images(
         let Some(r) = run.eval.images.get(i) else {
             continue;
         };
-        let img = crate::preprocess::load_image(&r.path)?;
-        let prepared = crate::preprocess::prepare(&img, &engine.preprocess, &engine.device)?;
-        let ev = crate::attribution::evidence(engine, &prepared.tensor, None)?;
+        let img = crate::io::preprocess::load_image(&r.path)?;
+        let prepared = crate::io::preprocess::prepare(&img, &engine.preprocess, &engine.device)?;
+        let ev = crate::analysis::attribution::evidence(engine, &prepared.tensor, None)?;
         let (h, w) = (ev.map.dim(1)?, ev.map.dim(2)?);
         let map: Vec<f32> = ev.map.flatten_all()?.to_vec1()?;
         let m = map.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-12);
-        let colours = crate::grid::map_image(&map, (h, w), (-m, m), Colormap::Diverging);
+        let colours = crate::analysis::grid::map_image(&map, (h, w), (-m, m), Colormap::Diverging);
         out.push(FolderImage {
             index: i,
-            evidence: crate::grid::overlay(&prepared.crop, &colours, 0.6),
+            evidence: crate::analysis::grid::overlay(&prepared.crop, &colours, 0.6),
             input: prepared.crop,
             top5: r
                 .top5
@@ -151,8 +152,8 @@ pub fn patches(
     let mut patches = Vec::new();
     for h in &top.hits {
         let path = run.eval.images[h.image].path.clone();
-        let img = crate::preprocess::load_image(&path)?;
-        let seen = crate::preprocess::resize_and_crop(&img, &engine.preprocess)?;
+        let img = crate::io::preprocess::load_image(&path)?;
+        let seen = crate::io::preprocess::resize_and_crop(&img, &engine.preprocess)?;
         let (t, l, side) = patch_rect(engine.preprocess.input_size, top.map, (h.y, h.x));
         let p = image::imageops::crop_imm(&seen, l as u32, t as u32, side as u32, side as u32)
             .to_image();

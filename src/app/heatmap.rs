@@ -1,7 +1,7 @@
 //! A map drawn over the image the network saw, and its colour bar: the features tab's large
 //! view, the attribution maps and the evidence map all use these.
 use super::textures::{self, Textures};
-use crate::colormap::Colormap;
+use crate::analysis::colormap::Colormap;
 use egui::{Color32, Rect, Sense, TextureOptions, Vec2};
 
 /// The input (`input`) with a map texture (made by `make` the first time `key` is seen) blended

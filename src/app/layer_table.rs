@@ -1,8 +1,8 @@
 //! The layer table the Profile and Architecture tabs share: one row per layer (name, kind,
 //! shapes, parameters, MACs, and times once measured), sorted by a clicked header. Only the
 //! rows in view are laid out.
-use crate::profile::ProfileRow;
-use crate::text::{blank_if_zero, shape_text};
+use crate::analysis::profile::ProfileRow;
+use crate::base::text::{blank_if_zero, shape_text};
 use egui::RichText;
 use egui_extras::{Column, TableBuilder};
 

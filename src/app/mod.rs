@@ -21,21 +21,22 @@ mod roadmap;
 mod sidebar;
 mod strip;
 mod textures;
-mod views;
+pub mod views;
 pub mod worker;
 
-use crate::colormap::Colormap;
-use crate::engine::{default_weights, project_dir, weights_dir, ModelSpec};
-use crate::grid::{Scale, SortBy};
-use crate::model::checkpoint::{is_weights_dir, is_weights_file};
-use crate::preprocess::is_image_file;
-use crate::trace::LayerId;
+use crate::analysis::colormap::Colormap;
+use crate::analysis::grid::{Scale, SortBy};
+use crate::io::checkpoint::{is_weights_dir, is_weights_file};
+use crate::io::engine::{default_weights, project_dir, weights_dir, ModelSpec};
+use crate::io::preprocess::is_image_file;
+use crate::model::layer_id::LayerId;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
+use views::ImageSource;
 pub use views::{AttributionView, ErfView, ModelView, ProfileView, RunView};
 pub use worker::{scan_weights, WeightsEntry};
-use worker::{ImageSource, Job, JobKind, JobSender, Reply, SaveContent, Worker};
+use worker::{Job, JobKind, JobSender, Reply, SaveContent, Worker};
 
 /// The variant opened when there is no trained model at all.
 pub const FALLBACK_VARIANT: &str = "convnext_atto";
@@ -193,7 +194,7 @@ pub enum Request {
     /// The ERF of roadmap steps 6–10.
     RoadmapErf,
     Attribute {
-        method: crate::attribution::Method,
+        method: crate::analysis::attribution::Method,
         layer: LayerId,
         class: Option<usize>,
     },
@@ -243,7 +244,7 @@ pub struct Shared {
     pub attribution: Option<AttributionView>,
     pub erf: Option<ErfView>,
     /// The last stage's ERF of roadmap steps 6–10.
-    pub roadmap_erf: Option<Vec<(String, crate::attribution::ErfSummary)>>,
+    pub roadmap_erf: Option<Vec<(String, crate::analysis::attribution::ErfSummary)>>,
     /// The last folder run and what was asked of it since.
     pub folder: folder::FolderResults,
     /// The other side of the Compare tab: its model and its run.
@@ -340,7 +341,7 @@ impl ExplorerApp {
         }
         // A device this build or machine lacks (from the command line, or remembered from
         // another build) would leave the window without a model: say so and use the CPU.
-        if let Err(e) = crate::device::parse_device(&app.shared.settings.device) {
+        if let Err(e) = crate::base::device::parse_device(&app.shared.settings.device) {
             app.shared.status.errors.push(format!("{e}; using cpu"));
             app.shared.settings.device = "cpu".into();
         }
@@ -452,7 +453,7 @@ impl ExplorerApp {
                 }
                 Request::RescanWeights => {
                     self.shared.weights = None;
-                    Some(Job::ScanWeights(crate::engine::weights_dirs()))
+                    Some(Job::ScanWeights(crate::io::engine::weights_dirs()))
                 }
                 #[cfg(feature = "hub")]
                 Request::Download(repo) => Some(Job::Download(repo)),
@@ -935,7 +936,7 @@ pub fn sample_images() -> Vec<PathBuf> {
 
 /// File > Open image (and the sidebar's button).
 fn open_image_dialog(shared: &mut Shared) {
-    let exts = crate::preprocess::IMAGE_EXTENSIONS;
+    let exts = crate::io::preprocess::IMAGE_EXTENSIONS;
     let dialog = || {
         rfd::FileDialog::new()
             .add_filter("Images", exts)
@@ -960,7 +961,7 @@ fn open_folder_dialog(shared: &mut Shared) {
 
 /// File > Open weights (and the sidebar's button).
 fn open_weights_dialog(shared: &mut Shared) {
-    let exts = crate::model::checkpoint::WEIGHTS_EXTENSIONS;
+    let exts = crate::io::checkpoint::WEIGHTS_EXTENSIONS;
     let dialog = || {
         rfd::FileDialog::new()
             .add_filter("Checkpoints", exts)
@@ -1014,13 +1015,13 @@ fn drop_hint(ctx: &egui::Context) {
     );
 }
 
-/// Opens the native window.
 /// CPU threads for inference in the app: every core but one, which the UI thread keeps.
 pub fn default_worker_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     cores.saturating_sub(1).max(1)
 }
 
+/// Opens the native window.
 pub fn run(start: StartOptions) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()

@@ -1,9 +1,10 @@
 //! Opening and saving where no native file dialog can be shown (no desktop portal: minimal
 //! window managers, many remote sessions): the dialog returns at once with nothing, so the app
 //! says so and asks for a path in a window of its own, with completion from the folder typed.
-use super::worker::{ImageSource, SaveContent};
+use super::views::ImageSource;
+use super::worker::SaveContent;
 use super::{Request, Shared};
-use crate::engine::ModelSpec;
+use crate::io::engine::ModelSpec;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -19,7 +19,7 @@ pub fn stage_colour(stage: Option<usize>) -> Color32 {
 /// A histogram of `values` over `[lo, hi]` as touching bars (bin width at least `min_step`).
 pub fn histogram_bars(values: &[f32], bins: usize, lo: f32, hi: f32, min_step: f32) -> Vec<Bar> {
     let step = ((hi - lo) / bins as f32).max(min_step) as f64;
-    crate::stats::histogram(values, bins, lo, hi)
+    crate::analysis::stats::histogram(values, bins, lo, hi)
         .iter()
         .enumerate()
         .map(|(i, &n)| Bar::new(lo as f64 + (i as f64 + 0.5) * step, n as f64).width(step))

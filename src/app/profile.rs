@@ -3,9 +3,9 @@ use super::layer_table::LayerTable;
 use super::plots::stage_colour;
 use super::worker::{JobKind, SaveContent};
 use super::{save_as, Request, Shared};
-use crate::flops::{totals, Totals};
-use crate::profile::{group_totals, rows, to_csv, to_json, ProfileRow};
-use crate::text::human;
+use crate::analysis::profile::{group_totals, rows, to_csv, to_json, ProfileRow};
+use crate::base::text::human;
+use crate::model::flops::{totals, Totals};
 use egui::Color32;
 use egui_plot::{Bar, BarChart, Plot};
 

@@ -4,11 +4,11 @@
 use super::plots::stage_colour;
 use super::worker::JobKind;
 use super::{Request, Shared};
-use crate::engine::ModelSpec;
-use crate::flops::{layers, totals, Totals};
+use crate::base::text::human;
+use crate::io::engine::ModelSpec;
+use crate::model::flops::{layers, totals, Totals};
 use crate::model::roadmap::{diff, parent, PlanDiff, STEPS};
 use crate::model::Plan;
-use crate::text::human;
 use egui::{Color32, RichText};
 use egui_extras::{Column, TableBuilder};
 use egui_plot::{Bar, BarChart, Legend, Line, Plot, PlotPoints};
@@ -316,7 +316,7 @@ fn kernel_erfs(ui: &mut egui::Ui, shared: &mut Shared) {
     let Some(maps) = shared.roadmap_erf.clone() else {
         return;
     };
-    let rows: Vec<(String, &crate::attribution::ErfSummary)> = maps
+    let rows: Vec<(String, &crate::analysis::attribution::ErfSummary)> = maps
         .iter()
         .zip([3, 5, 7, 9, 11])
         .map(|((name, s), k)| (format!("{k}×{k} ({name})"), s))

@@ -1,9 +1,9 @@
 //! Left panel: the model (checkpoints, variants, device), the image, and the predictions.
 use super::{sample_images, textures, ImageSource, Request, Shared, Tab};
-use crate::engine::ModelSpec;
+use crate::base::text::{file_label, human};
+use crate::io::engine::ModelSpec;
 use crate::model::config::{variant_names, Version};
 use crate::model::plan::{Family, Plan};
-use crate::text::{file_label, human};
 use egui::{RichText, TextureOptions};
 
 #[derive(Default)]
@@ -101,7 +101,7 @@ fn architecture_line(plan: &Plan) -> String {
 }
 
 /// What the model knows, what it expects, how good it is and where it came from.
-fn model_card(ui: &mut egui::Ui, card: &crate::card::ModelCard) {
+fn model_card(ui: &mut egui::Ui, card: &crate::io::card::ModelCard) {
     let line = |ui: &mut egui::Ui, k: &str, v: &str| {
         ui.horizontal_wrapped(|ui| {
             ui.label(RichText::new(k).small().strong());
@@ -138,7 +138,7 @@ fn device_and_dtype(ui: &mut egui::Ui, shared: &mut Shared) {
         egui::ComboBox::from_id_salt("device")
             .selected_text(settings.device.clone())
             .show_ui(ui, |ui| {
-                for d in crate::device::available() {
+                for d in crate::base::device::available() {
                     changed |= ui
                         .selectable_value(&mut settings.device, d.clone(), d)
                         .changed();
@@ -329,7 +329,7 @@ fn predictions(ui: &mut egui::Ui, shared: &mut Shared) {
     let names: Vec<&str> = run
         .top
         .iter()
-        .map(|p| crate::labels::short(&p.label))
+        .map(|p| crate::io::labels::short(&p.label))
         .collect();
     let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
     for (p, name) in run.top.iter().zip(names) {

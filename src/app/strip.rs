@@ -1,5 +1,5 @@
 //! The architecture strip: stem, each stage, each block, as buttons to pick a layer by.
-use crate::trace::LayerId;
+use crate::model::layer_id::LayerId;
 
 /// Draws the strip for `depths` with `selected` highlighted (`hover` says what each is);
 /// returns the layer clicked, if any.

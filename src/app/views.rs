@@ -1,21 +1,54 @@
 //! What the worker hands the panels: plain data made from the engine's results, so that no
 //! panel touches candle.
-use crate::device::{device_name, dtype_name};
-use crate::engine::{Engine, ModelSpec, Prediction};
-use crate::flops::LayerInfo;
-use crate::preprocess;
-use crate::stats::FeatureMap;
-use crate::trace::{CaptureLevel, CaptureObserver, LayerId};
+use crate::analysis::stats::FeatureMap;
+use crate::analysis::trace::{CaptureLevel, CaptureObserver};
+use crate::base::device::{device_name, dtype_name};
+use crate::io::engine::{Engine, ModelSpec, Prediction};
+use crate::io::preprocess;
+use crate::model::flops::LayerInfo;
+use crate::model::layer_id::LayerId;
 use image::{DynamicImage, RgbImage, RgbaImage};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::worker::ImageSource;
+/// An image as it reached the app.
+#[derive(Clone)]
+pub enum ImageSource {
+    Path(PathBuf),
+    /// Dropped bytes (web-style drops and pasted files).
+    Bytes {
+        name: String,
+        bytes: Arc<[u8]>,
+    },
+    /// Pixels from the clipboard.
+    Pixels {
+        name: String,
+        image: Arc<DynamicImage>,
+    },
+}
+
+impl ImageSource {
+    pub fn name(&self) -> String {
+        match self {
+            ImageSource::Path(p) => crate::base::text::file_label(p),
+            ImageSource::Bytes { name, .. } | ImageSource::Pixels { name, .. } => name.clone(),
+        }
+    }
+
+    pub(super) fn decode(&self) -> crate::Result<DynamicImage> {
+        match self {
+            ImageSource::Path(p) => preprocess::load_image(p),
+            ImageSource::Bytes { name, bytes } => preprocess::decode_image(bytes, name),
+            ImageSource::Pixels { image, .. } => Ok((**image).clone()),
+        }
+    }
+}
 
 /// The model as the panels see it.
 pub struct ModelView {
     pub spec: ModelSpec,
-    pub card: crate::card::ModelCard,
+    pub card: crate::io::card::ModelCard,
     pub plan: crate::model::Plan,
     pub num_params: usize,
     pub input_size: (usize, usize),
@@ -52,7 +85,7 @@ pub struct RunView {
 
 /// A method's map at a layer for the current image, with the exact evidence map beside it.
 pub struct AttributionView {
-    pub method: crate::attribution::Method,
+    pub method: crate::analysis::attribution::Method,
     pub layer: LayerId,
     pub class: usize,
     pub label: String,
@@ -65,7 +98,7 @@ pub struct AttributionView {
 
 /// Effective receptive fields of every stage.
 pub struct ErfView {
-    pub stages: Vec<crate::attribution::ErfSummary>,
+    pub stages: Vec<crate::analysis::attribution::ErfSummary>,
     pub images: usize,
     /// Images of a folder that could not be read, with why.
     pub skipped: Vec<String>,

@@ -4,14 +4,14 @@
 //! on it.
 use super::folder_jobs::{FolderImage, FolderView, TopPatches};
 use super::views::{
-    model_view, run_image, AttributionView, ErfView, ModelView, ProfileView, RunView,
+    model_view, run_image, AttributionView, ErfView, ImageSource, ModelView, ProfileView, RunView,
 };
-use crate::device::{parse_device, parse_dtype};
-use crate::engine::{Engine, ModelSpec};
-use crate::preprocess;
-use crate::progress::Progress;
-use crate::stats::FeatureMap;
-use crate::trace::LayerId;
+use crate::analysis::stats::FeatureMap;
+use crate::base::device::{parse_device, parse_dtype};
+use crate::base::progress::Progress;
+use crate::io::engine::{Engine, ModelSpec};
+use crate::io::preprocess;
+use crate::model::layer_id::LayerId;
 use candle_core::{DType, Tensor};
 use image::{DynamicImage, RgbaImage};
 use std::collections::VecDeque;
@@ -20,39 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// An image as it reached the app.
-#[derive(Clone)]
-pub enum ImageSource {
-    Path(PathBuf),
-    /// Dropped bytes (web-style drops and pasted files).
-    Bytes {
-        name: String,
-        bytes: Arc<[u8]>,
-    },
-    /// Pixels from the clipboard.
-    Pixels {
-        name: String,
-        image: Arc<DynamicImage>,
-    },
-}
-
-impl ImageSource {
-    pub fn name(&self) -> String {
-        match self {
-            ImageSource::Path(p) => crate::text::file_label(p),
-            ImageSource::Bytes { name, .. } | ImageSource::Pixels { name, .. } => name.clone(),
-        }
-    }
-
-    fn decode(&self) -> crate::Result<DynamicImage> {
-        match self {
-            ImageSource::Path(p) => preprocess::load_image(p),
-            ImageSource::Bytes { name, bytes } => preprocess::decode_image(bytes, name),
-            ImageSource::Pixels { image, .. } => Ok((**image).clone()),
-        }
-    }
-}
 
 /// What a save job writes.
 pub enum SaveContent {
@@ -87,7 +54,7 @@ pub enum Job {
     },
     /// A method's map at a layer for the current image.
     Attribute {
-        method: crate::attribution::Method,
+        method: crate::analysis::attribution::Method,
         layer: LayerId,
         class: Option<usize>,
     },
@@ -193,12 +160,12 @@ pub enum Reply {
     Attributed(Box<AttributionView>),
     Erf(Box<ErfView>),
     /// `(step name, ERF)` for roadmap steps 6–10.
-    RoadmapErf(Vec<(String, crate::attribution::ErfSummary)>),
+    RoadmapErf(Vec<(String, crate::analysis::attribution::ErfSummary)>),
     Folder(Box<FolderView>),
     FolderImages(Vec<FolderImage>),
     TopPatches(Box<TopPatches>),
     /// `(model, curve)`: another model's collapse over the same folder.
-    OtherCollapse(String, Vec<crate::collapse::LayerCollapse>),
+    OtherCollapse(String, Vec<crate::analysis::collapse::LayerCollapse>),
     /// The other side of the comparison: its model and its run.
     Compared(Box<(ModelView, RunView)>),
     /// How far the running job is.
@@ -375,7 +342,7 @@ struct WorkerState {
     /// The last image, for re-runs (a new model) and profiling.
     image: Option<(ImageSource, DynamicImage)>,
     /// The last folder run of this model, and its image limit.
-    folder: Option<crate::folder_run::FolderRun>,
+    folder: Option<crate::analysis::folder_run::FolderRun>,
     folder_limit: Option<usize>,
     /// What the current engine was built from.
     current_spec: Option<ModelSpec>,
@@ -473,7 +440,7 @@ impl WorkerState {
         Ok(vec![Reply::Folder(Box::new(view))])
     }
 
-    fn kept_folder(&self) -> anyhow::Result<&crate::folder_run::FolderRun> {
+    fn kept_folder(&self) -> anyhow::Result<&crate::analysis::folder_run::FolderRun> {
         self.folder
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("run a folder first"))
@@ -573,17 +540,18 @@ impl WorkerState {
 
     fn attribute(
         &self,
-        method: crate::attribution::Method,
+        method: crate::analysis::attribution::Method,
         layer: LayerId,
         class: Option<usize>,
         progress: &mut dyn Progress,
     ) -> anyhow::Result<Vec<Reply>> {
         let (engine, x) = self.current_input()?;
         let t0 = Instant::now();
-        let a = crate::attribution::attribute(engine, &x, method, layer, class, progress)?;
+        let a =
+            crate::analysis::attribution::attribute(engine, &x, method, layer, class, progress)?;
         let elapsed = t0.elapsed();
         let k = a.classes[0];
-        let ev = crate::attribution::evidence(engine, &x, Some(k))?;
+        let ev = crate::analysis::attribution::evidence(engine, &x, Some(k))?;
         let one = |m: &Tensor| -> anyhow::Result<std::sync::Arc<FeatureMap>> {
             Ok(std::sync::Arc::new(FeatureMap::from_nhwc(
                 &m.unsqueeze(3)?,
@@ -621,7 +589,7 @@ impl WorkerState {
             loaded
         };
         let stages = (0..engine.plan.stages.len()).map(LayerId::Stage).collect();
-        let mut acc = crate::attribution::ErfAccumulator::new(stages);
+        let mut acc = crate::analysis::attribution::ErfAccumulator::new(stages);
         let mut skipped = Vec::new();
         let source = match &folder {
             None => {
@@ -630,10 +598,10 @@ impl WorkerState {
                 "the current image".to_string()
             }
             Some(dir) => {
-                let files = crate::folder::list_images(dir, Some(limit))?;
+                let files = crate::io::listing::list_images(dir, Some(limit))?;
                 for (i, f) in files.iter().enumerate() {
                     progress.check("the receptive fields")?;
-                    progress.update(i, files.len(), &crate::text::file_label(f));
+                    progress.update(i, files.len(), &crate::base::text::file_label(f));
                     let x = preprocess::load_image(f).and_then(|img| {
                         preprocess::prepare(&img, &engine.preprocess, &engine.device)
                             .map_err(|e| e.about_image(&f.display().to_string()))
@@ -666,7 +634,7 @@ impl WorkerState {
         let img = match &self.image {
             Some((_, img)) => img.clone(),
             None => preprocess::load_image(
-                &crate::engine::project_dir("assets/samples").join("chelsea.png"),
+                &crate::io::engine::project_dir("assets/samples").join("chelsea.png"),
             )?,
         };
         let mut out = Vec::new();
@@ -677,7 +645,7 @@ impl WorkerState {
             let engine = Engine::random(&name, 1000, 0, &candle_core::Device::Cpu, DType::F32)?;
             let x = preprocess::prepare(&img, &engine.preprocess, &engine.device)?.tensor;
             let last = LayerId::Stage(engine.plan.stages.len() - 1);
-            let mut acc = crate::attribution::ErfAccumulator::new(vec![last]);
+            let mut acc = crate::analysis::attribution::ErfAccumulator::new(vec![last]);
             acc.add(&engine, &x)?;
             out.push((step.name.to_string(), acc.finish()?.remove(0)));
         }
@@ -696,8 +664,8 @@ impl WorkerState {
         let runs = runs.clamp(1, 1000);
         // One warm-up so that first-touch allocation and kernel compilation stay out.
         engine.forward(&x)?;
-        let baseline = crate::profile::PlainBaseline::Interleaved;
-        let measured = crate::profile::time_layers(engine, &x, runs, baseline, progress)?;
+        let baseline = crate::analysis::profile::PlainBaseline::Interleaved;
+        let measured = crate::analysis::profile::time_layers(engine, &x, runs, baseline, progress)?;
         Ok(Reply::Profiled(ProfileView {
             runs,
             times: measured.times,
@@ -711,7 +679,7 @@ impl WorkerState {
 /// Checkpoints in folders (files and model folders), each opened to say what it is. Hidden
 /// entries (a download's staging folder) are not models.
 pub fn scan_weights(dirs: &[PathBuf]) -> Vec<WeightsEntry> {
-    use crate::model::checkpoint::{is_weights_file, CheckpointInfo};
+    use crate::io::checkpoint::{is_weights_file, CheckpointInfo};
     let mut paths: Vec<PathBuf> = dirs
         .iter()
         .filter_map(|dir| std::fs::read_dir(dir).ok())
@@ -737,7 +705,7 @@ pub fn scan_weights(dirs: &[PathBuf]) -> Vec<WeightsEntry> {
                         "{} · {} · {} params · {} classes",
                         ck.config.variant_name().unwrap_or("custom"),
                         ck.format,
-                        crate::text::human(ck.num_params as f64),
+                        crate::base::text::human(ck.num_params as f64),
                         ck.config.num_classes
                     )
                 })
@@ -753,16 +721,16 @@ fn time_roadmap(
     progress: &mut dyn Progress,
 ) -> anyhow::Result<Vec<Reply>> {
     let dev = parse_device(device)?;
-    let times = crate::profile::time_roadmap(&dev, (224, 224), iters, progress)?;
+    let times = crate::analysis::profile::time_roadmap(&dev, (224, 224), iters, progress)?;
     Ok(vec![Reply::RoadmapTimes(times)])
 }
 
 #[cfg(feature = "hub")]
 fn download(repo: &str, progress: &mut dyn Progress) -> anyhow::Result<Reply> {
-    let root = crate::engine::download_dir()
+    let root = crate::io::engine::download_dir()
         .ok_or_else(|| anyhow::anyhow!("no folder to download into (no ./weights, no HOME)"))?;
-    let options = crate::hub::DownloadOptions::from_env();
-    let got = crate::hub::download(repo, &root, &options, progress)?;
+    let options = crate::io::hub::DownloadOptions::from_env();
+    let got = crate::io::hub::download(repo, &root, &options, progress)?;
     Ok(Reply::Downloaded {
         dir: got.dir,
         notes: got.notes,

@@ -2,10 +2,10 @@
 //! any layer, as a safetensors file (and a PNG over the image).
 use super::export::read_input_tensor;
 use super::{Context, ModelArgs};
-use crate::attribution::{self, layer_by_name, Method};
-use crate::colormap::Colormap;
-use crate::grid;
-use crate::preprocess::denormalise;
+use crate::analysis::attribution::{self, layer_by_name, Method};
+use crate::analysis::colormap::Colormap;
+use crate::analysis::grid;
+use crate::io::preprocess::denormalise;
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
@@ -63,7 +63,7 @@ pub fn run(ctx: &Context, a: &AttributeArgs) -> Result<()> {
         method,
         layer,
         a.class,
-        &mut crate::progress::Silent,
+        &mut crate::base::progress::Silent,
     )?;
     let host =
         |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?) };
@@ -93,7 +93,7 @@ pub fn run(ctx: &Context, a: &AttributeArgs) -> Result<()> {
 
 /// The first image's map over the image the network saw.
 fn overlay_first(
-    engine: &crate::engine::Engine,
+    engine: &crate::io::engine::Engine,
     x: &Tensor,
     map: &Tensor,
     method: Method,

@@ -1,13 +1,13 @@
 //! `bench`: forward time (median and min after warm-up), optionally what tracing costs, peak
 //! memory, and the per-layer profile.
 use super::{batch_arg, dtype_arg, parse_size, Context, ModelArgs};
-use crate::device::{device_name, dtype_name};
-use crate::engine::Engine;
-use crate::flops;
-use crate::profile::{self, PlainBaseline};
-use crate::progress::Silent;
-use crate::stats::median;
-use crate::trace::{CaptureLevel, CaptureObserver, TimingObserver};
+use crate::analysis::profile::{self, PlainBaseline};
+use crate::analysis::stats::median;
+use crate::analysis::trace::{CaptureLevel, CaptureObserver, TimingObserver};
+use crate::base::device::{device_name, dtype_name};
+use crate::base::progress::Silent;
+use crate::io::engine::Engine;
+use crate::model::flops;
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
@@ -159,13 +159,13 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
 fn check_fits(engine: &Engine, a: &BenchArgs, (h, w): (usize, usize)) -> Result<()> {
     let layers = flops::layers(&engine.plan, a.batch, h, w);
     let need = flops::working_set_bytes(&layers, engine.num_params, a.dtype.size_in_bytes());
-    if let Some(free) = crate::device::host_memory_available() {
+    if let Some(free) = crate::base::device::host_memory_available() {
         if need > free {
             bail!(
                 "--batch {} at {h}×{w} needs about {} (weights and the two largest activations), more than the {} free on this machine",
                 a.batch,
-                crate::files::mb(need),
-                crate::files::mb(free)
+                crate::base::files::mb(need),
+                crate::base::files::mb(free)
             );
         }
     }
@@ -223,10 +223,10 @@ fn gradcam_cost(
     layer: &str,
     (rss_before, forward_peak_kb): (Option<u64>, Option<f64>),
 ) -> Result<GradCamCost> {
-    let id = crate::attribution::layer_by_name(engine, layer)?;
+    let id = crate::analysis::attribution::layer_by_name(engine, layer)?;
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let dev = &engine.device;
-    let gradcam = || crate::attribution::grad_cam(engine, x, id, None, false).map(drop);
+    let gradcam = || crate::analysis::attribution::grad_cam(engine, x, id, None, false).map(drop);
     gradcam()?;
     let (mut ratios, mut times) = (Vec::new(), Vec::new());
     for _ in 0..a.iters.max(5) {

@@ -3,8 +3,8 @@
 //! changed between two checkpoints.
 use super::export::read_input_tensor;
 use super::{batch_arg, Context, ModelArgs};
-use crate::cka::{cka_folder, cka_tensor, CkaResult, BATCH};
-use crate::engine::{Engine, ModelSpec};
+use crate::analysis::cka::{cka_folder, cka_tensor, CkaResult, BATCH};
+use crate::io::engine::{Engine, ModelSpec};
 use anyhow::{bail, Result};
 use candle_core::DType;
 use clap::Args;
@@ -104,7 +104,7 @@ pub struct DiffArgs {
 }
 
 pub fn diff(a: &DiffArgs) -> Result<()> {
-    let d = crate::diff::diff_files(&a.a, &a.b)?;
+    let d = crate::analysis::diff::diff_files(&a.a, &a.b)?;
     if a.json {
         println!("{}", serde_json::to_string(&d)?);
         return Ok(());

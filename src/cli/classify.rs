@@ -1,6 +1,6 @@
 //! `classify`: top-k predictions for image files and folders.
 use super::{dtype_arg, Context};
-use crate::preprocess::is_image_file;
+use crate::io::preprocess::is_image_file;
 use anyhow::{bail, Context as _, Result};
 use candle_core::DType;
 use clap::Args;

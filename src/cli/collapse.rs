@@ -2,8 +2,8 @@
 //! stage output, over a folder of images or a ready input tensor.
 use super::export::read_input_tensor;
 use super::{Context, ModelArgs};
-use crate::collapse::CollapseAccumulator;
-use crate::folder_run::{collapse_of_tensor, run_folder, FolderOptions};
+use crate::analysis::collapse::CollapseAccumulator;
+use crate::analysis::folder_run::{collapse_of_tensor, run_folder, FolderOptions};
 use anyhow::{bail, Result};
 use candle_core::DType;
 use clap::Args;

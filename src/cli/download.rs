@@ -1,9 +1,9 @@
 //! `download`: a Hugging Face repo into `weights/` (or `--out`), verified, then what the loader
 //! makes of it and the sha256 of the weights kept.
-use crate::hub::{download, DownloadOptions};
-use crate::model::checkpoint::CheckpointInfo;
-use crate::progress::Progress;
-use crate::text::human;
+use crate::base::progress::Progress;
+use crate::base::text::human;
+use crate::io::checkpoint::CheckpointInfo;
+use crate::io::hub::{download, DownloadOptions};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -25,7 +25,7 @@ pub struct DownloadArgs {
 pub fn run(a: &DownloadArgs) -> Result<()> {
     let root = match &a.out {
         Some(d) => d.clone(),
-        None => crate::engine::download_dir()
+        None => crate::io::engine::download_dir()
             .context("no folder to download into: pass --out DIR (no ./weights, no HOME)")?,
     };
     let options = DownloadOptions {

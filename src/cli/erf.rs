@@ -2,10 +2,10 @@
 //! folder of images or a tensor, with its area-ratio summary.
 use super::export::read_input_tensor;
 use super::Context;
-use crate::attribution::{layer_by_name, ErfAccumulator, ERF_THRESHOLDS};
-use crate::colormap::Colormap;
-use crate::engine::Engine;
-use crate::grid;
+use crate::analysis::attribution::{erf_log, layer_by_name, ErfAccumulator, ERF_THRESHOLDS};
+use crate::analysis::colormap::Colormap;
+use crate::analysis::grid;
+use crate::io::engine::Engine;
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
@@ -94,12 +94,12 @@ fn over_folder(
     dir: &std::path::Path,
     a: &ErfArgs,
 ) -> Result<()> {
-    let files = crate::folder::list_images(dir, a.limit)?;
+    let files = crate::io::listing::list_images(dir, a.limit)?;
     let mut skipped = 0;
     for (i, f) in files.iter().enumerate() {
         eprintln!("[{}/{}] {}", i + 1, files.len(), f.display());
-        let prepared = crate::preprocess::load_image(f).and_then(|img| {
-            crate::preprocess::prepare_square(&img, a.size, &engine.preprocess, &engine.device)
+        let prepared = crate::io::preprocess::load_image(f).and_then(|img| {
+            crate::io::preprocess::prepare_square(&img, a.size, &engine.preprocess, &engine.device)
         });
         match prepared {
             Ok(x) => acc.add(engine, &x)?,
@@ -120,7 +120,7 @@ fn over_folder(
 
 /// RepLKNet's picture: `log10(map + 1)` normalised, on a red–yellow–green scale.
 fn log_map_image(values: &[f32], (h, w): (usize, usize)) -> image::RgbaImage {
-    let m: Vec<f32> = values.iter().map(|v| (v + 1.0).log10()).collect();
+    let m = erf_log(values);
     let max = m.iter().cloned().fold(0.0, f32::max);
     grid::map_image(
         &m,

@@ -2,8 +2,8 @@
 //! labelled by its layout (class sub-folders, or `<label>_<n>` file names).
 use super::train::DataArgs;
 use super::Context;
-use crate::folder_run::{run_folder, FolderOptions};
-use crate::progress::Progress;
+use crate::analysis::folder_run::{run_folder, FolderOptions};
+use crate::base::progress::Progress;
 use crate::train::*;
 use anyhow::Result;
 use candle_core::DType;
@@ -131,7 +131,7 @@ fn folder(ctx: &Context, a: &EvalArgs, dir: &std::path::Path) -> Result<()> {
     for c in &s.per_class {
         println!(
             "{:<24} {:>8} {:>10} {:>8}",
-            crate::labels::short(&c.label),
+            crate::io::labels::short(&c.label),
             c.support,
             pct(c.precision),
             pct(c.recall)

@@ -1,7 +1,7 @@
 //! `export`: the preprocessed input, the logits and the stage (and block) outputs of one input,
 //! as NCHW f32 tensors in a safetensors file.
 use super::{Context, ModelArgs};
-use crate::trace::{to_nchw, CaptureLevel, CaptureObserver};
+use crate::analysis::trace::{to_nchw, CaptureLevel, CaptureObserver};
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
@@ -58,7 +58,7 @@ const MAX_INPUT_FILE_BYTES: u64 = 1 << 30;
 
 /// The `input` tensor of a safetensors file, as f32 `[N, 3, H, W]`.
 pub fn read_input_tensor(path: &Path) -> Result<Tensor> {
-    let bytes = crate::files::read_capped(path, MAX_INPUT_FILE_BYTES, "an input tensor")?;
+    let bytes = crate::base::files::read_capped(path, MAX_INPUT_FILE_BYTES, "an input tensor")?;
     let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .with_context(|| format!("{}: cannot read safetensors", path.display()))?;
     let t = map

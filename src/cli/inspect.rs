@@ -1,10 +1,10 @@
 //! `inspect`: the analytic layer table of a checkpoint or a named variant, at any input size.
 use super::{batch_arg, parse_size, Context, ModelArgs};
-use crate::engine::ModelSpec;
-use crate::flops::{self, LayerInfo, Totals};
-use crate::model::checkpoint::CheckpointInfo;
+use crate::base::text::human;
+use crate::io::checkpoint::CheckpointInfo;
+use crate::io::engine::ModelSpec;
+use crate::model::flops::{self, LayerInfo, Totals};
 use crate::model::Plan;
-use crate::text::human;
 use anyhow::Result;
 use clap::Args;
 

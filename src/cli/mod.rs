@@ -15,8 +15,8 @@ mod roadmap;
 mod top_images;
 mod train;
 
-use crate::device::{parse_device, parse_dtype, set_threads};
-use crate::engine::{default_weights, Engine, ModelSpec};
+use crate::base::device::{parse_device, parse_dtype, set_threads};
+use crate::io::engine::{default_weights, Engine, ModelSpec};
 use anyhow::{Context as _, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};

@@ -1,9 +1,9 @@
 //! `roadmap`: the paper's 16 steps from ResNet-50 to ConvNeXt-T, counted (and timed) here.
 use super::{parse_size, Context};
-use crate::flops;
+use crate::analysis::profile::time_roadmap;
+use crate::model::flops;
 use crate::model::roadmap::STEPS;
 use crate::model::Plan;
-use crate::profile::time_roadmap;
 use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
@@ -76,7 +76,7 @@ pub fn run(ctx: &Context, a: &RoadmapArgs) -> Result<()> {
 /// Prints `[k/16] timing <step> …` on stderr as each step starts.
 struct StderrProgress;
 
-impl crate::progress::Progress for StderrProgress {
+impl crate::base::progress::Progress for StderrProgress {
     fn update(&mut self, done: usize, total: usize, what: &str) {
         if done < total {
             eprintln!("[{}/{total}] timing {what} …", done + 1);

@@ -1,9 +1,9 @@
 //! `top-images`: the images of a folder that excite one channel of one layer most, with where
 //! (JSON) and the patch of the input around the peak (PNGs).
 use super::{Context, ModelArgs};
-use crate::attribution::layer_by_name;
-use crate::folder_run::{run_folder, FolderOptions};
-use crate::top_images::{patch_rect, Hit};
+use crate::analysis::attribution::layer_by_name;
+use crate::analysis::folder_run::{run_folder, FolderOptions};
+use crate::analysis::top_images::{patch_rect, Hit};
 use anyhow::{bail, Context as _, Result};
 use candle_core::DType;
 use clap::Args;
@@ -92,14 +92,14 @@ fn entry(
 
 /// The patch as the network saw it (resized and cropped), enlarged to at least 96 px.
 fn write_patch(
-    engine: &crate::engine::Engine,
+    engine: &crate::io::engine::Engine,
     path: &Path,
     (top, left, side): (usize, usize, usize),
     out: &Path,
     rank: usize,
 ) -> Result<PathBuf> {
-    let img = crate::preprocess::load_image(path)?;
-    let seen = crate::preprocess::resize_and_crop(&img, &engine.preprocess)?;
+    let img = crate::io::preprocess::load_image(path)?;
+    let seen = crate::io::preprocess::resize_and_crop(&img, &engine.preprocess)?;
     let patch = image::imageops::crop_imm(&seen, left as u32, top as u32, side as u32, side as u32)
         .to_image();
     let scale = (96 / side.max(1)).max(1) as u32;

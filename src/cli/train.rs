@@ -102,10 +102,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
 /// Refuses sizes the network cannot take and batches that cannot be formed.
 fn check(a: &TrainArgs) -> Result<()> {
     let size = a.size;
-    if size == 0 || !size.is_multiple_of(32) || size > crate::preprocess::MAX_INPUT_SIDE {
+    if size == 0 || !size.is_multiple_of(32) || size > crate::io::preprocess::MAX_INPUT_SIDE {
         anyhow::bail!(
             "--size {size}: want a multiple of 32 (the network's stride) up to {}",
-            crate::preprocess::MAX_INPUT_SIDE
+            crate::io::preprocess::MAX_INPUT_SIDE
         );
     }
     if !(1..=super::MAX_BATCH).contains(&a.batch) {
@@ -118,7 +118,7 @@ fn check(a: &TrainArgs) -> Result<()> {
 /// candle's generic ops, in one process, interleaved; a run's first step (allocations, thread
 /// start-up) is not counted.
 fn bench(a: &TrainArgs) -> Result<()> {
-    use crate::stats::median;
+    use crate::analysis::stats::median;
     check(a)?;
     let mut ds = fashion_mnist(&a.data.data, "train")?;
     let n = a.data.limit.unwrap_or(1024).clamp(1, ds.len().max(1));
@@ -131,10 +131,10 @@ fn bench(a: &TrainArgs) -> Result<()> {
     let (mut fused, mut generic, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let time = |generic_ops: bool| -> Result<f64> {
         if generic_ops {
-            crate::allocator::glibc_initial();
+            crate::base::allocator::glibc_initial();
         }
         let t = time_steps(&cfg, &data, &ds.labels, steps, generic_ops);
-        crate::allocator::keep_freed_memory();
+        crate::base::allocator::keep_freed_memory();
         Ok(median(&t?[1..]))
     };
     for round in 0..a.rounds {

@@ -1,5 +1,5 @@
 //! Architecture description: what a ConvNeXt is, independent of where its weights come from.
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +192,15 @@ pub const VARIANTS: &[Variant] = &[
     ),
 ];
 
+/// The LayerNorm eps timm builds a network of these widths with: that of the variant with
+/// these dims (1e-5 for convnext_xxlarge), else 1e-6.
+pub fn ln_eps_for_dims(dims: &[usize]) -> f64 {
+    VARIANTS
+        .iter()
+        .find(|v| v.dims == dims)
+        .map_or(1e-6, |v| v.ln_eps)
+}
+
 pub fn variant_names() -> Vec<&'static str> {
     VARIANTS.iter().map(|v| v.name).collect()
 }
@@ -269,11 +278,6 @@ impl Config {
         self.depths.iter().sum()
     }
 
-    /// The overall stride of the network: 4 in the stem, 2 in each later downsample.
-    pub fn stride(&self) -> usize {
-        4 << (self.num_stages().saturating_sub(1))
-    }
-
     pub fn validate(&self) -> Result<()> {
         if self.depths.is_empty() || self.depths.len() != self.dims.len() {
             return Err(Error::Input(format!(
@@ -288,17 +292,6 @@ impl Config {
             return Err(Error::Input(format!(
                 "{} classes: a head must have 1 to {MAX_CLASSES}",
                 self.num_classes
-            )));
-        }
-        Ok(())
-    }
-
-    /// Checks an input size: positive multiples of the network's stride.
-    pub fn check_input(&self, h: usize, w: usize) -> Result<()> {
-        let s = self.stride();
-        if h == 0 || w == 0 || !h.is_multiple_of(s) || !w.is_multiple_of(s) {
-            return Err(Error::Input(format!(
-                "input size {h}x{w} must be a positive multiple of {s}"
             )));
         }
         Ok(())

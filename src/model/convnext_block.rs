@@ -1,13 +1,13 @@
 //! ConvNeXt's block on its fast path: depthwise k×k → LayerNorm → Linear 4× → GELU (→ GRN) →
 //! Linear → (layer scale) → + input, with fc1's bias fused into the GELU when nobody looks at
 //! fc1's output on its own, and the MLP on the packed GEMM.
-use super::layers::{Grn, LayerNorm, Linear};
-use super::network::TrainOptions;
+use super::layers::{Grn, LayerNorm, Linear, TrainOptions};
 use super::plan::{BlockSpec, Kind};
-use crate::ops::bias_scale::bias_scale;
-use crate::ops::depthwise_conv_nhwc;
-use crate::ops::gelu::{bias_gelu, gelu};
-use crate::trace::{report, LayerId, Observer};
+use crate::kernels::bias_scale::bias_scale;
+use crate::kernels::depthwise_conv_nhwc;
+use crate::kernels::gelu::{bias_gelu, gelu};
+use crate::model::layer_id::LayerId;
+use crate::model::observer::{report, Observer};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 

@@ -1,8 +1,19 @@
 //! The small building blocks, all working channels-last (`[..., C]`).
-use crate::ops::gemm::{PackedLinear, PackedLinearOp};
+use crate::kernels::gemm::{PackedLinear, PackedLinearOp};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use std::sync::Arc;
+
+/// Options that only matter when training.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrainOptions {
+    /// Build differentiable layers and recompute weight layouts every forward.
+    pub differentiable: bool,
+    /// In ConvNeXt blocks, use candle's generic ops for GELU, LayerNorm, the biases and the
+    /// layer scale instead of the fused kernels with their own backward passes: the reference
+    /// `train --bench` times. (Layers outside blocks, as in the roadmap's plans, keep theirs.)
+    pub generic_ops: bool,
+}
 
 /// LayerNorm over the last (channel) axis.
 #[derive(Clone, Debug)]
@@ -32,9 +43,9 @@ impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // candle's fused kernel has no backward pass: a tracked input (training, or a
         // gradient asked of the network) takes the kernel that has one, or the composed path.
-        let kernel = crate::ops::layer_norm::has_kernel(x) && !self.composed;
+        let kernel = crate::kernels::layer_norm::has_kernel(x) && !self.composed;
         if (self.differentiable || x.track_op()) && kernel {
-            crate::ops::layer_norm::layer_norm(x, &self.weight, &self.bias, self.eps)
+            crate::kernels::layer_norm::layer_norm(x, &self.weight, &self.bias, self.eps)
         } else if self.differentiable || x.track_op() {
             let mean = x.mean_keepdim(D::Minus1)?;
             let xc = x.broadcast_sub(&mean)?;
@@ -85,7 +96,7 @@ impl Linear {
         };
         let use_packed = pack
             && std::env::var_os("CONVNEXT_GENERIC_MATMUL").is_none()
-            && crate::ops::gemm::available()
+            && crate::kernels::gemm::available()
             && l.bias.device().is_cpu()
             && l.bias.dtype() == DType::F32;
         if use_packed {
@@ -189,8 +200,8 @@ impl Grn {
 
 impl Module for Grn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if crate::ops::grn::has_kernel(x) && self.weight.dtype() == DType::F32 {
-            crate::ops::grn::grn(x, &self.weight, &self.bias, Self::EPS)
+        if crate::kernels::grn::has_kernel(x) && self.weight.dtype() == DType::F32 {
+            crate::kernels::grn::grn(x, &self.weight, &self.bias, Self::EPS)
         } else {
             Self::composed(x, &self.weight, &self.bias)
         }

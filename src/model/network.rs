@@ -4,26 +4,16 @@
 //! channels, norms and 1×1 convolutions work on the last axis with no permutes, and the
 //! stride-k k×k convs become one matmul over patches. Input and logits are as in PyTorch
 //! (`[N, 3, H, W]` in, `[N, classes]` out); observers see channels-last maps (see
-//! [`crate::trace::to_nchw`]). A block that has ConvNeXt's shape runs the fused path
-//! (`convnext_block.rs`); every other layer runs as an [`Op`] (`ops.rs`).
+//! [`crate::analysis::trace::to_nchw`]). A block that has ConvNeXt's shape runs the fused path
+//! (`convnext_block.rs`); every other layer runs as an [`Op`] (`layer_ops.rs`).
 use super::convnext_block::ConvNeXtBlock;
-use super::layers::LayerNorm;
-use super::ops::Op;
+use super::layer_ops::Op;
+use super::layers::{LayerNorm, TrainOptions};
 use super::plan::{BlockSpec, LayerSpec, Plan};
-use crate::trace::{report, LayerId, NoObserver, Observer};
+use crate::model::layer_id::LayerId;
+use crate::model::observer::{report, NoObserver, Observer};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
-
-/// Options that only matter when training.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TrainOptions {
-    /// Build differentiable layers and recompute weight layouts every forward.
-    pub differentiable: bool,
-    /// In ConvNeXt blocks, use candle's generic ops for GELU, LayerNorm, the biases and the
-    /// layer scale instead of the fused kernels with their own backward passes: the reference
-    /// `train --bench` times. (Layers outside blocks, as in the roadmap's plans, keep theirs.)
-    pub generic_ops: bool,
-}
 
 /// A layer with its name.
 #[derive(Clone, Debug)]

@@ -4,8 +4,8 @@
 //! it (`Plan::random_weights`). ConvNeXt V1/V2 of any shape and the sixteen steps of the
 //! paper's modernization roadmap (`roadmap.rs`) are functions that return a Plan.
 use super::config::{Config, Version};
-use crate::error::{Error, Result};
-use crate::trace::{LayerId, Part};
+use crate::base::error::{Error, Result};
+use crate::model::layer_id::{LayerId, Part};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 
@@ -294,15 +294,6 @@ impl BlockSpec {
 }
 
 impl Plan {
-    /// A named architecture: a ConvNeXt variant (`convnext_tiny`, `tiny`, `T`, `v2-nano`) or a
-    /// roadmap step (`roadmap:kernel_7`).
-    pub fn named(name: &str, num_classes: usize) -> Result<Plan> {
-        match name.trim().strip_prefix("roadmap:") {
-            Some(step) => super::roadmap::plan(step, num_classes),
-            None => Ok(Plan::convnext(&Config::variant(name, num_classes)?)),
-        }
-    }
-
     /// The ConvNeXt a config describes, with timm's names.
     pub fn convnext(cfg: &Config) -> Plan {
         let d0 = cfg.dims[0];

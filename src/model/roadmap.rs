@@ -4,8 +4,8 @@
 //! …, `shortcut.0/1`), step 15 as timm's ConvNeXt.
 use super::config::Config;
 use super::plan::{BlockSpec, Family, Init, Kind, LayerSpec, Plan, StageSpec};
-use crate::error::{Error, Result};
-use crate::trace::{LayerId, Part};
+use crate::base::error::{Error, Result};
+use crate::model::layer_id::{LayerId, Part};
 
 /// One step: its name, what it is, what it changes, and the paper's ImageNet-1k top-1 and
 /// GFLOPs (multiply-adds of convolutions and linear layers).
@@ -363,7 +363,7 @@ pub struct PlanDiff {
 
 /// The differences from `before` to `after` at an input size.
 pub fn diff(before: &Plan, after: &Plan, (h, w): (usize, usize)) -> PlanDiff {
-    use crate::flops::{layers, totals, LayerInfo};
+    use crate::model::flops::{layers, totals, LayerInfo};
     let (a, b) = (layers(before, 1, h, w), layers(after, 1, h, w));
     // A layer's label leaves its bias out; a convolution gaining one is a change.
     let biased = |p: &Plan| -> Vec<LayerId> {
@@ -376,7 +376,7 @@ pub fn diff(before: &Plan, after: &Plan, (h, w): (usize, usize)) -> PlanDiff {
         l.iter()
             .filter(|x| !x.container)
             .map(|x| {
-                let shape = crate::text::shape_text(&x.out_shape, '×');
+                let shape = crate::base::text::shape_text(&x.out_shape, '×');
                 let bias = if biased.contains(&x.id) {
                     " + bias"
                 } else {

@@ -1,6 +1,6 @@
 #![allow(dead_code)]
 pub mod det;
-#[cfg(feature = "gui")]
+#[cfg(feature = "app")]
 pub mod gui;
 #[cfg(feature = "hub")]
 pub mod hub_server;
@@ -13,6 +13,26 @@ pub fn fixture(p: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(p)
+}
+
+/// Runs the command line as a user does, with `env` set: whether it succeeded, its stdout and
+/// its stderr.
+pub fn cli_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convnext-explorer"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the command line as a user does: whether it succeeded, its stdout and its stderr.
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    cli_with_env(args, &[])
 }
 
 pub fn load_ref(name: &str) -> HashMap<String, Tensor> {

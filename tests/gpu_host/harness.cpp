@@ -1,8 +1,8 @@
 // Runs a GPU kernel's own source on the host, one emulated thread at a time, so that the index
 // arithmetic and bounds of the exact code the GPU runs are tested on machines without a GPU.
-// Built twice by tests/gpu_kernels_on_host.rs: -DBACKEND_CUDA (kernels/dwconv.cu, launched as
-// src/ops/dwconv_cuda.rs launches it) and -DBACKEND_METAL (kernels/dwconv.metal, dispatched as
-// src/ops/dwconv_metal.rs dispatches it).
+// Built twice by tests/gpu_kernels_on_host.rs: -DBACKEND_CUDA (src/kernels/gpu/dwconv.cu,
+// launched as src/kernels/dwconv_cuda.rs launches it) and -DBACKEND_METAL
+// (src/kernels/gpu/dwconv.metal, dispatched as src/kernels/dwconv_metal.rs dispatches it).
 //
 // Usage: harness IN OUT [MAX_BLOCKS]. IN holds u32 n, h, w, c, k then f32 x, w, b; OUT receives
 // f32 y, which starts as NaN so that an element no thread writes shows.

@@ -1,0 +1,474 @@
+//! Why the network decides: Grad-CAM, Grad-CAM++ and occlusion at any layer, the exact
+//! class-evidence map, and effective receptive fields (RepLKNet's definition).
+//!
+//! The gradient path is the inference network itself: the layer asked about hands on a
+//! variable in place of its output (see [`Observer::substitute`]) and candle's autograd
+//! carries the gradient back through the kernels' own backward passes (the packed GEMM, GELU,
+//! the depthwise conv) and the composed LayerNorm. Definitions follow
+//! pytorch-grad-cam's, so results can be compared with it.
+use crate::base::error::{Error, Result};
+use crate::base::progress::Progress;
+use crate::io::engine::Engine;
+use crate::model::flops;
+use crate::model::layer_id::LayerId;
+use crate::model::observer::Observer;
+use candle_core::{DType, Tensor, Var, D};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    GradCam,
+    GradCamPlusPlus,
+    /// The drop of the class's logit when a window of the input is set to 0 (the mean).
+    Occlusion {
+        window: usize,
+        stride: usize,
+    },
+    /// The exact class-evidence map of the last stage.
+    Evidence,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Result<Method> {
+        Ok(match s {
+            "gradcam" | "grad-cam" => Method::GradCam,
+            "gradcam++" | "grad-cam++" => Method::GradCamPlusPlus,
+            "occlusion" => Method::Occlusion {
+                window: 32,
+                stride: 16,
+            },
+            "evidence" => Method::Evidence,
+            _ => {
+                return Err(Error::Input(format!(
+                    "unknown method `{s}` (gradcam, gradcam++, occlusion or evidence)"
+                )))
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::GradCam => "gradcam",
+            Method::GradCamPlusPlus => "gradcam++",
+            Method::Occlusion { .. } => "occlusion",
+            Method::Evidence => "evidence",
+        }
+    }
+}
+
+/// A map per image, and what it explains.
+pub struct Attribution {
+    /// `[N, h, w]` f32: at the layer's own resolution (occlusion: one value per window).
+    pub map: Tensor,
+    /// Grad-CAM's map before its final ReLU (the weighted sum of channels).
+    pub raw: Option<Tensor>,
+    pub logits: Tensor,
+    /// The class each image's map explains.
+    pub classes: Vec<usize>,
+    pub layer: LayerId,
+}
+
+/// The layer a name designates: any name the trace uses; an unknown one is an error that
+/// lists them.
+pub fn layer_by_name(engine: &Engine, name: &str) -> Result<LayerId> {
+    let s = engine.plan.stride();
+    let list = flops::layers(&engine.plan, 1, s, s);
+    if let Some(l) = list.iter().find(|l| l.name == name.trim()) {
+        return Ok(l.id);
+    }
+    let names: Vec<&str> = list.iter().map(|l| l.name.as_str()).collect();
+    Err(Error::Input(format!(
+        "no layer `{name}` in {}; the layers are: {}",
+        engine.plan.name,
+        names.join(", ")
+    )))
+}
+
+/// Hands a variable on in place of one layer's output, so that its gradient is kept.
+struct GradientAt {
+    layer: LayerId,
+    var: Option<Var>,
+}
+
+impl Observer for GradientAt {
+    fn substitute(&mut self, id: LayerId, out: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if id != self.layer {
+            return Ok(None);
+        }
+        let v = Var::from_tensor(&out.detach())?;
+        let t = v.as_tensor().clone();
+        self.var = Some(v);
+        Ok(Some(t))
+    }
+}
+
+/// The classes to explain: the given one for every image (checked), else each image's top-1.
+fn classes_for(engine: &Engine, logits: &Tensor, class: Option<usize>) -> Result<Vec<usize>> {
+    let n = logits.dim(0)?;
+    match class {
+        Some(k) if k >= engine.plan.num_classes() => Err(Error::Input(format!(
+            "class {k} is out of range: the model has {} classes (0 to {})",
+            engine.plan.num_classes(),
+            engine.plan.num_classes() - 1
+        ))),
+        Some(k) => Ok(vec![k; n]),
+        None => Ok(logits
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(|k| k as usize)
+            .collect()),
+    }
+}
+
+/// `Σ_n logits[n, classes[n]]`: each image's gradient comes from its own class.
+fn class_score(logits: &Tensor, classes: &[usize]) -> Result<Tensor> {
+    let idx: Vec<u32> = classes.iter().map(|&k| k as u32).collect();
+    let idx = Tensor::from_vec(idx, (classes.len(), 1), logits.device())?;
+    Ok(logits.gather(&idx, 1)?.sum_all()?)
+}
+
+/// A layer's output `A` and the gradient of the chosen classes' logits at it, channels-last
+/// `[N, H, W, C]` f32, with the logits.
+pub fn gradient_at(
+    engine: &Engine,
+    x: &Tensor,
+    layer: LayerId,
+    class: Option<usize>,
+) -> Result<(Tensor, Tensor, Tensor, Vec<usize>)> {
+    if !layer.is_spatial() {
+        return Err(Error::Input(format!(
+            "`{layer}` has no spatial map (the head pools it away): pick a stem, stage, block or block part"
+        )));
+    }
+    let mut obs = GradientAt { layer, var: None };
+    let logits = engine.forward_observed(x, &mut obs)?;
+    let var = obs
+        .var
+        .ok_or_else(|| Error::Input(format!("layer `{layer}` did not run")))?;
+    let classes = classes_for(engine, &logits, class)?;
+    let grads = class_score(&logits, &classes)?.backward()?;
+    let a = var.as_tensor().to_dtype(DType::F32)?;
+    let g = grads
+        .get(var.as_tensor())
+        .ok_or_else(|| Error::Input(format!("no gradient reaches `{layer}`")))?
+        .to_dtype(DType::F32)?;
+    Ok((a, g, logits.detach(), classes))
+}
+
+/// Grad-CAM or Grad-CAM++ at `layer`, raw (no normalisation), at the layer's resolution.
+pub fn grad_cam(
+    engine: &Engine,
+    x: &Tensor,
+    layer: LayerId,
+    class: Option<usize>,
+    plus_plus: bool,
+) -> Result<Attribution> {
+    let (a, g, logits, classes) = gradient_at(engine, x, layer, class)?;
+    let weights = if plus_plus {
+        grad_cam_pp_weights(&a, &g)?
+    } else {
+        g.mean_keepdim((1, 2))? // [N, 1, 1, C]
+    };
+    let raw = a.broadcast_mul(&weights)?.sum(3)?;
+    Ok(Attribution {
+        map: raw.relu()?,
+        raw: Some(raw),
+        logits,
+        classes,
+        layer,
+    })
+}
+
+/// Grad-CAM++'s channel weights: `α = g² / (2g² + Σ_hw(A)·g³ + 1e-7)` (0 where g = 0),
+/// `w_c = Σ_hw ReLU(g)·α`.
+fn grad_cam_pp_weights(a: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let g2 = g.sqr()?;
+    let g3 = (&g2 * g)?;
+    let sum_a = a.sum_keepdim((1, 2))?;
+    let denom = ((g2.affine(2.0, 1e-7)?) + g3.broadcast_mul(&sum_a)?)?;
+    let alpha = (&g2 / denom)?;
+    let nonzero = g.ne(0f32)?.to_dtype(DType::F32)?;
+    let alpha = (alpha * nonzero)?;
+    Ok((g.relu()? * alpha)?.sum_keepdim((1, 2))?)
+}
+
+/// The drop of each image's class logit when a `window`×`window` patch of the input (every
+/// `stride` pixels) is set to 0, the dataset mean after normalising. Batches of occluded
+/// inputs are bounded; `progress` hears of each batch and may cancel.
+pub fn occlusion(
+    engine: &Engine,
+    x: &Tensor,
+    class: Option<usize>,
+    (window, stride): (usize, usize),
+    progress: &mut dyn Progress,
+) -> Result<Attribution> {
+    let (n, _, h, w) = x.dims4()?;
+    if window == 0 || stride == 0 {
+        return Err(Error::Input(
+            "occlusion window and stride must be at least 1".into(),
+        ));
+    }
+    let logits = engine.forward(x)?;
+    let classes = classes_for(engine, &logits, class)?;
+    let base: Vec<f32> = class_logits(&logits, &classes)?;
+    let positions = |len: usize| {
+        if len <= window {
+            1
+        } else {
+            (len - window) / stride + 1
+        }
+    };
+    let (ny, nx) = (positions(h), positions(w));
+    let x_host: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut drops = vec![0f32; n * ny * nx];
+    // A few occluded copies per forward: memory stays a small multiple of one batch.
+    let per_batch = (16 / n).max(1);
+    let cells: Vec<(usize, usize)> = (0..ny).flat_map(|i| (0..nx).map(move |j| (i, j))).collect();
+    for (done, chunk) in cells.chunks(per_batch).enumerate() {
+        progress.check("occlusion")?;
+        progress.update(done * per_batch, cells.len(), "occluded inputs");
+        let mut data = Vec::with_capacity(chunk.len() * x_host.len());
+        for &(i, j) in chunk {
+            let mut copy = x_host.clone();
+            blank(&mut copy, (n, h, w), (i * stride, j * stride), window);
+            data.extend(copy);
+        }
+        let batch = Tensor::from_vec(data, (chunk.len() * n, 3, h, w), x.device())?;
+        let out = engine.forward(&batch)?;
+        let rep: Vec<usize> = chunk.iter().flat_map(|_| classes.iter().copied()).collect();
+        let vals = class_logits(&out, &rep)?;
+        for (c, &(i, j)) in chunk.iter().enumerate() {
+            for img in 0..n {
+                drops[img * ny * nx + i * nx + j] = base[img] - vals[c * n + img];
+            }
+        }
+    }
+    let map = Tensor::from_vec(drops, (n, ny, nx), x.device())?;
+    Ok(Attribution {
+        map,
+        raw: None,
+        logits,
+        classes,
+        layer: LayerId::Stem,
+    })
+}
+
+fn class_logits(logits: &Tensor, classes: &[usize]) -> Result<Vec<f32>> {
+    let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+    Ok(rows.iter().zip(classes).map(|(r, &k)| r[k]).collect())
+}
+
+/// Zeroes a window (clipped to the image) of every image of an NCHW buffer.
+fn blank(
+    buf: &mut [f32],
+    (n, h, w): (usize, usize, usize),
+    (top, left): (usize, usize),
+    win: usize,
+) {
+    for img in 0..n {
+        for c in 0..3 {
+            let plane = &mut buf[(img * 3 + c) * h * w..(img * 3 + c + 1) * h * w];
+            for y in top..(top + win).min(h) {
+                plane[y * w + left..y * w + (left + win).min(w)].fill(0.0);
+            }
+        }
+    }
+}
+
+/// The exact class-evidence map of the last stage, as an [`Attribution`].
+pub fn evidence(engine: &Engine, x: &Tensor, class: Option<usize>) -> Result<Attribution> {
+    let last = LayerId::Stage(engine.plan.stages.len().saturating_sub(1));
+    let mut cap =
+        crate::analysis::trace::CaptureObserver::new(crate::analysis::trace::CaptureLevel::Stages);
+    let logits = engine.forward_observed(x, &mut cap)?;
+    let classes = classes_for(engine, &logits, class)?;
+    let a = cap
+        .get(last)
+        .ok_or_else(|| Error::Input("the last stage did not run".into()))?;
+    let maps = classes
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| engine.model.class_evidence(&a.narrow(0, i, 1)?, k))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Attribution {
+        map: Tensor::cat(&maps, 0)?,
+        raw: None,
+        logits,
+        classes,
+        layer: last,
+    })
+}
+
+/// Any method, at `layer` (occlusion works on the input; evidence at the last stage).
+pub fn attribute(
+    engine: &Engine,
+    x: &Tensor,
+    method: Method,
+    layer: LayerId,
+    class: Option<usize>,
+    progress: &mut dyn Progress,
+) -> Result<Attribution> {
+    match method {
+        Method::GradCam => grad_cam(engine, x, layer, class, false),
+        Method::GradCamPlusPlus => grad_cam(engine, x, layer, class, true),
+        Method::Occlusion { window, stride } => {
+            occlusion(engine, x, class, (window, stride), progress)
+        }
+        Method::Evidence => {
+            let last = LayerId::Stage(engine.plan.stages.len().saturating_sub(1));
+            if layer != last {
+                return Err(Error::Input(format!(
+                    "the evidence map is exact at the last stage only: use --layer {last}"
+                )));
+            }
+            evidence(engine, x, class)
+        }
+    }
+}
+
+/// The effective receptive field's raw map for a batch: `Σ_rgb ReLU(∂s/∂x)` per image, with
+/// `s = Σ_c ReLU(A[c, H_L/2, W_L/2])` of each image's layer-`layer` output. `[N, H, W]` f32.
+pub fn erf_maps(engine: &Engine, x: &Tensor, layer: LayerId) -> Result<Tensor> {
+    if !layer.is_spatial() {
+        return Err(Error::Input(format!(
+            "`{layer}` has no spatial map: pick a stem, stage, block or block part"
+        )));
+    }
+    let input = Var::from_tensor(&x.to_dtype(DType::F32)?.to_device(&engine.device)?)?;
+    let mut keep = KeepTracked { layer, out: None };
+    // The forward stops at the layer (nothing after it matters): that error is expected.
+    let run = engine.forward_observed(input.as_tensor(), &mut keep);
+    let out = match (keep.out, run) {
+        (Some(out), _) => out,
+        (None, Err(e)) => return Err(e),
+        (None, Ok(_)) => return Err(Error::Input(format!("layer `{layer}` did not run"))),
+    };
+    let (_, hl, wl, _) = out.dims4()?;
+    let s = out
+        .narrow(1, hl / 2, 1)?
+        .narrow(2, wl / 2, 1)?
+        .relu()?
+        .sum_all()?;
+    let grads = s.backward()?;
+    let g = grads
+        .get(input.as_tensor())
+        .ok_or_else(|| Error::Input(format!("no gradient reaches the input from `{layer}`")))?;
+    Ok(g.relu()?.sum(1)?.to_dtype(DType::F32)?)
+}
+
+/// Keeps one layer's output as it flows (tracked), and stops the forward there.
+struct KeepTracked {
+    layer: LayerId,
+    out: Option<Tensor>,
+}
+
+impl Observer for KeepTracked {
+    fn layer(&mut self, id: LayerId, out: &Tensor) -> candle_core::Result<()> {
+        if id == self.layer {
+            self.out = Some(out.clone());
+            candle_core::bail!("stop: layer reached");
+        }
+        Ok(())
+    }
+}
+
+/// RepLKNet's scale for showing an ERF map: `log10(map + 1)`, value by value. (The summary
+/// below takes the same logarithm in f64, as its sums run over the whole map.)
+pub fn erf_log(map: &[f32]) -> Vec<f32> {
+    map.iter().map(|v| (v + 1.0).log10()).collect()
+}
+
+/// RepLKNet's summary of an ERF map: `m = log10(map + 1) / max`, and for each threshold the
+/// area ratio of the smallest centred square (side 2i+1, i ≥ 1) holding more than that share of
+/// Σm; `None` where no square below the map's half-size does.
+pub fn area_ratios(map: &[f32], (h, w): (usize, usize), thresholds: &[f64]) -> Vec<Option<f64>> {
+    let m: Vec<f64> = map.iter().map(|&v| (v as f64 + 1.0).log10()).collect();
+    let max = m.iter().cloned().fold(0.0, f64::max);
+    let m: Vec<f64> = m
+        .iter()
+        .map(|v| if max > 0.0 { v / max } else { 0.0 })
+        .collect();
+    let total: f64 = m.iter().sum();
+    let square = |i: usize| -> f64 {
+        let (cy, cx) = (h / 2, w / 2);
+        let (y0, y1) = (cy.saturating_sub(i), (cy + i + 1).min(h));
+        let (x0, x1) = (cx.saturating_sub(i), (cx + i + 1).min(w));
+        (y0..y1)
+            .map(|y| m[y * w + x0..y * w + x1].iter().sum::<f64>())
+            .sum()
+    };
+    thresholds
+        .iter()
+        .map(|&t| {
+            (1..h.min(w) / 2)
+                .find(|&i| total > 0.0 && square(i) / total > t)
+                .map(|i| ((2 * i + 1) as f64 / h as f64) * ((2 * i + 1) as f64 / w as f64))
+        })
+        .collect()
+}
+
+/// The thresholds RepLKNet reports.
+pub const ERF_THRESHOLDS: [f64; 4] = [0.2, 0.3, 0.5, 0.99];
+
+/// One layer's effective receptive field over the images seen so far.
+#[derive(Clone, Debug)]
+pub struct ErfSummary {
+    pub layer: LayerId,
+    /// The averaged raw map (before the log), `h × w` row-major.
+    pub map: Vec<f32>,
+    pub size: (usize, usize),
+    /// Area ratios at [`ERF_THRESHOLDS`].
+    pub ratios: Vec<Option<f64>>,
+}
+
+/// Averages ERF maps of several layers over a stream of inputs (one image at a time: memory
+/// does not grow with the folder).
+pub struct ErfAccumulator {
+    layers: Vec<LayerId>,
+    sums: Vec<Option<Tensor>>,
+    pub images: usize,
+}
+
+impl ErfAccumulator {
+    pub fn new(layers: Vec<LayerId>) -> Self {
+        let sums = vec![None; layers.len()];
+        Self {
+            layers,
+            sums,
+            images: 0,
+        }
+    }
+
+    /// Adds a batch `[N, 3, H, W]` (every batch the same size).
+    pub fn add(&mut self, engine: &Engine, x: &Tensor) -> Result<()> {
+        for (layer, sum) in self.layers.iter().zip(&mut self.sums) {
+            let m = erf_maps(engine, x, *layer)?.sum(0)?;
+            *sum = Some(match sum.take() {
+                Some(s) => (s + m)?,
+                None => m,
+            });
+        }
+        self.images += x.dim(0)?;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<Vec<ErfSummary>> {
+        let n = self.images.max(1) as f64;
+        self.layers
+            .into_iter()
+            .zip(self.sums)
+            .filter_map(|(layer, sum)| sum.map(|s| (layer, s)))
+            .map(|(layer, s)| {
+                let (h, w) = s.dims2()?;
+                let map: Vec<f32> = (s / n)?.flatten_all()?.to_vec1()?;
+                let ratios = area_ratios(&map, (h, w), &ERF_THRESHOLDS);
+                Ok(ErfSummary {
+                    layer,
+                    map,
+                    size: (h, w),
+                    ratios,
+                })
+            })
+            .collect()
+    }
+}

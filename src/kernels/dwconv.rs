@@ -1,0 +1,461 @@
+//! Depthwise K×K convolution ("same" padding, stride 1) on channels-last (NHWC) tensors.
+//!
+//! candle runs a grouped convolution as one convolution per channel, which made the 7×7
+//! depthwise conv 63% of a ConvNeXt forward. Channels-last lets the kernel vectorise along the
+//! contiguous channel axis: for each output pixel and a 32-channel slice, all K×K taps are
+//! accumulated in registers before one store.
+//!
+//! Layouts: input `[N, H, W, C]`, weight `[K, K, C]`, bias `[C]`, output `[N, H, W, C]`.
+use crate::simd_dispatch;
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+
+/// Depthwise conv with a kernel of ours on the CPU, on CUDA (`cuda` feature) and on Metal
+/// (`metal` feature), and the composed device-generic path elsewhere. Gradients flow through all.
+pub fn depthwise_conv_nhwc(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    check_shapes(x, w, b)?;
+    if has_kernel(x.device()) {
+        let x = x.contiguous()?;
+        let w = w.contiguous()?;
+        let b = b.contiguous()?;
+        x.apply_op3(&w, &b, DwConv)
+    } else {
+        depthwise_conv_nhwc_reference(x, w, b)
+    }
+}
+
+/// The same convolution from candle's own ops: K×K shifted views of the padded input, each
+/// scaled per channel and summed. Slow on the CPU but runs on every device and backpropagates;
+/// it is also the reference the fast kernel is tested against.
+pub fn depthwise_conv_nhwc_reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    check_shapes(x, w, b)?;
+    let k = w.dim(0)?;
+    let mut acc = b
+        .reshape((1, 1, 1, ()))?
+        .broadcast_as(x.shape())?
+        .contiguous()?;
+    for (t, tap) in shifted_views(x, k)?.iter().enumerate() {
+        let wij = w.get(t / k)?.get(t % k)?.reshape((1, 1, 1, ()))?;
+        acc = (acc + tap.broadcast_mul(&wij)?)?;
+    }
+    Ok(acc)
+}
+
+/// Whether [`DwConv`] has a forward kernel for this device in this build.
+fn has_kernel(device: &candle_core::Device) -> bool {
+    device.is_cpu()
+        || (cfg!(feature = "cuda") && device.is_cuda())
+        || (cfg!(feature = "metal") && device.is_metal())
+}
+
+fn check_shapes(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<()> {
+    let (_, _, _, c) = x.dims4()?;
+    let (k1, k2, wc) = w.dims3()?;
+    let bc = b.dims1()?;
+    if k1 != k2 || k1 % 2 == 0 || wc != c || bc != c {
+        candle_core::bail!(
+            "depthwise conv: input {:?}, weight {:?}, bias {:?} do not fit (want [N,H,W,C], [K,K,C] odd K, [C])",
+            x.dims(),
+            w.dims(),
+            b.dims()
+        )
+    }
+    Ok(())
+}
+
+/// The forward kernel; its backward pass is two more passes of the same loops.
+struct DwConv;
+
+fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<std::borrow::Cow<'a, [f32]>> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("depthwise conv: input not contiguous".into()))?;
+    Ok(match s {
+        CpuStorage::F32(v) => std::borrow::Cow::Borrowed(&v[start..end]),
+        CpuStorage::BF16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::F16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::F64(v) => v[start..end].iter().map(|&x| x as f32).collect(),
+        _ => candle_core::bail!("depthwise conv: unsupported dtype {:?}", s.dtype()),
+    })
+}
+
+fn to_storage(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
+    Ok(match dtype {
+        DType::F32 => CpuStorage::F32(v),
+        DType::BF16 => CpuStorage::BF16(v.into_iter().map(half::bf16::from_f32).collect()),
+        DType::F16 => CpuStorage::F16(v.into_iter().map(half::f16::from_f32).collect()),
+        DType::F64 => CpuStorage::F64(v.into_iter().map(f64::from).collect()),
+        d => candle_core::bail!("depthwise conv: unsupported dtype {d:?}"),
+    })
+}
+
+fn forward_cpu(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    s3: &CpuStorage,
+    l3: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (n, h, w, c) = l1.shape().dims4()?;
+    let k = l2.shape().dims()[0];
+    let x = f32_data(s1, l1)?;
+    let wt = f32_data(s2, l2)?;
+    let b = f32_data(s3, l3)?;
+    // NaN, not zero: an element the kernel fails to write shows up in every test.
+    let mut out = vec![f32::NAN; n * h * w * c];
+    dwconv_f32(&x, &wt, Some(&b), &mut out, n, h, w, c, k);
+    Ok((to_storage(out, s1.dtype())?, l1.shape().clone()))
+}
+
+impl CustomOp3 for DwConv {
+    fn name(&self) -> &'static str {
+        "depthwise-conv-nhwc"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        forward_cpu(s1, l1, s2, l2, s3, l3)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::dwconv_cuda::forward(s1, l1, s2, l2, s3, l3)
+    }
+
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        s1: &candle_core::MetalStorage,
+        l1: &Layout,
+        s2: &candle_core::MetalStorage,
+        l2: &Layout,
+        s3: &candle_core::MetalStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        super::dwconv_metal::forward(s1, l1, s2, l2, s3, l3)
+    }
+
+    /// Gradients for what is tracked: the weight's and bias's only when they are (training),
+    /// not when a gradient is asked of a fixed network (attribution).
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // d/dx of a "same" correlation is the correlation of the gradient with the kernel
+        // flipped in both spatial axes.
+        let k = w.dim(0)?;
+        let idx = Tensor::new((0..k as u32).rev().collect::<Vec<_>>(), w.device())?;
+        let w_flip = w
+            .index_select(&idx, 0)?
+            .index_select(&idx, 1)?
+            .contiguous()?;
+        let zero = w.get(0)?.get(0)?.zeros_like()?;
+        let gx = x
+            .track_op()
+            .then(|| grad.apply_op3_no_bwd(&w_flip, &zero, &DwConv))
+            .transpose()?;
+        let gw = match (w.track_op(), x.device().is_cpu()) {
+            (false, _) => None,
+            (true, true) => Some(x.apply_op2_no_bwd(&grad, &DwConvWeightGrad { k })?),
+            (true, false) => Some(weight_grad_composed(x, &grad, k)?),
+        };
+        let gb = b
+            .track_op()
+            .then(|| super::reduce::sum_to_channels(&grad))
+            .transpose()?;
+        Ok((gx, gw, gb))
+    }
+}
+
+/// The weight gradient from candle's own ops, for devices without a kernel of ours: one product
+/// of the gradient with a shifted view of the padded input per tap, summed over N, H, W.
+fn weight_grad_composed(x: &Tensor, grad: &Tensor, k: usize) -> Result<Tensor> {
+    let taps = shifted_views(x, k)?
+        .iter()
+        .map(|tap| (tap * grad)?.sum((0, 1, 2)))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::stack(&taps, 0)?.reshape((k, k, ()))
+}
+
+/// The K×K views of the zero-padded input that tap `(i, j)` reads, in row-major tap order: view
+/// `i·K + j` is `x[n, h+i-p, w+j-p, c]` over the output grid.
+fn shifted_views(x: &Tensor, k: usize) -> Result<Vec<Tensor>> {
+    let (_, h, wd, _) = x.dims4()?;
+    let p = k / 2;
+    let xp = x.pad_with_zeros(1, p, p)?.pad_with_zeros(2, p, p)?;
+    let mut views = Vec::with_capacity(k * k);
+    for i in 0..k {
+        let rows = xp.narrow(1, i, h)?;
+        for j in 0..k {
+            views.push(rows.narrow(2, j, wd)?);
+        }
+    }
+    Ok(views)
+}
+
+/// dL/dw for the depthwise conv: `gw[i,j,c] = Σ g[n,h,w,c] · x[n,h+i-p,w+j-p,c]`.
+struct DwConvWeightGrad {
+    k: usize,
+}
+
+impl CustomOp2 for DwConvWeightGrad {
+    fn name(&self) -> &'static str {
+        "depthwise-conv-nhwc-weight-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, h, w, c) = l1.shape().dims4()?;
+        let k = self.k;
+        let x = f32_data(s1, l1)?;
+        let g = f32_data(s2, l2)?;
+        let row = w * c;
+        let gw = (0..n * h)
+            .into_par_iter()
+            .fold(
+                || vec![0f32; k * k * c],
+                |mut acc, nh| {
+                    let (ni, oh) = (nh / h, nh % h);
+                    let plane = &x[ni * h * row..(ni + 1) * h * row];
+                    weight_grad_row(
+                        &mut acc,
+                        &g[nh * row..(nh + 1) * row],
+                        plane,
+                        oh,
+                        h,
+                        w,
+                        c,
+                        k,
+                    );
+                    acc
+                },
+            )
+            .reduce(
+                || vec![0f32; k * k * c],
+                |mut a, b| {
+                    super::reduce::add_rows(&mut a, &b);
+                    a
+                },
+            );
+        Ok((to_storage(gw, s1.dtype())?, Shape::from((k, k, c))))
+    }
+}
+
+/// Adds output row `oh`'s share of the weight gradient to `acc` (`[k, k, c]`): for each tap,
+/// the gradient row times the input row it read, summed over columns. `x` is the image's plane.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn weight_grad_row_generic(
+    acc: &mut [f32],
+    grow: &[f32],
+    x: &[f32],
+    oh: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+) {
+    let (p, row) = (k / 2, w * c);
+    for i in 0..k {
+        let ih = oh as isize + i as isize - p as isize;
+        if ih < 0 || ih >= h as isize {
+            continue;
+        }
+        let xrow = &x[ih as usize * row..][..row];
+        for j in 0..k {
+            let (lo, hi) = valid_cols(w, j, p);
+            let a = &mut acc[(i * k + j) * c..][..c];
+            for ow in lo..hi {
+                let iw = ow + j - p;
+                crate::kernels::simd::fma_slices_generic(
+                    a,
+                    &grow[ow * c..][..c],
+                    &xrow[iw * c..][..c],
+                );
+            }
+        }
+    }
+}
+
+simd_dispatch!(fn weight_grad_row => weight_grad_row_generic(
+    acc: &mut [f32], grow: &[f32], x: &[f32], oh: usize, h: usize, w: usize, c: usize, k: usize,
+));
+
+/// Output columns `ow` whose input column `ow + j - p` lies inside `[0, w)`.
+#[inline(always)]
+fn valid_cols(w: usize, j: usize, p: usize) -> (usize, usize) {
+    let lo = p.saturating_sub(j);
+    let hi = (w + p).saturating_sub(j).min(w);
+    (lo, hi.max(lo))
+}
+
+/// The forward kernel on plain slices, parallel over output rows.
+#[allow(clippy::too_many_arguments)]
+pub fn dwconv_f32(
+    x: &[f32],
+    wt: &[f32],
+    b: Option<&[f32]>,
+    out: &mut [f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+) {
+    let row = w * c;
+    let plane = h * row;
+    if row == 0 || n == 0 {
+        return;
+    }
+    let work = |(nh, orow): (usize, &mut [f32])| {
+        let (ni, oh) = (nh / h, nh % h);
+        dw_row(
+            orow,
+            &x[ni * plane..(ni + 1) * plane],
+            wt,
+            b,
+            oh,
+            h,
+            w,
+            c,
+            k,
+        );
+    };
+    // Small layers are not worth waking the thread pool for.
+    if n * h * w * c * k * k < 1 << 16 {
+        out.chunks_mut(row).enumerate().for_each(work);
+    } else {
+        out.par_chunks_mut(row).enumerate().for_each(work);
+    }
+}
+
+simd_dispatch!(fn dw_row => dw_row_impl(
+    out: &mut [f32], x: &[f32], wt: &[f32], b: Option<&[f32]>,
+    oh: usize, h: usize, w: usize, c: usize, k: usize,
+));
+
+/// Channel slice width held in registers: 32 f32 = two AVX-512 or four AVX2 registers.
+const CB: usize = 32;
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dw_row_impl(
+    out: &mut [f32],
+    x: &[f32],
+    wt: &[f32],
+    b: Option<&[f32]>,
+    oh: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+) {
+    let p = k / 2;
+    let row = w * c;
+    let i_lo = p.saturating_sub(oh);
+    let i_hi = (h + p - oh).min(k);
+    let full = c / CB * CB;
+    for c0 in (0..full).step_by(CB) {
+        for ow in 0..w {
+            let mut acc = [0f32; CB];
+            if let Some(b) = b {
+                acc.copy_from_slice(&b[c0..c0 + CB]);
+            }
+            let j_lo = p.saturating_sub(ow);
+            let j_hi = (w + p - ow).min(k);
+            for i in i_lo..i_hi {
+                let xrow = &x[(oh + i - p) * row..][..row];
+                for j in j_lo..j_hi {
+                    let xs: &[f32; CB] = xrow[(ow + j - p) * c + c0..][..CB].try_into().unwrap();
+                    let ws: &[f32; CB] = wt[(i * k + j) * c + c0..][..CB].try_into().unwrap();
+                    for t in 0..CB {
+                        acc[t] += xs[t] * ws[t];
+                    }
+                }
+            }
+            out[ow * c + c0..][..CB].copy_from_slice(&acc);
+        }
+    }
+    if full < c {
+        let rem = c - full;
+        for ow in 0..w {
+            let o = &mut out[ow * c + full..][..rem];
+            match b {
+                Some(b) => o.copy_from_slice(&b[full..]),
+                None => o.fill(0.0),
+            }
+            let j_lo = p.saturating_sub(ow);
+            let j_hi = (w + p - ow).min(k);
+            for i in i_lo..i_hi {
+                let xrow = &x[(oh + i - p) * row..][..row];
+                for j in j_lo..j_hi {
+                    let xs = &xrow[(ow + j - p) * c + full..][..rem];
+                    let ws = &wt[(i * k + j) * c + full..][..rem];
+                    for t in 0..rem {
+                        o[t] += xs[t] * ws[t];
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The GPUs' composed weight gradient equals the CPU kernel's.
+    #[test]
+    fn composed_weight_grad_equals_the_kernel() {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 9, 6, 20), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1., (2, 9, 6, 20), &dev).unwrap();
+        for k in [3, 7] {
+            let kernel = x.apply_op2_no_bwd(&g, &DwConvWeightGrad { k }).unwrap();
+            let composed = weight_grad_composed(&x, &g, k).unwrap();
+            assert_eq!(kernel.dims(), &[k, k, 20]);
+            let diff: f32 = (kernel - &composed)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            let scale: f32 = composed
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(diff / scale < 1e-5, "k={k}: {diff} vs {scale}");
+        }
+    }
+}

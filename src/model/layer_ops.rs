@@ -1,0 +1,304 @@
+//! Every layer kind of a [`Plan`](super::plan::Plan) as something that runs on a channels-last
+//! tensor. Each kind takes the fastest path this project has for it: stride-k k×k convolutions
+//! as one matmul over patches, 1×1 convolutions and linear layers on the packed GEMM, depthwise
+//! convolutions on the depthwise kernel; the rest (dense k×k convolutions, max-pooling) through
+//! candle's NCHW ops.
+use super::convnext_block::dw_kernel_kkc;
+use super::layers::{conv_weight_as_matrix, patchify, Grn, LayerNorm, Linear, TrainOptions};
+use super::plan::{Kind, LayerSpec};
+use crate::kernels::depthwise_conv_nhwc;
+use crate::kernels::gelu::gelu;
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// A stride-k k×k conv over non-overlapping patches, done as a matmul.
+#[derive(Clone, Debug)]
+pub struct PatchConv {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    k: usize,
+    /// `weight` as a `[O, k·k·I]` matrix, made once for inference (training recomputes it so
+    /// that updates to the weight show).
+    matrix: Option<Tensor>,
+}
+
+impl PatchConv {
+    fn forward(&self, x_nhwc: &Tensor) -> Result<Tensor> {
+        let m = match &self.matrix {
+            Some(m) => m.clone(),
+            None => conv_weight_as_matrix(&self.weight)?,
+        };
+        let p = patchify(x_nhwc, self.k)?;
+        let (n, h, w, kc) = p.dims4()?;
+        let y = p.reshape((n * h * w, kc))?.matmul(&m.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        y.reshape((n, h, w, m.dim(0)?))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    Patch(PatchConv),
+    /// A k×k convolution through candle's `conv2d` (NCHW).
+    Dense {
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        pad: usize,
+    },
+    /// Depthwise k×k, "same" padding, on the channels-last kernel; stride 2 keeps every
+    /// other output (the same numbers a strided convolution computes).
+    Depthwise {
+        weight: Tensor,
+        kkc: Option<Tensor>,
+        bias: Tensor,
+        stride: usize,
+    },
+    /// A 1×1 convolution (stride 2 samples every other position first).
+    Pointwise {
+        linear: Linear,
+        stride: usize,
+    },
+    Linear(Linear),
+    LayerNorm(LayerNorm),
+    /// BatchNorm in eval mode folded into a per-channel scale and shift.
+    BatchNorm {
+        scale: Tensor,
+        shift: Tensor,
+    },
+    Relu,
+    /// Exact (erf) GELU; the fast kernel, with its backward, on CPU f32.
+    Gelu,
+    Grn(Grn),
+    LayerScale(Tensor),
+    MaxPool {
+        k: usize,
+        stride: usize,
+        pad: usize,
+    },
+    GlobalAvgPool,
+}
+
+fn unsupported(spec: &LayerSpec) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "layer `{}`: {:?} is not supported",
+        spec.id, spec.kind
+    ))
+}
+
+impl Op {
+    /// The layer `spec` describes, its tensors read from `vb` (prefixed with the layer's name;
+    /// `root` for a layer scale, whose tensor is named as the layer).
+    pub fn new(
+        vb: VarBuilder,
+        root: &VarBuilder,
+        spec: &LayerSpec,
+        t: TrainOptions,
+    ) -> Result<Self> {
+        let (i, o) = (spec.channels_in, spec.channels_out);
+        let optional_bias = |has: bool| has.then(|| vb.get(o, "bias")).transpose();
+        Ok(match spec.kind {
+            Kind::Conv {
+                k,
+                stride,
+                pad,
+                groups,
+                bias,
+            } => {
+                let weight = vb.get((o, i / groups.max(1), k, k), "weight")?;
+                let bias = optional_bias(bias)?;
+                conv_op(spec, weight, bias, (k, stride, pad, groups), t)?
+            }
+            Kind::Linear { bias } => {
+                let w = vb.get((o, i), "weight")?;
+                let b = match optional_bias(bias)? {
+                    Some(b) => b,
+                    None => Tensor::zeros(o, w.dtype(), w.device())?,
+                };
+                // The head's classifier stays unpacked: it sees one row per image, and the
+                // class-evidence map reads its weight.
+                let pack = !t.differentiable && spec.id.is_spatial();
+                Op::Linear(Linear::from_tensors(w, b, pack)?)
+            }
+            Kind::BatchNorm { eps } => {
+                let f = |n: &str| vb.get(o, n)?.to_dtype(DType::F32);
+                let (w, b, mean, var) = (
+                    f("weight")?,
+                    f("bias")?,
+                    f("running_mean")?,
+                    f("running_var")?,
+                );
+                let scale = (w / (var + eps)?.sqrt()?)?;
+                let shift = (b - (mean * &scale)?)?;
+                let dt = vb.dtype();
+                Op::BatchNorm {
+                    scale: scale.to_dtype(dt)?,
+                    shift: shift.to_dtype(dt)?,
+                }
+            }
+            Kind::LayerNorm { eps } => Op::LayerNorm(LayerNorm::new(vb, o, eps, t.differentiable)?),
+            Kind::Relu => Op::Relu,
+            Kind::Gelu => Op::Gelu,
+            Kind::Grn => Op::Grn(Grn::new(vb, o)?),
+            Kind::LayerScale => Op::LayerScale(root.get(o, &spec.id.name())?),
+            Kind::MaxPool { k, stride, pad } => Op::MaxPool { k, stride, pad },
+            Kind::GlobalAvgPool => Op::GlobalAvgPool,
+            Kind::Add => return Err(unsupported(spec)),
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Op::Patch(p) => p.forward(x),
+            Op::Dense {
+                weight,
+                bias,
+                stride,
+                pad,
+            } => {
+                let y = x
+                    .permute((0, 3, 1, 2))?
+                    .contiguous()?
+                    .conv2d(weight, *pad, *stride, 1, 1)?;
+                let y = match bias {
+                    Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+                    None => y,
+                };
+                y.permute((0, 2, 3, 1))?.contiguous()
+            }
+            Op::Depthwise {
+                weight,
+                kkc,
+                bias,
+                stride,
+            } => {
+                let kkc = match kkc {
+                    Some(k) => k.clone(),
+                    None => dw_kernel_kkc(weight)?,
+                };
+                subsample(&depthwise_conv_nhwc(x, &kkc, bias)?, *stride)
+            }
+            Op::Pointwise { linear, stride } => linear.forward(&subsample(x, *stride)?),
+            Op::Linear(l) => l.forward(x),
+            Op::LayerNorm(n) => n.forward(x),
+            Op::BatchNorm { scale, shift } => x.broadcast_mul(scale)?.broadcast_add(shift),
+            Op::Relu => x.relu(),
+            Op::Gelu => gelu(x),
+            Op::Grn(g) => g.forward(x),
+            Op::LayerScale(g) => x.broadcast_mul(g),
+            Op::MaxPool { k, stride, pad } => max_pool(x, *k, *stride, *pad),
+            Op::GlobalAvgPool => x.mean((1, 2)),
+        }
+    }
+
+    /// The dtype of the layer's weights, if it has any.
+    pub fn dtype(&self) -> Option<DType> {
+        match self {
+            Op::Linear(l) => Some(l.bias.dtype()),
+            Op::LayerNorm(n) => Some(n.weight.dtype()),
+            _ => None,
+        }
+    }
+
+    pub fn device(&self) -> Option<Device> {
+        match self {
+            Op::Linear(l) => Some(l.bias.device().clone()),
+            Op::LayerNorm(n) => Some(n.weight.device().clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The fastest path for a convolution of this shape.
+fn conv_op(
+    spec: &LayerSpec,
+    weight: Tensor,
+    bias: Option<Tensor>,
+    (k, stride, pad, groups): (usize, usize, usize, usize),
+    t: TrainOptions,
+) -> Result<Op> {
+    let (i, o) = (spec.channels_in, spec.channels_out);
+    let depthwise = groups > 1 && groups == i && i == o;
+    if depthwise && k % 2 == 1 && pad == k / 2 && (stride == 1 || stride == 2) {
+        let bias = match bias {
+            Some(b) => b,
+            None => Tensor::zeros(o, weight.dtype(), weight.device())?,
+        };
+        let kkc = (!t.differentiable)
+            .then(|| dw_kernel_kkc(&weight))
+            .transpose()?;
+        return Ok(Op::Depthwise {
+            weight,
+            kkc,
+            bias,
+            stride,
+        });
+    }
+    if groups != 1 {
+        return Err(unsupported(spec));
+    }
+    if k == 1 && pad == 0 {
+        let b = match bias {
+            Some(b) => b,
+            None => Tensor::zeros(o, weight.dtype(), weight.device())?,
+        };
+        let linear = Linear::from_tensors(weight.reshape((o, i))?, b, !t.differentiable)?;
+        return Ok(Op::Pointwise { linear, stride });
+    }
+    if k == stride && pad == 0 {
+        let matrix = (!t.differentiable)
+            .then(|| conv_weight_as_matrix(&weight))
+            .transpose()?;
+        return Ok(Op::Patch(PatchConv {
+            weight,
+            bias,
+            k,
+            matrix,
+        }));
+    }
+    Ok(Op::Dense {
+        weight,
+        bias,
+        stride,
+        pad,
+    })
+}
+
+/// Every `stride`-th position of a channels-last map (1: the map itself).
+fn subsample(x: &Tensor, stride: usize) -> Result<Tensor> {
+    if stride == 1 {
+        return Ok(x.clone());
+    }
+    let (n, h, w, c) = x.dims4()?;
+    let (ho, wo) = (h.div_ceil(stride), w.div_ceil(stride));
+    // Pad to a multiple of the stride, view as (n, ho, stride, wo, stride, c), keep index 0.
+    let x = x
+        .pad_with_zeros(1, 0, ho * stride - h)?
+        .pad_with_zeros(2, 0, wo * stride - w)?;
+    x.reshape((n, ho, stride, wo, stride, c))?
+        .narrow(2, 0, 1)?
+        .narrow(4, 0, 1)?
+        .reshape((n, ho, wo, c))?
+        .contiguous()
+}
+
+/// k×k max-pooling with padding that never wins (as PyTorch pads it), channels-last.
+fn max_pool(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    let mut x = x.permute((0, 3, 1, 2))?.contiguous()?;
+    if pad > 0 {
+        let (n, c, h, w) = x.dims4()?;
+        let (dev, dt) = (x.device().clone(), x.dtype());
+        let low =
+            |shape: (usize, usize, usize, usize)| Tensor::full(f32::MIN, shape, &dev)?.to_dtype(dt);
+        let rows = low((n, c, pad, w))?;
+        x = Tensor::cat(&[&rows, &x, &rows], 2)?;
+        let cols = low((n, c, h + 2 * pad, pad))?;
+        x = Tensor::cat(&[&cols, &x, &cols], 3)?;
+    }
+    x.max_pool2d_with_stride(k, stride)?
+        .permute((0, 2, 3, 1))?
+        .contiguous()
+}
