@@ -204,6 +204,18 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as for `Send`: no two tasks write the same element, none reads another's.
 unsafe impl Sync for SendPtr {}
 
+/// `match rows { R => tile::<R>(args), … }` over the listed heights, any other (1) taking the
+/// one-row tile: the tiles are generic over their height, and each height must be a constant.
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_by_height {
+    ($rows:expr, $module:ident::$tile:ident, $args:tt, [$($h:literal),*]) => {
+        match $rows {
+            $($h => $module::$tile::<$h> $args,)*
+            _ => $module::$tile::<1> $args,
+        }
+    };
+}
+
 /// `rows` (1–6, or 1–12 with AVX-512) rows × one panel of `c = a · panel (+ bias)`, with the
 /// AVX-512 or AVX2 tile where the CPU has it and the portable one elsewhere.
 ///
@@ -225,33 +237,23 @@ unsafe fn kernel(
     #[cfg(target_arch = "x86_64")]
     if avx512() {
         // SAFETY: the CPU has AVX-512F (`avx512`); the pointers as the caller promised.
-        match rows {
-            12 => x86::tile512::<12>(k, a, b, bias, c, ldc, cols),
-            11 => x86::tile512::<11>(k, a, b, bias, c, ldc, cols),
-            10 => x86::tile512::<10>(k, a, b, bias, c, ldc, cols),
-            9 => x86::tile512::<9>(k, a, b, bias, c, ldc, cols),
-            8 => x86::tile512::<8>(k, a, b, bias, c, ldc, cols),
-            7 => x86::tile512::<7>(k, a, b, bias, c, ldc, cols),
-            6 => x86::tile512::<6>(k, a, b, bias, c, ldc, cols),
-            5 => x86::tile512::<5>(k, a, b, bias, c, ldc, cols),
-            4 => x86::tile512::<4>(k, a, b, bias, c, ldc, cols),
-            3 => x86::tile512::<3>(k, a, b, bias, c, ldc, cols),
-            2 => x86::tile512::<2>(k, a, b, bias, c, ldc, cols),
-            _ => x86::tile512::<1>(k, a, b, bias, c, ldc, cols),
-        }
+        tile_by_height!(
+            rows,
+            x86::tile512,
+            (k, a, b, bias, c, ldc, cols),
+            [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2]
+        );
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if available() {
         // SAFETY: the CPU has AVX2 and FMA (`available`); the pointers as the caller promised.
-        match rows {
-            6 => x86::tile::<6>(k, a, b, bias, c, ldc, cols),
-            5 => x86::tile::<5>(k, a, b, bias, c, ldc, cols),
-            4 => x86::tile::<4>(k, a, b, bias, c, ldc, cols),
-            3 => x86::tile::<3>(k, a, b, bias, c, ldc, cols),
-            2 => x86::tile::<2>(k, a, b, bias, c, ldc, cols),
-            _ => x86::tile::<1>(k, a, b, bias, c, ldc, cols),
-        }
+        tile_by_height!(
+            rows,
+            x86::tile,
+            (k, a, b, bias, c, ldc, cols),
+            [6, 5, 4, 3, 2]
+        );
         return;
     }
     // SAFETY: `rows × k` values of `a`, `k × 16` of `b` and the `rows × cols` block of `c` exist
