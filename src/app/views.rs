@@ -1,5 +1,5 @@
-//! What the worker hands the panels: plain data made from the engine's results, so that no
-//! panel touches candle.
+//! What the worker hands the tabs: plain data made from the engine's results, so that no tab
+//! touches candle.
 use crate::device::{device_name, dtype_name};
 use crate::engine::{Engine, ModelSpec, Prediction};
 use crate::flops::LayerInfo;
@@ -7,12 +7,44 @@ use crate::preprocess;
 use crate::stats::FeatureMap;
 use crate::trace::{CaptureLevel, CaptureObserver, LayerId};
 use image::{DynamicImage, RgbImage, RgbaImage};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::worker::ImageSource;
+/// An image as it reached the app.
+#[derive(Clone)]
+pub enum ImageSource {
+    Path(PathBuf),
+    /// Dropped bytes (web-style drops and pasted files).
+    Bytes {
+        name: String,
+        bytes: Arc<[u8]>,
+    },
+    /// Pixels from the clipboard.
+    Pixels {
+        name: String,
+        image: Arc<DynamicImage>,
+    },
+}
 
-/// The model as the panels see it.
+impl ImageSource {
+    pub fn name(&self) -> String {
+        match self {
+            ImageSource::Path(p) => crate::text::file_label(p),
+            ImageSource::Bytes { name, .. } | ImageSource::Pixels { name, .. } => name.clone(),
+        }
+    }
+
+    pub fn decode(&self) -> crate::Result<DynamicImage> {
+        match self {
+            ImageSource::Path(p) => preprocess::load_image(p),
+            ImageSource::Bytes { name, bytes } => preprocess::decode_image(bytes, name),
+            ImageSource::Pixels { image, .. } => Ok((**image).clone()),
+        }
+    }
+}
+
+/// The model as the tabs see it.
 pub struct ModelView {
     pub spec: ModelSpec,
     pub card: crate::card::ModelCard,
@@ -50,38 +82,14 @@ pub struct RunView {
     pub elapsed: Duration,
 }
 
-/// A method's map at a layer for the current image, with the exact evidence map beside it.
-pub struct AttributionView {
-    pub method: crate::attribution::Method,
-    pub layer: LayerId,
-    pub class: usize,
-    pub label: String,
-    /// The method's map (one channel).
-    pub map: Arc<FeatureMap>,
-    /// The class-evidence map of the last stage, for comparison.
-    pub evidence: Arc<FeatureMap>,
-    pub elapsed: Duration,
-}
-
-/// Effective receptive fields of every stage.
-pub struct ErfView {
-    pub stages: Vec<crate::attribution::ErfSummary>,
-    pub images: usize,
-    /// Images of a folder that could not be read, with why.
-    pub skipped: Vec<String>,
-    /// What was measured: `the current image`, a folder, and whether the weights were random.
-    pub source: String,
-}
-
-pub struct ProfileView {
-    pub runs: usize,
-    /// Median time per layer (containers included).
-    pub times: Vec<(LayerId, Duration)>,
-    /// Median time of a whole forward with the timing observer on.
-    pub total: Duration,
-    /// Median of the same forward with no observer (what the observer costs shows as the gap).
-    pub plain: Duration,
-    pub input_size: (usize, usize),
+/// What tabs other than Folder know of its folder run: where it ran, and the layers whose
+/// channels have top images.
+#[derive(Clone, Debug)]
+pub struct FolderRunInfo {
+    pub root: PathBuf,
+    pub top_layers: Vec<LayerId>,
+    /// Counts the folder runs, so that results made from an older run can tell.
+    pub serial: u64,
 }
 
 pub fn model_view(engine: &Engine, spec: ModelSpec) -> anyhow::Result<ModelView> {
