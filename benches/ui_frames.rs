@@ -21,13 +21,12 @@ fn main() {
 
 #[cfg(feature = "app")]
 mod frames {
-    use convnext_explorer::analysis::attribution::Method;
     use convnext_explorer::analysis::stats::median;
     use convnext_explorer::app::{
-        default_worker_threads, ExplorerApp, Request, Settings, StartOptions, Tab,
+        default_worker_threads, tab_names, ExplorerApp, ProfileTab, Request, Settings, StartOptions,
     };
     use convnext_explorer::io::engine::ModelSpec;
-    use convnext_explorer::model::layer_id::LayerId;
+    use egui_kittest::kittest::Queryable;
     use egui_kittest::Harness;
     use std::time::{Duration, Instant};
 
@@ -103,27 +102,29 @@ mod frames {
             .with_size([1400.0, 900.0])
             .build_eframe(move |cc| ExplorerApp::new(&cc.egui_ctx, settings, start).unwrap());
         settle(&mut h);
-        for r in [
-            Request::Profile,
-            Request::Attribute {
-                method: Method::GradCam,
-                layer: LayerId::Stage(2),
-                class: None,
-            },
-            Request::Erf {
-                folder: None,
-                limit: 1,
-                random: false,
-            },
-        ] {
-            h.state_mut().request(r);
-            settle(&mut h);
-        }
+        // A profile, an attribution (computed when its tab first shows) and the receptive
+        // fields, so that every tab has its results to draw.
+        run_profile(&mut h);
+        settle(&mut h);
+        h.state_mut().shared_mut().settings.tab = "Attribution".into();
+        h.run_steps(2);
+        settle(&mut h);
+        h.state_mut().shared_mut().settings.tab = "Receptive field".into();
+        h.run_steps(2);
+        h.get_by_label("Compute").click();
+        h.step();
+        settle(&mut h);
         h
     }
 
+    fn run_profile(h: &mut App) {
+        h.state_mut()
+            .with_tab(|t: &mut ProfileTab, ctx| t.run(ctx))
+            .expect("a Profile tab");
+    }
+
     struct Row {
-        tab: Tab,
+        tab: &'static str,
         /// Per round: the first frame after switching to the tab, and the median of the rest.
         switch: Vec<f64>,
         cpu: Vec<f64>,
@@ -136,7 +137,7 @@ mod frames {
     /// Every tab once, `frames` frames each: appends one round's figures to `rows`.
     fn round(h: &mut App, rows: &mut [Row], frames: usize) {
         for row in rows.iter_mut() {
-            h.state_mut().shared_mut().settings.tab = row.tab;
+            h.state_mut().shared_mut().settings.tab = row.tab.into();
             row.switch.push(frame(h).0);
             let (cpu, wall): (Vec<f64>, Vec<f64>) = (0..frames).map(|_| frame(h)).unzip();
             row.cpu.push(median(&cpu));
@@ -160,7 +161,7 @@ mod frames {
         for r in rows {
             println!(
                 "| {} | {} | {} | {} | {} |",
-                r.tab.name(),
+                r.tab,
                 spread(&r.cpu),
                 spread(&r.wall),
                 spread(&r.switch),
@@ -170,9 +171,9 @@ mod frames {
     }
 
     fn fresh_rows() -> Vec<Row> {
-        Tab::ALL
-            .iter()
-            .map(|&tab| Row {
+        tab_names()
+            .into_iter()
+            .map(|tab| Row {
                 tab,
                 switch: vec![],
                 cpu: vec![],
@@ -203,7 +204,7 @@ mod frames {
         let mut busy = fresh_rows();
         for _ in 0..rounds {
             if !h.state().shared().busy() {
-                h.state_mut().request(Request::Profile);
+                run_profile(&mut h);
             }
             round(&mut h, &mut busy, frames);
         }

@@ -1,8 +1,10 @@
 //! The app, driven through egui_kittest: the real `eframe::App`, the real worker thread, the
 //! shipped model. Snapshots render on the CPU (wgpu on llvmpipe/lavapipe).
 #![cfg(feature = "app")]
-use convnext_explorer::app::views::ImageSource;
-use convnext_explorer::app::{Request, Settings, StartOptions, Tab};
+use convnext_explorer::app::worker::ImageSource;
+use convnext_explorer::app::{
+    AttributionTab, ErfTab, ProfileTab, Request, RoadmapTab, Settings, StartOptions,
+};
 use convnext_explorer::io::engine::ModelSpec;
 use convnext_explorer::model::layer_id::LayerId;
 use egui_kittest::kittest::Queryable;
@@ -85,7 +87,7 @@ fn tabs_show_layer_scale_profile_and_architecture() {
     let mut h = shipped(Some("coat_6.png"));
     h.get_by_label("Layer scale").click();
     h.run_steps(3);
-    assert_eq!(h.state().shared().settings.tab, Tab::LayerScale);
+    assert_eq!(h.state().shared().settings.tab, "Layer scale");
     h.get_by_label_contains("Mean |layer scale γ| per block");
     snap(&mut h, "app_layer_scale");
 
@@ -102,7 +104,8 @@ fn tabs_show_layer_scale_profile_and_architecture() {
     h.get_by_label("Run profile").click();
     h.run_steps(1);
     settle(&mut h);
-    let p = h.state().shared().profile.as_ref().expect("a profile");
+    let p = h.state().tab::<ProfileTab>().unwrap().profile();
+    let p = p.expect("a profile");
     assert_eq!(p.runs, 2);
     assert!(p.total > Duration::ZERO);
     h.get_by_label_contains("median of 2 runs");
@@ -338,8 +341,8 @@ fn the_roadmap_tab_counts_diffs_loads_and_times_the_steps() {
     }
     h.get_by_label("Cancel").click();
     settle(&mut h);
+    assert!(h.state().tab::<RoadmapTab>().unwrap().times().is_none());
     let s = h.state().shared();
-    assert!(s.roadmap_times.is_none());
     assert_eq!(
         s.status.notice.as_deref(),
         Some("The roadmap job cancelled")
@@ -353,7 +356,12 @@ fn the_attribution_tab_explains_a_class_at_any_layer() {
     h.get_by_label("Attribution").click();
     h.run_steps(2);
     settle(&mut h);
-    let a = h.state().shared().attribution.as_ref().expect("a map");
+    let a = h
+        .state()
+        .tab::<AttributionTab>()
+        .unwrap()
+        .view()
+        .expect("a map");
     assert_eq!(a.method, Method::GradCam);
     assert_eq!(a.layer, LayerId::Stage(3));
     assert_eq!(a.label, "Trouser");
@@ -363,7 +371,7 @@ fn the_attribution_tab_explains_a_class_at_any_layer() {
     h.get_by_label("stage 1").click();
     h.run_steps(2);
     settle(&mut h);
-    let a = h.state().shared().attribution.as_ref().unwrap();
+    let a = h.state().tab::<AttributionTab>().unwrap().view().unwrap();
     assert_eq!(
         (a.method, a.layer),
         (Method::GradCamPlusPlus, LayerId::Stage(1))
@@ -381,7 +389,12 @@ fn the_attribution_tab_explains_a_class_at_any_layer() {
     h.run_steps(2);
     settle(&mut h);
     assert_eq!(
-        h.state().shared().attribution.as_ref().unwrap().label,
+        h.state()
+            .tab::<AttributionTab>()
+            .unwrap()
+            .view()
+            .unwrap()
+            .label,
         second.label
     );
     snap(&mut h, "app_attribution");
@@ -395,7 +408,12 @@ fn the_receptive_field_tab_compares_trained_and_random_weights() {
     h.get_by_label("Compute").click();
     h.step();
     settle(&mut h);
-    let e = h.state().shared().erf.as_ref().expect("receptive fields");
+    let e = h
+        .state()
+        .tab::<ErfTab>()
+        .unwrap()
+        .view()
+        .expect("receptive fields");
     assert_eq!(e.stages.len(), 4);
     assert_eq!(e.images, 1);
     assert!(e.source.contains("these weights"));
@@ -409,20 +427,21 @@ fn the_receptive_field_tab_compares_trained_and_random_weights() {
     settle(&mut h);
     assert!(h
         .state()
-        .shared()
-        .erf
-        .as_ref()
+        .tab::<ErfTab>()
+        .unwrap()
+        .view()
         .unwrap()
         .source
         .contains("random weights"));
     // The roadmap's kernels 3 to 11, on the worker.
-    h.state_mut().request(Request::RoadmapErf);
+    h.state_mut()
+        .with_tab(|t: &mut RoadmapTab, ctx| t.compute_kernel_erfs(ctx));
     settle(&mut h);
     let k = h
         .state()
-        .shared()
-        .roadmap_erf
-        .as_ref()
+        .tab::<RoadmapTab>()
+        .unwrap()
+        .kernel_erfs()
         .expect("kernel ERFs");
     assert_eq!(k.len(), 5);
     assert_eq!(k[0].0, "move_up_dwconv");

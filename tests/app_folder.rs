@@ -2,7 +2,7 @@
 //! confusions; the mistakes open in the Feature maps tab; a channel shows its top images; a
 //! second model joins the collapse plot; a folder without labels gives predictions.
 #![cfg(feature = "app")]
-use convnext_explorer::app::{Request, Tab};
+use convnext_explorer::app::{FeaturesTab, FolderTab, Request};
 use convnext_explorer::model::layer_id::LayerId;
 use egui_kittest::kittest::Queryable;
 use std::path::{Path, PathBuf};
@@ -57,11 +57,12 @@ fn a_dropped_folder_is_scored_and_its_confusions_open() {
         .push(Arc::new(Dropped(dir.path().to_path_buf())));
     h.step();
     settle(&mut h);
-    assert_eq!(h.state().shared().settings.tab, Tab::Folder);
+    assert_eq!(h.state().shared().settings.tab, "Folder");
     let view = h
         .state()
-        .shared()
-        .folder
+        .tab::<FolderTab>()
+        .unwrap()
+        .results()
         .view
         .as_ref()
         .expect("a folder run");
@@ -93,7 +94,10 @@ fn a_dropped_folder_is_scored_and_its_confusions_open() {
     h.step();
     settle(&mut h);
     let n = n as usize;
-    assert_eq!(h.state().shared().folder.images.len(), n.min(12));
+    assert_eq!(
+        h.state().tab::<FolderTab>().unwrap().results().images.len(),
+        n.min(12)
+    );
     // The temporary folder's name changes from run to run: keep it out of the picture.
     let mut rects: Vec<egui::Rect> = h
         .query_all_by_label_contains(".tmp")
@@ -109,15 +113,20 @@ fn a_dropped_folder_is_scored_and_its_confusions_open() {
     h.step();
     settle(&mut h);
     let first = {
-        let f = &h.state().shared().folder;
+        let f = h.state().tab::<FolderTab>().unwrap().results();
         let v = f.view.as_ref().unwrap();
         v.eval.images[v.eval.mistakes()[0]].path.clone()
     };
-    assert_eq!(h.state().shared().folder.images[0].top5.len(), 5);
+    assert_eq!(
+        h.state().tab::<FolderTab>().unwrap().results().images[0]
+            .top5
+            .len(),
+        5
+    );
     h.get_all_by_label("open").next().unwrap().click();
     h.step();
     settle(&mut h);
-    assert_eq!(h.state().shared().settings.tab, Tab::Features);
+    assert_eq!(h.state().shared().settings.tab, "Feature maps");
     assert_eq!(
         h.state().shared().run.as_ref().unwrap().path.as_ref(),
         Some(&first)
@@ -136,7 +145,7 @@ fn a_channel_shows_its_top_images_and_a_second_model_joins_the_collapse_plot() {
     h.get_by_label("Add to plot").click();
     h.step();
     settle(&mut h);
-    let f = &h.state().shared().folder;
+    let f = h.state().tab::<FolderTab>().unwrap().results();
     let (_, other) = f.other.as_ref().expect("a second curve");
     assert_eq!(other.len(), f.view.as_ref().unwrap().collapse.len());
     // Feature maps: stage 1, a channel: its nine best images from the folder.
@@ -151,10 +160,9 @@ fn a_channel_shows_its_top_images_and_a_second_model_joins_the_collapse_plot() {
     settle(&mut h);
     let p = h
         .state()
-        .shared()
-        .folder
-        .patches
-        .as_ref()
+        .tab::<FeaturesTab>()
+        .unwrap()
+        .top_patches()
         .expect("top patches");
     assert_eq!(p.layer, LayerId::Stage(1));
     assert_eq!(p.patches.len(), 9);
@@ -180,7 +188,14 @@ fn a_folder_without_labels_gives_predictions() {
     h.state_mut()
         .request(Request::RunFolder(dir.path().to_path_buf()));
     settle(&mut h);
-    let v = h.state().shared().folder.view.as_ref().unwrap();
+    let v = h
+        .state()
+        .tab::<FolderTab>()
+        .unwrap()
+        .results()
+        .view
+        .as_ref()
+        .unwrap();
     assert!(v.scores.is_none());
     assert_eq!(v.eval.images.len(), 3);
     assert_eq!(v.skipped.len(), 1);
@@ -189,5 +204,8 @@ fn a_folder_without_labels_gives_predictions() {
     h.get_by_label_contains("Bag").click();
     h.step();
     settle(&mut h);
-    assert_eq!(h.state().shared().folder.images.len(), 1);
+    assert_eq!(
+        h.state().tab::<FolderTab>().unwrap().results().images.len(),
+        1
+    );
 }

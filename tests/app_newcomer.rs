@@ -1,7 +1,7 @@
 //! The app as a newcomer meets it: it says what its model knows, keeps every error on show
 //! until dismissed, works without a native file dialog, and never leaves the window stuck.
 #![cfg(feature = "app")]
-use convnext_explorer::app::{Request, Settings, StartOptions, Tab};
+use convnext_explorer::app::{ProfileTab, Request, Settings, StartOptions};
 use convnext_explorer::io::engine::ModelSpec;
 use convnext_explorer::model::layer_id::LayerId;
 use egui::Key;
@@ -282,15 +282,21 @@ fn the_top_ten_fit_without_scrolling() {
 #[test]
 fn a_profile_run_keeps_the_old_results_shows_progress_and_cancels() {
     let mut h = shipped(Some("sneaker_9.png"));
-    h.state_mut().shared_mut().settings.tab = Tab::Profile;
+    h.state_mut().shared_mut().settings.tab = "Profile".into();
     h.state_mut().shared_mut().settings.profile_runs = 2;
-    h.state_mut().request(Request::Profile);
+    h.state_mut().with_tab(|t: &mut ProfileTab, ctx| t.run(ctx));
     settle(&mut h);
-    let first = h.state().shared().profile.as_ref().expect("profiled").runs;
+    let first = h
+        .state()
+        .tab::<ProfileTab>()
+        .unwrap()
+        .profile()
+        .expect("profiled")
+        .runs;
     assert_eq!(first, 2);
     // A long run: the old figures stay while it goes, with k/N and a cancel button.
     h.state_mut().shared_mut().settings.profile_runs = 200;
-    h.state_mut().request(Request::Profile);
+    h.state_mut().with_tab(|t: &mut ProfileTab, ctx| t.run(ctx));
     let start = Instant::now();
     while h.query_all_by_label_contains("/200").next().is_none()
         || h.state().shared().status.job.is_none()
@@ -299,14 +305,25 @@ fn a_profile_run_keeps_the_old_results_shows_progress_and_cancels() {
             start.elapsed() < Duration::from_secs(60),
             "no progress shown"
         );
-        assert!(h.state().shared().profile.is_some(), "old results dropped");
+        assert!(
+            h.state().tab::<ProfileTab>().unwrap().profile().is_some(),
+            "old results dropped"
+        );
         h.step();
     }
     h.get_by_label_contains("median of 2 runs");
     h.get_by_label("Cancel").click();
     h.step();
     settle(&mut h);
-    assert_eq!(h.state().shared().profile.as_ref().unwrap().runs, 2);
+    assert_eq!(
+        h.state()
+            .tab::<ProfileTab>()
+            .unwrap()
+            .profile()
+            .unwrap()
+            .runs,
+        2
+    );
     h.get_by_label_contains("cancelled");
 }
 
@@ -319,7 +336,7 @@ fn long_layer_tables_lay_out_only_the_rows_in_view() {
             seed: 0,
         }),
         show_containers: true,
-        tab: Tab::Profile,
+        tab: "Profile".into(),
         ..Default::default()
     };
     let mut h = harness(settings, StartOptions::default());

@@ -1,25 +1,30 @@
 //! Architecture: the layer list with shapes, parameters and MACs, at any input size.
 use super::layer_table::LayerTable;
-use super::Shared;
+use super::tab::{Tab, TabCtx};
+use super::views::ModelView;
 use crate::analysis::profile::rows;
 use crate::base::text::human;
 use crate::model::flops::{layers, totals};
 
 #[derive(Default)]
-pub struct ArchitecturePanel {
+pub struct ArchitectureTab {
     /// The input size shown; `None` follows the model's own.
     size: Option<(usize, usize)>,
     table: LayerTable,
 }
 
-impl ArchitecturePanel {
+impl Tab for ArchitectureTab {
+    fn name(&self) -> &'static str {
+        "Architecture"
+    }
+
     /// A new model brings its own input size.
-    pub fn model_changed(&mut self) {
+    fn on_model_changed(&mut self, _model: &ModelView) {
         self.size = None;
     }
 
-    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
-        let Some(m) = &shared.model else {
+    fn ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        let Some(m) = &ctx.shared.model else {
             ui.label("No model loaded.");
             return;
         };

@@ -2,14 +2,35 @@
 //! patches of the input (occlusion), next to the exact class-evidence map of the last stage.
 //! The method, layer (from the architecture strip, or any block part) and class (click a
 //! prediction) are picked here; the map is computed on the worker whenever they change.
-use super::worker::{JobKind, SaveContent};
-use super::{heatmap, save_as, strip, Request, Shared};
+use super::tab::{Tab, TabCtx};
+use super::views::{ModelView, RunView};
+use super::worker::{Pending, SaveContent, WorkerCtx};
+use super::{heatmap, save_as, strip, Shared};
 use crate::analysis::attribution::Method;
 use crate::analysis::colormap::Colormap;
 use crate::analysis::grid;
 use crate::analysis::stats::FeatureMap;
+use crate::base::progress::Progress;
 use crate::model::layer_id::LayerId;
+use candle_core::Tensor;
 use egui::RichText;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const NAME: &str = "Attribution";
+
+/// A method's map at a layer for the current image, with the exact evidence map beside it.
+pub struct AttributionView {
+    pub method: crate::analysis::attribution::Method,
+    pub layer: LayerId,
+    pub class: usize,
+    pub label: String,
+    /// The method's map (one channel).
+    pub map: Arc<FeatureMap>,
+    /// The class-evidence map of the last stage, for comparison.
+    pub evidence: Arc<FeatureMap>,
+    pub elapsed: Duration,
+}
 
 const METHODS: [(Method, &str); 4] = [
     (Method::GradCam, "Grad-CAM"),
@@ -24,7 +45,10 @@ const METHODS: [(Method, &str); 4] = [
     (Method::Evidence, "evidence"),
 ];
 
-pub struct AttributionPanel {
+pub struct AttributionTab {
+    /// The last map computed, for the current image.
+    view: Option<AttributionView>,
+    pending: Option<Pending<AttributionView>>,
     method: Method,
     layer: Option<LayerId>,
     /// What was last asked of the worker: `(method, layer, class, run)`.
@@ -32,9 +56,11 @@ pub struct AttributionPanel {
     opacity: f32,
 }
 
-impl Default for AttributionPanel {
+impl Default for AttributionTab {
     fn default() -> Self {
         Self {
+            view: None,
+            pending: None,
             method: Method::GradCam,
             layer: None,
             asked: None,
@@ -54,8 +80,41 @@ fn colours(method: Method, fm: &FeatureMap) -> (Colormap, (f32, f32)) {
     }
 }
 
-impl AttributionPanel {
-    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+impl Tab for AttributionTab {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn poll(&mut self, ctx: &mut TabCtx) {
+        if let Some(view) = ctx.take(&mut self.pending) {
+            ctx.shared.textures.clear();
+            self.view = Some(view);
+        }
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        self.show(ui, ctx);
+    }
+
+    fn on_model_changed(&mut self, _model: &ModelView) {
+        self.view = None;
+    }
+
+    // A map still coming is of the old image: the run's serial in `asked` asks again.
+    fn on_new_run(&mut self, _run: &RunView) {
+        self.view = None;
+        self.pending = None;
+    }
+}
+
+impl AttributionTab {
+    /// The last map computed, for the current image.
+    pub fn view(&self) -> Option<&AttributionView> {
+        self.view.as_ref()
+    }
+
+    fn show(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        let shared = &mut *ctx.shared;
         let (Some(model), Some(_)) = (&shared.model, &shared.run) else {
             ui.label("Open an image to see which parts of it drive a class, at any layer.");
             return;
@@ -74,11 +133,11 @@ impl AttributionPanel {
         let key = (method, layer, shared.selection.class, shared.run_serial);
         if self.asked != Some(key) && !shared.busy() {
             self.asked = Some(key);
-            shared.request(Request::Attribute {
-                method,
-                layer,
-                class: shared.selection.class,
-            });
+            let class = shared.selection.class;
+            let job = move |w: &mut WorkerCtx, p: &mut dyn Progress| {
+                attribute(w, (method, layer, class), p)
+            };
+            self.pending = Some(ctx.jobs.submit("Attribution", job));
         }
         ui.separator();
         self.maps(ui, shared);
@@ -98,7 +157,7 @@ impl AttributionPanel {
             }
             ui.separator();
             if ui.button("Export PNG…").clicked() {
-                let img = overlay(shared, self.opacity);
+                let img = overlay(shared, self.view.as_ref(), self.opacity);
                 save_as(
                     shared,
                     "attribution.png",
@@ -138,12 +197,11 @@ impl AttributionPanel {
     }
 
     fn maps(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
-        let running = shared
-            .status
-            .job
+        let running = self
+            .pending
             .as_ref()
-            .is_some_and(|j| j.kind == JobKind::Attribute);
-        let Some(a) = &shared.attribution else {
+            .is_some_and(|p| p.progress().is_some());
+        let Some(a) = &self.view else {
             ui.horizontal(|ui| {
                 ui.spinner();
                 ui.label(if running {
@@ -213,8 +271,12 @@ fn part_names(plan: &crate::model::Plan) -> Vec<(LayerId, String)> {
 }
 
 /// The method's map over the input, as a picture (for saving).
-fn overlay(shared: &Shared, opacity: f32) -> Result<image::RgbaImage, String> {
-    let (Some(a), Some(run)) = (&shared.attribution, &shared.run) else {
+fn overlay(
+    shared: &Shared,
+    view: Option<&AttributionView>,
+    opacity: f32,
+) -> Result<image::RgbaImage, String> {
+    let (Some(a), Some(run)) = (view, &shared.run) else {
         return Err("no map yet".into());
     };
     let (cmap, range) = colours(a.method, &a.map);
@@ -227,4 +289,35 @@ fn overlay(shared: &Shared, opacity: f32) -> Result<image::RgbaImage, String> {
         image::imageops::FilterType::Triangle,
     );
     Ok(grid::overlay(&base, &heat, opacity))
+}
+
+/// A method's map at a layer for a class (the top one if none) of the current image, with the
+/// exact evidence map beside it.
+fn attribute(
+    w: &WorkerCtx,
+    (method, layer, class): (Method, LayerId, Option<usize>),
+    progress: &mut dyn Progress,
+) -> anyhow::Result<AttributionView> {
+    let (engine, x) = w.current_input()?;
+    let t0 = Instant::now();
+    let a = crate::analysis::attribution::attribute(engine, &x, method, layer, class, progress)?;
+    let elapsed = t0.elapsed();
+    let k = a.classes[0];
+    let ev = crate::analysis::attribution::evidence(engine, &x, Some(k))?;
+    let one = |m: &Tensor| -> anyhow::Result<Arc<FeatureMap>> {
+        Ok(Arc::new(FeatureMap::from_nhwc(&m.unsqueeze(3)?, 0)?))
+    };
+    Ok(AttributionView {
+        method,
+        layer,
+        class: k,
+        label: engine
+            .labels
+            .get(k)
+            .cloned()
+            .unwrap_or_else(|| format!("class {k}")),
+        map: one(&a.map)?,
+        evidence: one(&ev.map)?,
+        elapsed,
+    })
 }

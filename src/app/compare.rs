@@ -1,19 +1,33 @@
 //! The Compare tab: two models on the same image, or one model on two images, side by side:
 //! predictions, the same layer's channels, the channel picked shown large, and layer scale.
 //! One selection (layer, page, channel) drives both sides.
+use super::tab::{Tab, TabCtx};
 use super::textures::{self, Textures};
-use super::views::ImageSource;
-use super::worker::CompareWith;
-use super::{heatmap, strip, ModelView, Request, RunView, Shared};
+use super::views::{model_view, run_image};
+use super::widgets::{job_progress, pick_other_model};
+use super::worker::{ImageSource, Pending, WorkerCtx};
+use super::{heatmap, strip, ModelView, RunView, Shared};
 use crate::analysis::grid::{self, GridLayout, Scale};
 use crate::analysis::stats::FeatureMap;
-use crate::io::engine::ModelSpec;
+use crate::base::device::{parse_device, parse_dtype};
+use crate::base::progress::Progress;
+use crate::io::engine::{Engine, ModelSpec};
 use crate::model::layer_id::LayerId;
 use egui::{Color32, Rect, RichText, Sense, TextureOptions, Vec2};
 use std::sync::Arc;
 
+/// What the Compare tab sets beside the current model and image.
+#[derive(Clone)]
+pub enum CompareWith {
+    Model(ModelSpec),
+    Image(ImageSource),
+}
+
 #[derive(Default)]
-pub struct ComparePanel {
+pub struct CompareTab {
+    /// The other side: its model and its run.
+    other: Option<(ModelView, RunView)>,
+    pending: Option<Pending<(ModelView, RunView)>>,
     /// 0: another model, 1: another image.
     mode: usize,
     model: usize,
@@ -23,15 +37,28 @@ pub struct ComparePanel {
     seen: Option<(u64, String)>,
 }
 
-impl ComparePanel {
-    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
-        self.controls(ui, shared);
-        self.follow(shared);
+impl Tab for CompareTab {
+    fn name(&self) -> &'static str {
+        "Compare"
+    }
+
+    // No `on_model_changed`: the other side stays, and follows a new model on the left.
+    fn poll(&mut self, ctx: &mut TabCtx) {
+        if let Some(other) = ctx.take(&mut self.pending) {
+            ctx.shared.textures.clear();
+            self.other = Some(other);
+        }
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        self.controls(ui, ctx);
+        self.follow(ctx);
+        let shared = &mut *ctx.shared;
         let (Some(model), Some(run)) = (&shared.model, &shared.run) else {
             ui.label("Open an image first: the comparison is of what the network does with it.");
             return;
         };
-        let Some((other_model, other_run)) = &shared.compare else {
+        let Some((other_model, other_run)) = &self.other else {
             ui.label("Pick another model (the same image through both) or another image (the same model on both), then Show side by side.");
             return;
         };
@@ -60,32 +87,25 @@ impl ComparePanel {
         if pick.is_some() {
             shared.selection.channel = pick;
         }
-        if let Some(other) = &shared.compare {
-            layer_scale(ui, model, &other.0);
-        }
+        layer_scale(ui, model, other_model);
+    }
+}
+
+impl CompareTab {
+    /// The other side, once it has come: its model and its run.
+    pub fn other(&self) -> Option<&(ModelView, RunView)> {
+        self.other.as_ref()
     }
 
-    fn controls(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
-        let models = model_choices(shared);
+    fn controls(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
         let images = super::sample_images();
+        let mut model = None;
         ui.horizontal_wrapped(|ui| {
             ui.selectable_value(&mut self.mode, 0, "another model");
             ui.selectable_value(&mut self.mode, 1, "another image");
             ui.separator();
             if self.mode == 0 {
-                self.model = self.model.min(models.len().saturating_sub(1));
-                egui::ComboBox::from_id_salt("compare model")
-                    .selected_text(
-                        models
-                            .get(self.model)
-                            .map(|m| m.to_string())
-                            .unwrap_or_default(),
-                    )
-                    .show_ui(ui, |ui| {
-                        for (i, m) in models.iter().enumerate() {
-                            ui.selectable_value(&mut self.model, i, m.to_string());
-                        }
-                    });
+                model = pick_other_model(ui, "compare model", ctx.shared, &mut self.model);
             } else {
                 self.image = self.image.min(images.len().saturating_sub(1));
                 let name = |i: usize| {
@@ -102,42 +122,93 @@ impl ComparePanel {
                         }
                     });
             }
-            let ready = shared.run.is_some() && !shared.busy();
+            let ready = ctx.shared.run.is_some() && !ctx.shared.busy();
             if ui
                 .add_enabled(ready, egui::Button::new("Show side by side"))
                 .clicked()
             {
                 let with = match self.mode {
-                    0 => models.get(self.model).cloned().map(CompareWith::Model),
+                    0 => model.clone().map(CompareWith::Model),
                     _ => images
                         .get(self.image)
                         .cloned()
                         .map(|p| CompareWith::Image(ImageSource::Path(p))),
                 };
                 if let Some(w) = with {
-                    self.ask(shared, w);
+                    self.ask(ctx, w);
                 }
+            }
+            if let Some(p) = &self.pending {
+                job_progress(ui, p);
             }
         });
     }
 
-    fn ask(&mut self, shared: &mut Shared, with: CompareWith) {
-        self.seen = Some(left_side(shared));
+    /// Shows `with` on the right, beside the current model and image.
+    pub fn ask(&mut self, ctx: &mut TabCtx, with: CompareWith) {
+        self.seen = Some(left_side(ctx.shared));
         self.with = Some(with.clone());
-        shared.request(Request::Compare(with));
+        let (device, dtype) = (&ctx.shared.settings.device, &ctx.shared.settings.dtype);
+        let on = (device.clone(), dtype.clone());
+        let job = move |w: &mut WorkerCtx, _: &mut dyn Progress| compare(w, with, on);
+        self.pending = Some(ctx.jobs.submit("The comparison", job));
     }
 
     /// A new image (for two models) or a new model (for two images) on the left: the right
     /// side follows.
-    fn follow(&mut self, shared: &mut Shared) {
+    fn follow(&mut self, ctx: &mut TabCtx) {
         let (Some(with), Some(seen)) = (&self.with, &self.seen) else {
             return;
         };
+        let shared = &ctx.shared;
         if shared.run.is_none() || shared.busy() || *seen == left_side(shared) {
             return;
         }
         let with = with.clone();
-        self.ask(shared, with);
+        self.ask(ctx, with);
+    }
+}
+
+/// The other model of a comparison, kept on the worker while it is compared with.
+struct OtherModel {
+    spec: ModelSpec,
+    on: (String, String),
+    engine: Engine,
+}
+
+/// Runs the other side on the worker: another model (loaded once, then kept) on the current
+/// image, or this model on another image.
+fn compare(
+    w: &mut WorkerCtx,
+    with: CompareWith,
+    (device, dtype): (String, String),
+) -> anyhow::Result<(ModelView, RunView)> {
+    match with {
+        CompareWith::Model(spec) => {
+            let on = (device, dtype);
+            let kept = w.kept::<OtherModel>();
+            if !kept.is_some_and(|o| o.spec == spec && o.on == on) {
+                // The old one goes first: two large models need not fit at once.
+                w.take_kept::<OtherModel>();
+                let engine = Engine::build(&spec, &parse_device(&on.0)?, parse_dtype(&on.1)?)?;
+                w.keep(OtherModel { spec, on, engine });
+            }
+            let (src, img) = w
+                .image()
+                .ok_or_else(|| anyhow::anyhow!("open an image first"))?;
+            let other = w
+                .kept::<OtherModel>()
+                .ok_or_else(|| anyhow::anyhow!("the other model was not kept"))?;
+            let view = model_view(&other.engine, other.spec.clone())?;
+            Ok((view, run_image(&other.engine, src, img)?))
+        }
+        CompareWith::Image(src) => {
+            w.take_kept::<OtherModel>();
+            let img = src.decode()?;
+            let engine = w.engine()?;
+            let view = model_view(engine, w.spec()?)?;
+            Ok((view, run_image(engine, &src, &img)?))
+        }
     }
 }
 
@@ -149,30 +220,6 @@ fn left_side(shared: &Shared) -> (u64, String) {
         .map(|m| m.spec.to_string())
         .unwrap_or_default();
     (shared.run_serial, model)
-}
-
-/// The checkpoints in `weights/` and a few named variants.
-fn model_choices(shared: &Shared) -> Vec<ModelSpec> {
-    let mut v: Vec<ModelSpec> = shared
-        .weights
-        .iter()
-        .flatten()
-        .filter(|e| e.summary.is_ok())
-        .map(|e| ModelSpec::Weights(e.path.clone()))
-        .collect();
-    for name in [
-        "convnext_atto",
-        "convnextv2_atto",
-        "convnext_tiny",
-        "convnextv2_tiny",
-    ] {
-        v.push(ModelSpec::Variant {
-            name: name.into(),
-            classes: shared.model.as_ref().map_or(1000, |m| m.plan.num_classes()),
-            seed: 0,
-        });
-    }
-    v
 }
 
 /// One side: the model and image, the top-5, the layer's channels; returns a channel clicked.

@@ -1,25 +1,44 @@
 //! Receptive field: how far each stage sees (the effective receptive field, RepLKNet's
 //! definition), for the current image or a folder, with the loaded weights or random ones of the
 //! same architecture (the untrained baseline), on the worker with progress and cancel.
-use super::worker::JobKind;
-use super::{textures, Request, Shared};
-use crate::analysis::attribution::{erf_log, ErfSummary, ERF_THRESHOLDS};
+use super::tab::{Tab, TabCtx};
+use super::views::ModelView;
+use super::widgets::job_progress;
+use super::worker::{Pending, WorkerCtx};
+use super::{textures, Shared};
+use crate::analysis::attribution::{ErfSummary, ERF_THRESHOLDS};
 use crate::analysis::colormap::Colormap;
 use crate::analysis::grid;
+use crate::base::progress::Progress;
+use crate::model::layer_id::LayerId;
 use egui::{RichText, TextureOptions};
 use egui_extras::{Column, TableBuilder};
 use std::path::PathBuf;
 
-pub struct ErfPanel {
+/// Effective receptive fields of every stage.
+pub struct ErfView {
+    pub stages: Vec<crate::analysis::attribution::ErfSummary>,
+    pub images: usize,
+    /// Images of a folder that could not be read, with why.
+    pub skipped: Vec<String>,
+    /// What was measured: `the current image`, a folder, and whether the weights were random.
+    pub source: String,
+}
+
+pub struct ErfTab {
+    view: Option<ErfView>,
+    pending: Option<Pending<ErfView>>,
     folder: String,
     use_folder: bool,
     limit: usize,
     random: bool,
 }
 
-impl Default for ErfPanel {
+impl Default for ErfTab {
     fn default() -> Self {
         Self {
+            view: None,
+            pending: None,
             folder: String::new(),
             use_folder: false,
             limit: 100,
@@ -30,7 +49,10 @@ impl Default for ErfPanel {
 
 /// `log10(map + 1)` of every map, and their common maximum (one colour scale for all).
 pub fn log_maps(maps: &[&ErfSummary]) -> (Vec<Vec<f32>>, f32) {
-    let logs: Vec<Vec<f32>> = maps.iter().map(|s| erf_log(&s.map)).collect();
+    let logs: Vec<Vec<f32>> = maps
+        .iter()
+        .map(|s| s.map.iter().map(|v| (v + 1.0).log10()).collect())
+        .collect();
     let max = logs.iter().flatten().cloned().fold(0.0, f32::max);
     (logs, max.max(f32::MIN_POSITIVE))
 }
@@ -100,9 +122,35 @@ pub fn ratio_table(ui: &mut egui::Ui, id: &str, rows: &[(String, &ErfSummary)]) 
     });
 }
 
-impl ErfPanel {
-    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
-        if shared.model.is_none() {
+impl Tab for ErfTab {
+    fn name(&self) -> &'static str {
+        "Receptive field"
+    }
+
+    fn poll(&mut self, ctx: &mut TabCtx) {
+        if let Some(view) = ctx.take(&mut self.pending) {
+            ctx.shared.textures.clear();
+            self.view = Some(view);
+        }
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        self.show(ui, ctx);
+    }
+
+    fn on_model_changed(&mut self, _model: &ModelView) {
+        self.view = None;
+    }
+}
+
+impl ErfTab {
+    /// The last receptive fields computed.
+    pub fn view(&self) -> Option<&ErfView> {
+        self.view.as_ref()
+    }
+
+    fn show(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        if ctx.shared.model.is_none() {
             ui.label("No model loaded.");
             return;
         }
@@ -111,9 +159,9 @@ impl ErfPanel {
              the centre of a stage's map, Σ_rgb ReLU(∂s/∂x) with s the centre position's summed \
              ReLU activations, averaged over the images.",
         );
-        self.controls(ui, shared);
+        self.controls(ui, ctx);
         ui.separator();
-        let Some(view) = &shared.erf else {
+        let Some(view) = &self.view else {
             ui.label("Press Compute.");
             return;
         };
@@ -131,7 +179,7 @@ impl ErfPanel {
         let skipped = view.skipped.clone();
         ui.label(RichText::new(header).strong());
         let refs: Vec<(String, &ErfSummary)> = maps.iter().map(|(n, s)| (n.clone(), s)).collect();
-        erf_row(ui, shared, "erf", &refs);
+        erf_row(ui, ctx.shared, "erf", &refs);
         ui.separator();
         ratio_table(ui, "erf_ratios", &refs);
         if !skipped.is_empty() {
@@ -142,7 +190,7 @@ impl ErfPanel {
         }
     }
 
-    fn controls(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+    fn controls(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
         ui.horizontal(|ui| {
             ui.selectable_value(&mut self.use_folder, false, "current image");
             ui.selectable_value(&mut self.use_folder, true, "folder");
@@ -159,7 +207,7 @@ impl ErfPanel {
                         Some(p) => self.folder = p.display().to_string(),
                         // Too fast to have been shown: there is no portal to show one.
                         None if t.elapsed() < std::time::Duration::from_millis(150) => {
-                            shared.status.notice = Some(
+                            ctx.shared.status.notice = Some(
                                 "No folder dialog could be shown here: type the folder's path."
                                     .into(),
                             )
@@ -179,29 +227,79 @@ impl ErfPanel {
         });
         ui.horizontal(|ui| {
             let ready = !self.use_folder || !self.folder.trim().is_empty();
+            let shared = &ctx.shared;
             let can = ready && !shared.busy() && (self.use_folder || shared.run.is_some());
             if ui.add_enabled(can, egui::Button::new("Compute")).clicked() {
-                shared.request(Request::Erf {
-                    folder: self.use_folder.then(|| PathBuf::from(self.folder.trim())),
-                    limit: self.limit,
-                    random: self.random,
-                });
+                let folder = self.use_folder.then(|| PathBuf::from(self.folder.trim()));
+                let (limit, random) = (self.limit, self.random);
+                let job = move |w: &mut WorkerCtx, p: &mut dyn Progress| {
+                    erf(w, (folder, limit), random, p)
+                };
+                self.pending = Some(ctx.jobs.submit("The receptive field", job));
             }
-            if !self.use_folder && shared.run.is_none() {
+            if !self.use_folder && ctx.shared.run.is_none() {
                 ui.label("open an image first (or pick a folder)");
             }
-            if let Some(j) = shared.status.job.clone().filter(|j| j.kind == JobKind::Erf) {
-                ui.spinner();
-                ui.label(format!(
-                    "image {}/{}: {}",
-                    (j.done + 1).min(j.total),
-                    j.total,
-                    j.what
-                ));
-                if ui.button("Cancel").clicked() {
-                    shared.request(Request::CancelJob);
-                }
+            if let Some(p) = &self.pending {
+                job_progress(ui, p);
             }
         });
     }
+}
+
+/// Every stage's ERF over the current image or (at most `limit` images of) a folder, for these
+/// weights or random ones.
+fn erf(
+    w: &WorkerCtx,
+    (folder, limit): (Option<PathBuf>, usize),
+    random: bool,
+    progress: &mut dyn Progress,
+) -> anyhow::Result<ErfView> {
+    use crate::io::preprocess;
+    let loaded = w.engine()?;
+    let randomised;
+    let engine = if random {
+        randomised = loaded.random_like(0)?;
+        &randomised
+    } else {
+        loaded
+    };
+    let stages = (0..engine.plan.stages.len()).map(LayerId::Stage).collect();
+    let mut acc = crate::analysis::attribution::ErfAccumulator::new(stages);
+    let mut skipped = Vec::new();
+    let source = match &folder {
+        None => {
+            let (_, x) = w.current_input()?;
+            acc.add(engine, &x)?;
+            "the current image".to_string()
+        }
+        Some(dir) => {
+            let files = crate::io::listing::list_images(dir, Some(limit))?;
+            for (i, f) in files.iter().enumerate() {
+                progress.check("the receptive fields")?;
+                progress.update(i, files.len(), &crate::base::text::file_label(f));
+                let x = preprocess::load_image(f).and_then(|img| {
+                    preprocess::prepare(&img, &engine.preprocess, &engine.device)
+                        .map_err(|e| e.about_image(&f.display().to_string()))
+                });
+                match x {
+                    Ok(p) => acc.add(engine, &p.tensor)?,
+                    Err(e) => skipped.push(e.to_string()),
+                }
+            }
+            format!("{} image(s) of {}", acc.images, dir.display())
+        }
+    };
+    let weights = if random {
+        "random weights"
+    } else {
+        "these weights"
+    };
+    let images = acc.images;
+    Ok(ErfView {
+        stages: acc.finish()?,
+        images,
+        skipped,
+        source: format!("{source}, {weights}"),
+    })
 }

@@ -1,15 +1,22 @@
 //! Feature maps: pick a layer on the architecture strip, page through its channels, hover for
 //! statistics, click one to see it large over the input; histogram and channel means below.
+use super::folder_jobs::{self, TopPatches};
 use super::plots::histogram_bars;
-use super::{heatmap, save_as, strip, textures, worker::SaveContent, Shared};
+use super::tab::{Tab, TabCtx};
+use super::views::ModelView;
+use super::worker::{JobSender, Pending, SaveContent, WorkerCtx};
+use super::{heatmap, save_as, strip, textures, Shared};
 use crate::analysis::colormap::Colormap;
 use crate::analysis::grid::{self, GridLayout, Scale, SortBy};
 use crate::analysis::stats::FeatureMap;
+use crate::base::progress::Progress;
 use crate::model::layer_id::LayerId;
-use egui::{Color32, Rect, Sense, Stroke, TextureOptions, Vec2};
+use egui::{Color32, Rect, RichText, Sense, Stroke, TextureOptions, Vec2};
 use egui_plot::{BarChart, Line, Plot, VLine};
 use image::RgbaImage;
 use std::sync::Arc;
+
+pub const NAME: &str = "Feature maps";
 
 pub const PAGE_SIZES: [usize; 5] = [16, 36, 64, 144, 256];
 
@@ -125,31 +132,65 @@ pub fn overlay_image(shared: &Shared) -> Option<RgbaImage> {
 }
 
 /// The feature-map tab. Its choices (layer, page, channel) live in the shared selection, since
-/// other panels set them too.
+/// other tabs set them too.
 #[derive(Default)]
-pub struct FeaturesPanel;
+pub struct FeaturesTab {
+    top: TopImages,
+}
 
-impl FeaturesPanel {
-    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
-        show(shared, ui)
+impl Tab for FeaturesTab {
+    fn name(&self) -> &'static str {
+        NAME
     }
 
-    /// File > Save feature grid as PNG.
-    pub fn save_grid(&mut self, shared: &mut Shared) {
-        let img = grid_image(shared).ok_or_else(|| "no feature map".to_string());
-        let content = img.map(SaveContent::Png);
-        save_as(shared, "feature_grid.png", ("PNG", "png"), content);
+    fn poll(&mut self, ctx: &mut TabCtx) {
+        if let Some(p) = ctx.take(&mut self.top.pending) {
+            ctx.shared.textures.clear();
+            self.top.patches = Some(p);
+        }
     }
 
-    /// File > Save overlay as PNG.
-    pub fn save_overlay(&mut self, shared: &mut Shared) {
-        let img = overlay_image(shared).ok_or_else(|| "select a channel (or class) first".into());
-        let content = img.map(SaveContent::Png);
-        save_as(shared, "overlay.png", ("PNG", "png"), content);
+    fn ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        show(ctx.shared, ui, &mut self.top, ctx.jobs)
+    }
+
+    fn on_model_changed(&mut self, _model: &ModelView) {
+        self.top = TopImages::default();
     }
 }
 
-fn show(shared: &mut Shared, ui: &mut egui::Ui) {
+impl FeaturesTab {
+    /// The folder run's top images of the channel shown large, once they have come.
+    pub fn top_patches(&self) -> Option<&TopPatches> {
+        self.top.patches.as_ref()
+    }
+}
+
+/// File > Save feature grid as PNG.
+pub fn save_grid(shared: &mut Shared) {
+    let img = grid_image(shared).ok_or_else(|| "no feature map".to_string());
+    let content = img.map(SaveContent::Png);
+    save_as(shared, "feature_grid.png", ("PNG", "png"), content);
+}
+
+/// File > Save overlay as PNG.
+pub fn save_overlay(shared: &mut Shared) {
+    let img = overlay_image(shared).ok_or_else(|| "select a channel (or class) first".into());
+    let content = img.map(SaveContent::Png);
+    save_as(shared, "overlay.png", ("PNG", "png"), content);
+}
+
+/// The folder run's top images of the channel shown large, asked of the worker when the
+/// channel (or the folder run) changes.
+#[derive(Default)]
+struct TopImages {
+    /// `(layer, channel, folder run)` last asked for; `patches` are its answer once it comes.
+    asked: Option<(LayerId, usize, u64)>,
+    pending: Option<Pending<TopPatches>>,
+    patches: Option<TopPatches>,
+}
+
+fn show(shared: &mut Shared, ui: &mut egui::Ui, top: &mut TopImages, jobs: &JobSender) {
     if shared.run.is_none() {
         ui.label("Open an image (drop it on the window, File > Open image, or a sample on the left) to see its feature maps.");
         return;
@@ -171,7 +212,7 @@ fn show(shared: &mut Shared, ui: &mut egui::Ui) {
         ui.add_space(8.0);
         ui.vertical(|ui| {
             ui.set_width(side_w);
-            large_view(shared, ui);
+            large_view(shared, ui, top, jobs);
         });
     });
     ui.separator();
@@ -373,7 +414,7 @@ fn grid_view(
     });
 }
 
-fn large_view(shared: &mut Shared, ui: &mut egui::Ui) {
+fn large_view(shared: &mut Shared, ui: &mut egui::Ui, top: &mut TopImages, jobs: &JobSender) {
     let Some(run) = &shared.run else { return };
     let Some((title, fm, c, cmap)) = large_map(shared) else {
         ui.label(
@@ -411,8 +452,62 @@ fn large_view(shared: &mut Shared, ui: &mut egui::Ui) {
     let shown = current_map(shared).map(|(layer, _)| layer);
     if let (Some(layer), Some(channel)) = (shown, shared.selection.channel) {
         ui.add_space(6.0);
-        super::folder::top_images_strip(ui, shared, layer, channel);
+        top_images_strip(ui, shared, (top, jobs), layer, channel);
     }
+}
+
+/// Under the channel shown large: its top images in the folder run, if there is one.
+fn top_images_strip(
+    ui: &mut egui::Ui,
+    shared: &mut Shared,
+    (top, jobs): (&mut TopImages, &JobSender),
+    layer: LayerId,
+    channel: usize,
+) {
+    let Some(run) = &shared.folder_run else {
+        return;
+    };
+    if !run.top_layers.contains(&layer) {
+        return;
+    }
+    ui.label(
+        RichText::new(format!(
+            "Top images of channel {channel} in {}",
+            crate::base::text::file_label(&run.root)
+        ))
+        .strong(),
+    );
+    let key = (layer, channel, run.serial);
+    if top.asked != Some(key) {
+        if !shared.busy() {
+            top.asked = Some(key);
+            top.patches = None;
+            let job = move |w: &mut WorkerCtx, _: &mut dyn Progress| {
+                folder_jobs::patches_job(w, layer, channel)
+            };
+            top.pending = Some(jobs.submit(folder_jobs::JOB, job));
+        }
+        ui.spinner();
+        return;
+    }
+    let Some(p) = &top.patches else {
+        if top.pending.is_some() {
+            ui.spinner();
+        }
+        return;
+    };
+    ui.horizontal_wrapped(|ui| {
+        for (i, (patch, score, path)) in p.patches.iter().enumerate() {
+            let t = shared.textures.get(
+                ui.ctx(),
+                &format!("patch:{i}"),
+                TextureOptions::NEAREST,
+                || textures::rgb(patch),
+            );
+            ui.add(egui::Image::new((t.id(), Vec2::splat(48.0))))
+                .on_hover_text(format!("{}\nmax {score:.3}", path.display()));
+        }
+    });
 }
 
 fn plots(shared: &mut Shared, ui: &mut egui::Ui, fm: &FeatureMap) {

@@ -2,17 +2,20 @@
 //! opens its images, each with its top-5 and evidence map), per-class precision and recall, the
 //! most confident mistakes, feature collapse along the depth (two models on one plot), and the
 //! top images of a channel (shown in the Feature maps tab).
-use super::folder_jobs::{FolderImage, FolderView, TopPatches, PAGE};
-use super::textures;
-use super::views::ImageSource;
-use super::worker::JobKind;
-use super::{Request, Shared, Tab};
+use super::folder_jobs::{self, FolderImage, FolderView, JOB, PAGE};
+use super::tab::{Tab, TabCtx};
+use super::views::{FolderRunInfo, ModelView};
+use super::widgets::{job_progress, pick_other_model};
+use super::worker::{ImageSource, Pending, WorkerCtx};
+use super::{textures, Request, Shared};
 use crate::analysis::collapse::LayerCollapse;
 use crate::analysis::colormap::Colormap;
+use crate::base::progress::Progress;
 use crate::io::engine::ModelSpec;
-use crate::model::layer_id::LayerId;
 use egui::{Color32, Rect, RichText, Sense, TextureOptions, Vec2};
 use std::path::PathBuf;
+
+pub const NAME: &str = "Folder";
 
 /// What the worker has sent about the folder.
 #[derive(Default)]
@@ -22,9 +25,16 @@ pub struct FolderResults {
     pub view: Option<FolderView>,
     /// The images of the selected cell (a page of them).
     pub images: Vec<FolderImage>,
-    pub patches: Option<TopPatches>,
     /// Another model's collapse over the same images.
     pub other: Option<(String, Vec<LayerCollapse>)>,
+}
+
+/// The folder jobs under way.
+#[derive(Default)]
+struct FolderJobs {
+    run: Option<Pending<FolderView>>,
+    images: Option<Pending<Vec<FolderImage>>>,
+    other: Option<Pending<(String, Vec<LayerCollapse>)>>,
 }
 
 /// Which images the list on the right shows.
@@ -38,7 +48,11 @@ pub enum Listing {
 }
 
 #[derive(Default)]
-pub struct FolderPanel {
+pub struct FolderTab {
+    results: FolderResults,
+    jobs: FolderJobs,
+    /// Counts the runs, for [`FolderRunInfo::serial`].
+    runs: u64,
     path: String,
     listing: Option<Listing>,
     page: usize,
@@ -49,12 +63,20 @@ pub struct FolderPanel {
     shown: Option<PathBuf>,
 }
 
-impl FolderPanel {
-    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
-        self.controls(ui, shared);
+impl Tab for FolderTab {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn poll(&mut self, ctx: &mut TabCtx) {
+        self.take_results(ctx);
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        self.controls(ui, ctx);
         ui.separator();
-        let Some(view) = &shared.folder.view else {
-            ui.label(match &shared.folder.running {
+        let Some(view) = &self.results.view else {
+            ui.label(match &self.results.running {
                 Some(p) => format!("Running {}…", p.display()),
                 None => "Drop a folder of images on the window, or open one above. Class sub-folders (ImageFolder) or <label>_<n> file names give labels; otherwise you get predictions.".into(),
             });
@@ -64,19 +86,77 @@ impl FolderPanel {
         ui.columns(2, |cols| {
             egui::ScrollArea::vertical()
                 .id_salt("folder left")
-                .show(&mut cols[0], |ui| self.left(ui, shared));
-            self.right(&mut cols[1], shared);
+                .show(&mut cols[0], |ui| self.left(ui, ctx));
+            self.right(&mut cols[1], ctx);
         });
     }
 
-    fn controls(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+    fn on_model_changed(&mut self, _model: &ModelView) {
+        // A folder run belongs to the model that made it.
+        self.results = FolderResults::default();
+        self.listing = None;
+        self.asked = None;
+    }
+}
+
+impl FolderTab {
+    /// What the worker has sent back so far.
+    pub fn results(&self) -> &FolderResults {
+        &self.results
+    }
+
+    /// Runs the model over a folder (at most `limit` images), dropping the last run's results.
+    pub fn run(&mut self, ctx: &mut TabCtx, dir: PathBuf, limit: usize) {
+        self.results = FolderResults {
+            running: Some(dir.clone()),
+            ..Default::default()
+        };
+        self.jobs = FolderJobs::default();
+        self.listing = None;
+        self.asked = None;
+        ctx.shared.folder_run = None;
+        let job = move |w: &mut WorkerCtx, p: &mut dyn Progress| {
+            folder_jobs::folder_job(w, dir, Some(limit), p)
+        };
+        self.jobs.run = Some(ctx.jobs.submit(JOB, job));
+    }
+
+    /// Takes in the results that have come.
+    fn take_results(&mut self, ctx: &mut TabCtx) {
+        if let Some(view) = ctx.take(&mut self.jobs.run) {
+            let shared = &mut *ctx.shared;
+            self.runs += 1;
+            shared.folder_run = Some(FolderRunInfo {
+                root: view.root.clone(),
+                top_layers: view.top_layers.clone(),
+                serial: self.runs,
+            });
+            self.results = FolderResults {
+                view: Some(view),
+                ..Default::default()
+            };
+        } else if self.jobs.run.is_none() {
+            // Ended without a result (failed or cancelled): nothing is running any more.
+            self.results.running = None;
+        }
+        if let Some(images) = ctx.take(&mut self.jobs.images) {
+            ctx.shared.textures.clear();
+            self.results.images = images;
+        }
+        if let Some(other) = ctx.take(&mut self.jobs.other) {
+            self.results.other = Some(other);
+        }
+    }
+
+    fn controls(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        let shared = &mut *ctx.shared;
         ui.horizontal_wrapped(|ui| {
             if ui.button("Open folder…").clicked() {
                 super::open_folder_dialog(shared);
             }
             // The folder on show (dropped, opened or typed) fills the field.
-            let on_show = shared.folder.running.as_ref();
-            let on_show = on_show.or(shared.folder.view.as_ref().map(|v| &v.root));
+            let on_show = self.results.running.as_ref();
+            let on_show = on_show.or(self.results.view.as_ref().map(|v| &v.root));
             if let Some(p) = on_show.or(shared.settings.last_folder.as_ref()) {
                 if self.path.is_empty() || Some(p) != self.shown.as_ref() {
                     self.path = p.display().to_string();
@@ -103,15 +183,19 @@ impl FolderPanel {
                 let dir = PathBuf::from(self.path.trim());
                 shared.settings.last_folder = Some(dir.clone());
                 shared.request(Request::RunFolder(dir));
-                self.listing = None;
-                self.asked = None;
             }
-            progress(ui, shared);
+            // The long jobs: the run, and another model over its images.
+            if let Some(p) = &self.jobs.run {
+                job_progress(ui, p);
+            } else if let Some(p) = &self.jobs.other {
+                job_progress(ui, p);
+            }
         });
     }
 
-    fn left(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
-        let Some(view) = &shared.folder.view else {
+    fn left(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        let shared = &mut *ctx.shared;
+        let Some(view) = &self.results.view else {
             return;
         };
         let mut pick;
@@ -132,12 +216,19 @@ impl FolderPanel {
             pick = predicted_counts(ui, view, self.listing);
         }
         ui.separator();
-        let other = self.collapse_controls(ui, shared);
-        if let Some(spec) = other {
-            shared.request(Request::OtherCollapse(spec));
+        if let Some(spec) = self.collapse_controls(ui, shared) {
+            let on = (
+                spec,
+                shared.settings.device.clone(),
+                shared.settings.dtype.clone(),
+            );
+            let job = move |w: &mut WorkerCtx, p: &mut dyn Progress| {
+                folder_jobs::other_collapse_job(w, on, p)
+            };
+            self.jobs.other = Some(ctx.jobs.submit(JOB, job));
         }
-        if let Some(v) = &shared.folder.view {
-            collapse_plot(ui, v, shared.folder.other.as_ref());
+        if let Some(v) = &self.results.view {
+            collapse_plot(ui, v, self.results.other.as_ref());
         }
         if let Some(l) = pick {
             self.listing = Some(l);
@@ -147,53 +238,22 @@ impl FolderPanel {
 
     /// Picks another model (a checkpoint in `weights/` or a named variant) to compare with.
     fn collapse_controls(&mut self, ui: &mut egui::Ui, shared: &Shared) -> Option<ModelSpec> {
-        let mut choices: Vec<ModelSpec> = shared
-            .weights
-            .iter()
-            .flatten()
-            .filter(|e| e.summary.is_ok())
-            .map(|e| ModelSpec::Weights(e.path.clone()))
-            .collect();
-        for v in [
-            "convnext_atto",
-            "convnextv2_atto",
-            "convnext_tiny",
-            "convnextv2_tiny",
-        ] {
-            choices.push(ModelSpec::Variant {
-                name: v.into(),
-                classes: 1000,
-                seed: 0,
-            });
-        }
-        self.other = self.other.min(choices.len().saturating_sub(1));
         let mut go = None;
         ui.horizontal(|ui| {
             ui.label("Feature collapse; compare with");
-            egui::ComboBox::from_id_salt("other model")
-                .selected_text(
-                    choices
-                        .get(self.other)
-                        .map(|c| c.to_string())
-                        .unwrap_or_default(),
-                )
-                .show_ui(ui, |ui| {
-                    for (i, c) in choices.iter().enumerate() {
-                        ui.selectable_value(&mut self.other, i, c.to_string());
-                    }
-                });
+            let chosen = pick_other_model(ui, "other model", shared, &mut self.other);
             if ui
                 .add_enabled(!shared.busy(), egui::Button::new("Add to plot"))
                 .clicked()
             {
-                go = choices.get(self.other).cloned();
+                go = chosen;
             }
         });
         go
     }
 
-    fn right(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
-        let Some(view) = &shared.folder.view else {
+    fn right(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        let Some(view) = &self.results.view else {
             return;
         };
         let Some(listing) = self.listing else {
@@ -229,25 +289,12 @@ impl FolderPanel {
             .collect();
         if self.asked != Some((listing, self.page)) && !page.is_empty() {
             self.asked = Some((listing, self.page));
-            shared.folder.images.clear();
-            shared.request(Request::FolderImages(page.clone()));
+            self.results.images.clear();
+            let job =
+                move |w: &mut WorkerCtx, _: &mut dyn Progress| folder_jobs::images_job(w, &page);
+            self.jobs.images = Some(ctx.jobs.submit(JOB, job));
         }
-        image_list(ui, shared);
-    }
-}
-
-fn progress(ui: &mut egui::Ui, shared: &mut Shared) {
-    let job = shared
-        .status
-        .job
-        .clone()
-        .filter(|j| j.kind == JobKind::Folder);
-    if let Some(j) = job {
-        ui.spinner();
-        ui.label(format!("{}/{} {}", j.done, j.total, j.what));
-        if ui.button("Cancel").clicked() {
-            shared.request(Request::CancelJob);
-        }
+        image_list(ui, ctx.shared, &self.results);
     }
 }
 
@@ -483,8 +530,8 @@ fn listing_title(view: &FolderView, l: Listing, n: usize) -> String {
 }
 
 /// The page of images: what the network saw, the evidence for its top class, the top-5.
-fn image_list(ui: &mut egui::Ui, shared: &mut Shared) {
-    if shared.folder.images.is_empty() {
+fn image_list(ui: &mut egui::Ui, shared: &mut Shared, results: &FolderResults) {
+    if results.images.is_empty() {
         ui.spinner();
         return;
     }
@@ -492,7 +539,7 @@ fn image_list(ui: &mut egui::Ui, shared: &mut Shared) {
     egui::ScrollArea::vertical()
         .id_salt("folder images")
         .show(ui, |ui| {
-            for img in &shared.folder.images {
+            for img in &results.images {
                 ui.horizontal(|ui| {
                     let ctx = ui.ctx().clone();
                     let key = |k: &str| format!("folder:{k}:{}", img.index);
@@ -523,8 +570,7 @@ fn image_list(ui: &mut egui::Ui, shared: &mut Shared) {
                             .on_hover_text("Open in the Feature maps tab")
                             .clicked()
                         {
-                            open = shared
-                                .folder
+                            open = results
                                 .view
                                 .as_ref()
                                 .map(|v| v.eval.images[img.index].path.clone());
@@ -535,7 +581,7 @@ fn image_list(ui: &mut egui::Ui, shared: &mut Shared) {
         });
     if let Some(p) = open {
         shared.request(Request::OpenImage(ImageSource::Path(p)));
-        shared.settings.tab = Tab::Features;
+        shared.settings.tab = super::features::NAME.into();
     }
 }
 
@@ -568,48 +614,4 @@ fn collapse_plot(
                 plot.points(Points::new(name.clone(), PlotPoints::from(curve(c))).radius(2.5));
             }
         });
-}
-
-/// In the Feature maps tab: the folder's top images for the channel shown large.
-pub fn top_images_strip(ui: &mut egui::Ui, shared: &mut Shared, layer: LayerId, channel: usize) {
-    let Some(view) = &shared.folder.view else {
-        return;
-    };
-    if !view.top_layers.contains(&layer) {
-        return;
-    }
-    let have = shared
-        .folder
-        .patches
-        .as_ref()
-        .is_some_and(|p| p.layer == layer && p.channel == channel);
-    ui.label(
-        RichText::new(format!(
-            "Top images of channel {channel} in {}",
-            crate::base::text::file_label(&view.root)
-        ))
-        .strong(),
-    );
-    if !have {
-        if !shared.busy() {
-            shared.request(Request::TopPatches { layer, channel });
-        }
-        ui.spinner();
-        return;
-    }
-    let Some(p) = &shared.folder.patches else {
-        return;
-    };
-    ui.horizontal_wrapped(|ui| {
-        for (i, (patch, score, path)) in p.patches.iter().enumerate() {
-            let t = shared.textures.get(
-                ui.ctx(),
-                &format!("patch:{i}"),
-                TextureOptions::NEAREST,
-                || textures::rgb(patch),
-            );
-            ui.add(egui::Image::new((t.id(), Vec2::splat(48.0))))
-                .on_hover_text(format!("{}\nmax {score:.3}", path.display()));
-        }
-    });
 }

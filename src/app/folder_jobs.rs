@@ -1,24 +1,82 @@
-//! The worker's folder jobs: a folder run (predictions, scores, top images of every stage and
-//! block, feature collapse), the images of a confusion cell with their evidence maps, a
-//! channel's top-image patches, and another model's collapse curve on the same folder.
+//! The folder jobs, run on the worker: a folder run (predictions, scores, top images of every
+//! stage and block, feature collapse), the images of a confusion cell with their evidence maps,
+//! a channel's top-image patches, and another model's collapse curve on the same folder. The
+//! run stays on the worker ([`KeptRun`]) for the jobs that follow it.
+use super::worker::WorkerCtx;
 use crate::analysis::collapse::LayerCollapse;
 use crate::analysis::colormap::Colormap;
 use crate::analysis::evaluation::{Evaluation, Scores};
 use crate::analysis::folder_run::{run_folder, FolderOptions, FolderRun};
 use crate::analysis::top_images::patch_rect;
 use crate::analysis::top_images::LayerFilter;
+use crate::base::device::{parse_device, parse_dtype};
 use crate::base::progress::Progress;
-use crate::io::engine::Engine;
+use crate::io::engine::{Engine, ModelSpec};
 use crate::model::layer_id::LayerId;
 use image::{RgbImage, RgbaImage};
 use std::path::PathBuf;
+
+/// What the folder jobs are called in the status bar and in errors.
+pub const JOB: &str = "The folder run";
+
+/// The last folder run of the current model, kept on the worker, with its image limit.
+pub struct KeptRun {
+    run: FolderRun,
+    limit: Option<usize>,
+}
+
+fn kept_run(w: &WorkerCtx) -> anyhow::Result<&KeptRun> {
+    w.kept::<KeptRun>()
+        .ok_or_else(|| anyhow::anyhow!("run a folder first"))
+}
+
+/// Runs the current model over a folder and keeps the run on the worker.
+pub fn folder_job(
+    w: &mut WorkerCtx,
+    dir: PathBuf,
+    limit: Option<usize>,
+    progress: &mut dyn Progress,
+) -> anyhow::Result<FolderView> {
+    // The old run goes first: two runs of a large folder need not fit at once.
+    w.take_kept::<KeptRun>();
+    let engine = w.engine()?;
+    let model = engine.source.to_string();
+    let mut run = None;
+    let view = folder(engine, model, dir, limit, &mut run, progress)?;
+    if let Some(run) = run {
+        w.keep(KeptRun { run, limit });
+    }
+    Ok(view)
+}
+
+/// The images at `indices` of the kept run, with their evidence maps.
+pub fn images_job(w: &WorkerCtx, indices: &[usize]) -> anyhow::Result<Vec<FolderImage>> {
+    Ok(images(w.engine()?, &kept_run(w)?.run, indices)?)
+}
+
+/// The patches of a channel's top images in the kept run.
+pub fn patches_job(w: &WorkerCtx, layer: LayerId, channel: usize) -> anyhow::Result<TopPatches> {
+    Ok(patches(w.engine()?, &kept_run(w)?.run, layer, channel)?)
+}
+
+/// Another model's collapse curve over the kept run's images: `(model, curve)`.
+pub fn other_collapse_job(
+    w: &WorkerCtx,
+    (spec, device, dtype): (ModelSpec, String, String),
+    progress: &mut dyn Progress,
+) -> anyhow::Result<(String, Vec<LayerCollapse>)> {
+    let kept = kept_run(w)?;
+    let other = Engine::build(&spec, &parse_device(&device)?, parse_dtype(&dtype)?)?;
+    let curve = other_collapse(&other, &kept.run.root, kept.limit, progress)?;
+    Ok((spec.label(), curve))
+}
 
 /// Top images kept per channel.
 pub const TOP_K: usize = 9;
 /// Images of a cell (or of the mistakes) shown with their evidence maps at a time.
 pub const PAGE: usize = 12;
 
-/// A folder's results as the panels see them.
+/// A folder's results as the Folder tab sees them.
 pub struct FolderView {
     pub root: PathBuf,
     pub model: String,
@@ -52,7 +110,7 @@ fn watched(id: LayerId) -> bool {
 }
 
 /// Runs the folder and keeps the run (for patches and cells) in `keep`.
-pub fn folder(
+fn folder(
     engine: &Engine,
     model: String,
     root: PathBuf,
@@ -88,7 +146,7 @@ pub fn folder(
 }
 
 /// Another model's collapse curve over the same folder.
-pub fn other_collapse(
+fn other_collapse(
     other: &Engine,
     root: &std::path::Path,
     limit: Option<usize>,
@@ -104,11 +162,7 @@ pub fn other_collapse(
 }
 
 /// The images at `indices` of the kept run, each with its evidence map for its top class.
-pub fn images(
-    engine: &Engine,
-    run: &FolderRun,
-    indices: &[usize],
-) -> crate::Result<Vec<FolderImage>> {
+fn images(engine: &Engine, run: &FolderRun, indices: &[usize]) -> crate::Result<Vec<FolderImage>> {
     let mut out = Vec::new();
     for &i in indices.iter().take(PAGE) {
         let Some(r) = run.eval.images.get(i) else {
@@ -136,7 +190,7 @@ pub fn images(
 }
 
 /// The patches around the peaks of a channel's top images.
-pub fn patches(
+fn patches(
     engine: &Engine,
     run: &FolderRun,
     layer: LayerId,

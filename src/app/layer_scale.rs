@@ -2,7 +2,9 @@
 //! (V2), along the depth, per channel for one block, and as a distribution. Weights only, so
 //! this tab needs no image.
 use super::plots::{histogram_bars, stage_colour};
+use super::tab::{Tab, TabCtx};
 use super::Shared;
+use crate::model::layer_id::LayerId;
 use egui::Color32;
 use egui_plot::{Bar, BarChart, Plot};
 
@@ -25,12 +27,17 @@ fn params(shared: &Shared, grn_beta: bool) -> (String, Vec<(usize, usize, Vec<f3
 
 /// The layer-scale tab; for V2 it shows GRN's γ or β, as the user picks.
 #[derive(Default)]
-pub struct LayerScalePanel {
+pub struct LayerScaleTab {
     grn_beta: bool,
 }
 
-impl LayerScalePanel {
-    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+impl Tab for LayerScaleTab {
+    fn name(&self) -> &'static str {
+        "Layer scale"
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        let shared = &mut *ctx.shared;
         let Some(model) = &shared.model else {
             ui.label("No model loaded.");
             return;
@@ -90,7 +97,7 @@ fn depth_chart(
         .enumerate()
         .map(|(i, ((s, b, _), &m))| {
             let mut bar = Bar::new(i as f64, m)
-                .name(format!("stages.{s}.blocks.{b}"))
+                .name(LayerId::Block(*s, *b).to_string())
                 .fill(stage_colour(Some(*s)))
                 .width(0.8);
             if i == chosen {
@@ -128,12 +135,12 @@ fn block_picker(
     ui.horizontal(|ui| {
         let lbl = ui.label("Block");
         egui::ComboBox::from_id_salt("gamma_block")
-            .selected_text(format!("stages.{s}.blocks.{b}"))
+            .selected_text(LayerId::Block(*s, *b).to_string())
             .height(300.0)
             .show_ui(ui, |ui| {
                 for (s2, b2, _) in blocks {
                     if ui
-                        .selectable_label((s2, b2) == (s, b), format!("stages.{s2}.blocks.{b2}"))
+                        .selectable_label((s2, b2) == (s, b), LayerId::Block(*s2, *b2).to_string())
                         .clicked()
                     {
                         shared.selection.block = Some((*s2, *b2));
@@ -179,7 +186,8 @@ fn block_detail(ui: &mut egui::Ui, name: &str, blocks: &BlockValues, chosen: usi
     ui.horizontal(|ui| {
         ui.vertical(|ui| {
             ui.label(format!(
-                "{name} of stages.{s}.blocks.{b}, per channel, sorted"
+                "{name} of {}, per channel, sorted",
+                LayerId::Block(*s, *b)
             ));
             Plot::new("gamma_channels")
                 .width(w)

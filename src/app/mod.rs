@@ -1,7 +1,15 @@
-//! The desktop app: a thin layer of panels over the engine. [`Shared`] holds what every panel
-//! reads (the model and run the worker last sent, the selection, the settings); each panel is a
-//! struct that owns its own state and draws with `ui(&mut self, ui, &mut Shared)`, asking for
-//! work through [`Request`]s. All heavy work goes to the one [`worker`] thread.
+//! The desktop app: a thin layer of tabs over the engine. [`Shared`] holds what every tab reads
+//! (the model and run the worker last sent, the selection, the settings, errors); app-level
+//! actions (open an image, a folder or weights, load, save) are [`Request`]s. Each tab of the
+//! central panel is one module implementing [`Tab`]: it owns its state, sends its own jobs to
+//! the one [`worker`] thread (a closure, through [`TabCtx::jobs`]) and polls the [`Pending`]
+//! handle it got back. The worker only transports; it keeps the engine and the current image.
+//!
+//! To add a tab: write `app/my_tab.rs` with a struct implementing [`Tab`] (its `ui` draws it,
+//! submits jobs with `ctx.jobs.submit("What it does", move |w, progress| ...)`, shows
+//! [`widgets::job_progress`] while one runs and takes the result with [`Pending::take`]; its
+//! `on_model_changed` drops what belonged to the old model), then add `mod my_tab;` and one
+//! line to [`tabs`]. The tab bar, the View menu and the remembered tab follow from the list.
 mod architecture;
 mod attribution;
 mod compare;
@@ -20,8 +28,10 @@ mod profile;
 mod roadmap;
 mod sidebar;
 mod strip;
+mod tab;
 mod textures;
-pub mod views;
+mod views;
+mod widgets;
 pub mod worker;
 
 use crate::analysis::colormap::Colormap;
@@ -30,56 +40,42 @@ use crate::io::checkpoint::{is_weights_dir, is_weights_file};
 use crate::io::engine::{default_weights, project_dir, weights_dir, ModelSpec};
 use crate::io::preprocess::is_image_file;
 use crate::model::layer_id::LayerId;
+pub use attribution::{AttributionTab, AttributionView};
+pub use compare::{CompareTab, CompareWith};
+pub use erf::{ErfTab, ErfView};
+pub use features::FeaturesTab;
+pub use folder::{FolderResults, FolderTab};
+pub use profile::{ProfileTab, ProfileView};
+pub use roadmap::RoadmapTab;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
-use views::ImageSource;
-pub use views::{AttributionView, ErfView, ModelView, ProfileView, RunView};
-pub use worker::{scan_weights, WeightsEntry};
-use worker::{Job, JobKind, JobSender, Reply, SaveContent, Worker};
+pub use tab::{Tab, TabCtx};
+pub use views::{FolderRunInfo, ModelView, RunView};
+pub use worker::{scan_weights, Pending, WeightsEntry};
+use worker::{ImageSource, Job, JobKind, JobSender, Reply, SaveContent, Worker};
 
 /// The variant opened when there is no trained model at all.
 pub const FALLBACK_VARIANT: &str = "convnext_atto";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum Tab {
-    #[default]
-    Features,
-    LayerScale,
-    Profile,
-    Architecture,
-    Roadmap,
-    Attribution,
-    Erf,
-    Folder,
-    Compare,
+/// The tabs of the central panel, in the tab bar's order. Adding a tab is one line here.
+fn tabs() -> Vec<Box<dyn Tab>> {
+    vec![
+        Box::new(features::FeaturesTab::default()),
+        Box::new(attribution::AttributionTab::default()),
+        Box::new(erf::ErfTab::default()),
+        Box::new(folder::FolderTab::default()),
+        Box::new(compare::CompareTab::default()),
+        Box::new(layer_scale::LayerScaleTab::default()),
+        Box::new(profile::ProfileTab::default()),
+        Box::new(architecture::ArchitectureTab::default()),
+        Box::new(roadmap::RoadmapTab::default()),
+    ]
 }
 
-impl Tab {
-    pub const ALL: [Tab; 9] = [
-        Tab::Features,
-        Tab::Attribution,
-        Tab::Erf,
-        Tab::Folder,
-        Tab::Compare,
-        Tab::LayerScale,
-        Tab::Profile,
-        Tab::Architecture,
-        Tab::Roadmap,
-    ];
-    pub fn name(self) -> &'static str {
-        match self {
-            Tab::Features => "Feature maps",
-            Tab::LayerScale => "Layer scale",
-            Tab::Profile => "Profile",
-            Tab::Architecture => "Architecture",
-            Tab::Roadmap => "Roadmap",
-            Tab::Attribution => "Attribution",
-            Tab::Erf => "Receptive field",
-            Tab::Folder => "Folder",
-            Tab::Compare => "Compare",
-        }
-    }
+/// The tabs' names, in the tab bar's order.
+pub fn tab_names() -> Vec<&'static str> {
+    tabs().iter().map(|t| t.name()).collect()
 }
 
 /// What persists between launches.
@@ -89,7 +85,8 @@ pub struct Settings {
     pub model: Option<ModelSpec>,
     pub device: String,
     pub dtype: String,
-    pub tab: Tab,
+    /// The tab shown, by its name (an unknown name shows the first tab).
+    pub tab: String,
     pub colormap: Colormap,
     pub scale: Scale,
     pub sort: SortBy,
@@ -116,7 +113,7 @@ impl Default for Settings {
             model: None,
             device: "cpu".into(),
             dtype: "f32".into(),
-            tab: Tab::Features,
+            tab: features::NAME.into(),
             colormap: Colormap::Viridis,
             scale: Scale::PerChannel,
             sort: SortBy::Mean,
@@ -180,7 +177,9 @@ pub struct Status {
     pub pending: usize,
 }
 
-/// What a panel asks the app to do; the app turns requests into worker jobs after drawing.
+/// What the app is asked to do (by the menus, the sidebar, the tabs, a drop or a paste); the app
+/// turns requests into worker jobs after drawing. A tab's own work is not a request: the tab
+/// sends it to the worker itself.
 pub enum Request {
     Load(ModelSpec),
     /// The current model again, on the device and dtype now chosen.
@@ -188,34 +187,9 @@ pub enum Request {
     OpenImage(ImageSource),
     /// A dropped or chosen file: weights load as the model, anything else is tried as an image.
     OpenPath(PathBuf),
-    Profile,
-    /// Time every roadmap step on the chosen device.
-    TimeRoadmap,
-    /// The ERF of roadmap steps 6–10.
-    RoadmapErf,
-    Attribute {
-        method: crate::analysis::attribution::Method,
-        layer: LayerId,
-        class: Option<usize>,
-    },
-    Erf {
-        folder: Option<PathBuf>,
-        limit: usize,
-        random: bool,
-    },
-    /// The model over a folder of images (at most the settings' limit).
+    /// The model over a folder of images (at most the settings' limit), in the Folder tab.
     RunFolder(PathBuf),
-    /// These images of the folder run, with their evidence maps.
-    FolderImages(Vec<usize>),
-    /// The patches of a channel's top images in the folder run.
-    TopPatches {
-        layer: LayerId,
-        channel: usize,
-    },
-    /// Another model's feature collapse over the folder run's images.
-    OtherCollapse(ModelSpec),
-    /// Another model on the current image, or this model on another image.
-    Compare(worker::CompareWith),
+    /// Stops the running app-level job (a download).
     CancelJob,
     RescanWeights,
     #[cfg(feature = "hub")]
@@ -229,28 +203,22 @@ pub enum Request {
     Screenshot(PathBuf),
 }
 
-/// The state every panel reads.
+/// The state every tab reads.
 pub struct Shared {
     pub settings: Settings,
     pub model: Option<ModelView>,
     pub run: Option<RunView>,
-    pub profile: Option<ProfileView>,
     pub selection: Selection,
     /// What `weights/` holds, once the worker has looked.
     pub weights: Option<Vec<WeightsEntry>>,
-    /// Median ms of each roadmap step on the chosen device, once measured.
-    pub roadmap_times: Option<Vec<f64>>,
-    /// The last attribution map computed, for the current image.
-    pub attribution: Option<AttributionView>,
-    pub erf: Option<ErfView>,
-    /// The last stage's ERF of roadmap steps 6–10.
-    pub roadmap_erf: Option<Vec<(String, crate::analysis::attribution::ErfSummary)>>,
-    /// The last folder run and what was asked of it since.
-    pub folder: folder::FolderResults,
-    /// The other side of the Compare tab: its model and its run.
-    pub compare: Option<(ModelView, RunView)>,
-    /// Counts the runs taken in, so panels can tell when their results are stale.
+    /// The folder run the Folder tab made, for the tabs that show more of it (a channel's top
+    /// images in Feature maps); it belongs to the model that made it.
+    pub folder_run: Option<FolderRunInfo>,
+    /// Counts the runs taken in, so tabs can tell when their results are stale.
     pub run_serial: u64,
+    /// Counts the models loaded, as the worker does: a tab job's result made with an earlier
+    /// model is dropped.
+    generation: u64,
     pub status: Status,
     /// The in-app path prompt, where no native file dialog could be shown.
     pub prompt: Option<path_prompt::PathPrompt>,
@@ -276,26 +244,13 @@ impl Shared {
     }
 }
 
-/// The panels, each with its own state.
-#[derive(Default)]
-struct Panels {
-    sidebar: sidebar::Sidebar,
-    features: features::FeaturesPanel,
-    layer_scale: layer_scale::LayerScalePanel,
-    profile: profile::ProfilePanel,
-    architecture: architecture::ArchitecturePanel,
-    roadmap: roadmap::RoadmapPanel,
-    attribution: attribution::AttributionPanel,
-    erf: erf::ErfPanel,
-    folder: folder::FolderPanel,
-    compare: compare::ComparePanel,
-    #[cfg(feature = "hub")]
-    download: download::DownloadWindow,
-}
-
 pub struct ExplorerApp {
     shared: Shared,
-    panels: Panels,
+    sidebar: sidebar::Sidebar,
+    /// The tabs of the central panel, as [`tabs`] lists them.
+    tabs: Vec<Box<dyn Tab>>,
+    #[cfg(feature = "hub")]
+    download: download::DownloadWindow,
     worker: Worker,
     ctx: egui::Context,
     fell_back: bool,
@@ -316,22 +271,20 @@ impl ExplorerApp {
                 settings,
                 model: None,
                 run: None,
-                profile: None,
                 selection: Selection::default(),
                 weights: None,
-                roadmap_times: None,
-                attribution: None,
-                erf: None,
-                roadmap_erf: None,
-                folder: Default::default(),
-                compare: None,
+                folder_run: None,
                 run_serial: 0,
+                generation: 0,
                 status: Status::default(),
                 prompt: None,
                 textures: textures::Textures::default(),
                 requests: Vec::new(),
             },
-            panels: Panels::default(),
+            sidebar: sidebar::Sidebar,
+            tabs: tabs(),
+            #[cfg(feature = "hub")]
+            download: Default::default(),
             worker,
             ctx: ctx.clone(),
             fell_back: false,
@@ -375,13 +328,36 @@ impl ExplorerApp {
         &mut self.shared
     }
 
+    /// The tab of type `T` (for tests, and for app-level actions that end in a tab).
+    pub fn tab<T: Tab>(&self) -> Option<&T> {
+        self.tabs
+            .iter()
+            .find_map(|t| (t.as_ref() as &dyn std::any::Any).downcast_ref::<T>())
+    }
+
+    /// Lets the tab of type `T` act as its buttons would, and hands what it asked for to the
+    /// worker at once.
+    pub fn with_tab<T: Tab, R>(&mut self, f: impl FnOnce(&mut T, &mut TabCtx) -> R) -> Option<R> {
+        let tab = self
+            .tabs
+            .iter_mut()
+            .find_map(|t| (t.as_mut() as &mut dyn std::any::Any).downcast_mut::<T>())?;
+        let mut ctx = TabCtx {
+            shared: &mut self.shared,
+            jobs: self.worker.sender(),
+        };
+        let r = f(tab, &mut ctx);
+        self.handle_requests();
+        Some(r)
+    }
+
     /// Asks for work as a panel would, and hands it to the worker at once.
     pub fn request(&mut self, r: Request) {
         self.shared.request(r);
         self.handle_requests();
     }
 
-    /// Turns the panels' requests into worker jobs.
+    /// Turns the requests into worker jobs.
     fn handle_requests(&mut self) {
         for r in std::mem::take(&mut self.shared.requests) {
             let job = match r {
@@ -402,51 +378,13 @@ impl ExplorerApp {
                     Some(self.load_job(ModelSpec::Weights(p)))
                 }
                 // Any other folder is a folder of images.
-                Request::OpenPath(p) if p.is_dir() => Some(self.folder_job(p)),
-                Request::RunFolder(dir) => Some(self.folder_job(dir)),
-                Request::FolderImages(indices) => Some(Job::FolderImages(indices)),
-                Request::TopPatches { layer, channel } => Some(Job::TopPatches { layer, channel }),
-                Request::Compare(other) => Some(Job::Compare {
-                    other,
-                    device: self.shared.settings.device.clone(),
-                    dtype: self.shared.settings.dtype.clone(),
-                }),
-                Request::OtherCollapse(spec) => Some(Job::OtherCollapse {
-                    spec,
-                    device: self.shared.settings.device.clone(),
-                    dtype: self.shared.settings.dtype.clone(),
-                }),
+                Request::OpenPath(p) if p.is_dir() => self.run_folder(p),
+                Request::RunFolder(dir) => self.run_folder(dir),
                 Request::OpenPath(p) => {
                     let src = ImageSource::Path(p);
                     self.shared.status.decoding = Some(src.name());
                     Some(Job::Classify(src))
                 }
-                Request::Profile => Some(Job::Profile {
-                    runs: self.shared.settings.profile_runs,
-                }),
-                Request::TimeRoadmap => Some(Job::TimeRoadmap {
-                    device: self.shared.settings.device.clone(),
-                    iters: 3,
-                }),
-                Request::RoadmapErf => Some(Job::RoadmapErf),
-                Request::Attribute {
-                    method,
-                    layer,
-                    class,
-                } => Some(Job::Attribute {
-                    method,
-                    layer,
-                    class,
-                }),
-                Request::Erf {
-                    folder,
-                    limit,
-                    random,
-                } => Some(Job::Erf {
-                    folder,
-                    limit,
-                    random,
-                }),
                 Request::CancelJob => {
                     self.worker.cancel();
                     None
@@ -459,12 +397,12 @@ impl ExplorerApp {
                 Request::Download(repo) => Some(Job::Download(repo)),
                 #[cfg(feature = "hub")]
                 Request::ShowDownload => {
-                    self.panels.download.open = true;
+                    self.download.open = true;
                     None
                 }
                 Request::Save { path, content } => Some(Job::Save { path, content }),
                 Request::Screenshot(path) => {
-                    request_screenshot(&self.ctx, self.worker.sender(), path);
+                    request_screenshot(&self.ctx, self.worker.sender().clone(), path);
                     None
                 }
             };
@@ -475,14 +413,19 @@ impl ExplorerApp {
         self.shared.status.pending = self.worker.pending();
     }
 
-    fn folder_job(&mut self, dir: PathBuf) -> Job {
-        self.shared.settings.tab = Tab::Folder;
-        self.shared.folder = Default::default();
-        self.shared.folder.running = Some(dir.clone());
-        Job::Folder {
-            dir,
-            limit: Some(self.shared.settings.folder_limit),
-        }
+    /// A folder of images opens in the Folder tab, which sends its own job.
+    fn run_folder(&mut self, dir: PathBuf) -> Option<Job> {
+        self.shared.settings.tab = folder::NAME.into();
+        let limit = self.shared.settings.folder_limit;
+        let tab = self.tabs.iter_mut().find_map(|t| {
+            (t.as_mut() as &mut dyn std::any::Any).downcast_mut::<folder::FolderTab>()
+        })?;
+        let mut ctx = TabCtx {
+            shared: &mut self.shared,
+            jobs: self.worker.sender(),
+        };
+        tab.run(&mut ctx, dir, limit);
+        None
     }
 
     fn load_job(&mut self, spec: ModelSpec) -> Job {
@@ -498,6 +441,13 @@ impl ExplorerApp {
     pub fn poll(&mut self) {
         for reply in self.worker.poll() {
             self.take_reply(reply);
+        }
+        let mut ctx = TabCtx {
+            shared: &mut self.shared,
+            jobs: self.worker.sender(),
+        };
+        for tab in &mut self.tabs {
+            tab.poll(&mut ctx);
         }
         self.shared.status.pending = self.worker.pending();
         if self.shared.status.pending == 0 {
@@ -519,15 +469,15 @@ impl ExplorerApp {
                         ..Default::default()
                     };
                 }
-                s.profile = None;
                 s.run = None;
-                s.attribution = None;
-                s.erf = None;
+                s.generation += 1;
                 // A folder run belongs to the model that made it.
-                s.folder = Default::default();
+                s.folder_run = None;
                 s.textures.clear();
+                for tab in &mut self.tabs {
+                    tab.on_model_changed(&view);
+                }
                 s.model = Some(*view);
-                self.panels.architecture.model_changed();
             }
             Reply::Ran(view) => {
                 s.status.decoding = None;
@@ -540,11 +490,12 @@ impl ExplorerApp {
                 if let Some(p) = &view.path {
                     s.settings.last_image = Some(p.clone());
                 }
+                for tab in &mut self.tabs {
+                    tab.on_new_run(&view);
+                }
                 s.run = Some(*view);
                 s.run_serial += 1;
-                s.attribution = None;
             }
-            Reply::Profiled(p) => s.profile = Some(p),
             Reply::Weights(list) => s.weights = Some(list),
             Reply::Downloaded { dir: folder, notes } => {
                 let mut notice = format!("Downloaded into {}", folder.display());
@@ -557,38 +508,6 @@ impl ExplorerApp {
                 self.handle_requests();
             }
             Reply::Saved(path) => s.report(Ok(format!("Saved {}", path.display()))),
-            Reply::RoadmapTimes(t) => s.roadmap_times = Some(t),
-            Reply::Attributed(a) => {
-                s.textures.clear();
-                s.attribution = Some(*a);
-            }
-            Reply::Erf(e) => {
-                s.textures.clear();
-                s.erf = Some(*e);
-            }
-            Reply::Folder(v) => {
-                s.folder = folder::FolderResults {
-                    view: Some(*v),
-                    ..Default::default()
-                }
-            }
-            Reply::FolderImages(imgs) => {
-                s.textures.clear();
-                s.folder.images = imgs;
-            }
-            Reply::TopPatches(p) => {
-                s.textures.clear();
-                s.folder.patches = Some(*p);
-            }
-            Reply::OtherCollapse(name, curve) => s.folder.other = Some((name, curve)),
-            Reply::Compared(c) => {
-                s.textures.clear();
-                s.compare = Some(*c);
-            }
-            Reply::RoadmapErf(e) => {
-                s.textures.clear();
-                s.roadmap_erf = Some(e);
-            }
             Reply::Progress {
                 kind,
                 done,
@@ -621,17 +540,12 @@ impl ExplorerApp {
             }
         }
         let what = match kind {
-            JobKind::Load => "Could not load the model",
-            JobKind::Classify => "Could not open the image",
-            JobKind::Profile => "Profiling failed",
-            JobKind::ScanWeights => "Could not list weights/",
-            JobKind::Download => "Download failed",
-            JobKind::Save => "Could not save",
-            JobKind::Roadmap => "The roadmap job failed",
-            JobKind::Attribute => "Attribution failed",
-            JobKind::Erf => "The receptive field failed",
-            JobKind::Folder => "The folder run failed",
-            JobKind::Compare => "The comparison failed",
+            JobKind::Load => "Could not load the model".to_string(),
+            JobKind::Classify => "Could not open the image".to_string(),
+            JobKind::ScanWeights => "Could not list weights/".to_string(),
+            JobKind::Download => "Download failed".to_string(),
+            JobKind::Save => "Could not save".to_string(),
+            JobKind::Tab(name) => format!("{name} failed"),
         };
         if kind == JobKind::Classify {
             self.shared.status.decoding = None;
@@ -679,48 +593,55 @@ impl ExplorerApp {
         let ctx = ui.ctx().clone();
         self.poll();
         self.handle_input(&ctx);
-        let (shared, panels) = (&mut self.shared, &mut self.panels);
-        egui::Panel::top("menu").show(ui, |ui| menu_bar(ui, shared, panels));
+        let shared = &mut self.shared;
+        egui::Panel::top("menu").show(ui, |ui| menu_bar(ui, shared, &self.tabs));
         egui::Panel::bottom("status").show(ui, |ui| status_bar(ui, shared));
         if !shared.status.errors.is_empty() {
             egui::Panel::bottom("errors").show(ui, |ui| errors_panel(ui, shared));
         }
+        let sidebar = &mut self.sidebar;
         egui::Panel::left("sidebar")
             .resizable(true)
             .default_size(shared.settings.sidebar_width)
             .size_range(220.0..=520.0)
             .show(ui, |ui| {
                 shared.settings.sidebar_width = ui.available_width();
-                egui::ScrollArea::vertical().show(ui, |ui| panels.sidebar.ui(ui, shared));
+                egui::ScrollArea::vertical().show(ui, |ui| sidebar.ui(ui, shared));
             });
-        egui::CentralPanel::default().show(ui, |ui| {
-            ui.horizontal(|ui| {
-                for tab in Tab::ALL {
-                    ui.selectable_value(&mut shared.settings.tab, tab, tab.name());
-                }
-            });
-            ui.separator();
-            match shared.settings.tab {
-                Tab::Features => panels.features.ui(ui, shared),
-                Tab::LayerScale => panels.layer_scale.ui(ui, shared),
-                Tab::Profile => panels.profile.ui(ui, shared),
-                Tab::Architecture => panels.architecture.ui(ui, shared),
-                Tab::Roadmap => panels.roadmap.ui(ui, shared),
-                Tab::Attribution => panels.attribution.ui(ui, shared),
-                Tab::Erf => panels.erf.ui(ui, shared),
-                Tab::Folder => panels.folder.ui(ui, shared),
-                Tab::Compare => panels.compare.ui(ui, shared),
-            }
-        });
+        let mut tab_ctx = TabCtx {
+            shared,
+            jobs: self.worker.sender(),
+        };
+        egui::CentralPanel::default().show(ui, |ui| central(ui, &mut self.tabs, &mut tab_ctx));
         #[cfg(feature = "hub")]
-        panels.download.ui(&ctx, shared);
-        path_prompt::window(&ctx, shared);
+        self.download.ui(&ctx, &mut self.shared);
+        path_prompt::window(&ctx, &mut self.shared);
         drop_hint(&ctx);
         self.handle_requests();
         if self.shared.busy() {
             // Keep the spinner turning while the worker is at it.
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
+    }
+}
+
+/// The tab bar and the tab shown (the first, if the remembered one is gone).
+fn central(ui: &mut egui::Ui, tabs: &mut [Box<dyn Tab>], ctx: &mut TabCtx) {
+    ui.horizontal(|ui| {
+        for tab in tabs.iter() {
+            let on = ctx.shared.settings.tab == tab.name();
+            if ui.selectable_label(on, tab.name()).clicked() {
+                ctx.shared.settings.tab = tab.name().into();
+            }
+        }
+    });
+    ui.separator();
+    let shown = tabs
+        .iter()
+        .position(|t| t.name() == ctx.shared.settings.tab)
+        .unwrap_or(0);
+    if let Some(tab) = tabs.get_mut(shown) {
+        tab.ui(ui, ctx);
     }
 }
 
@@ -738,15 +659,10 @@ fn kind_name(kind: JobKind) -> &'static str {
     match kind {
         JobKind::Load => "Loading",
         JobKind::Classify => "Classifying",
-        JobKind::Profile => "Profiling",
         JobKind::ScanWeights => "Listing weights",
         JobKind::Download => "Download",
         JobKind::Save => "Saving",
-        JobKind::Roadmap => "The roadmap job",
-        JobKind::Attribute => "Attribution",
-        JobKind::Erf => "The receptive field",
-        JobKind::Folder => "Folder",
-        JobKind::Compare => "Comparing",
+        JobKind::Tab(name) => name,
     }
 }
 
@@ -792,7 +708,7 @@ fn request_screenshot(ctx: &egui::Context, jobs: JobSender, path: PathBuf) {
     });
 }
 
-fn menu_bar(ui: &mut egui::Ui, shared: &mut Shared, panels: &mut Panels) {
+fn menu_bar(ui: &mut egui::Ui, shared: &mut Shared, tabs: &[Box<dyn Tab>]) {
     egui::MenuBar::new().ui(ui, |ui| {
         ui.menu_button("File", |ui| {
             if ui.button("Open image…").clicked() {
@@ -814,11 +730,11 @@ fn menu_bar(ui: &mut egui::Ui, shared: &mut Shared, panels: &mut Panels) {
             }
             ui.separator();
             if ui.button("Save feature grid as PNG…").clicked() {
-                panels.features.save_grid(shared);
+                features::save_grid(shared);
                 ui.close();
             }
             if ui.button("Save overlay as PNG…").clicked() {
-                panels.features.save_overlay(shared);
+                features::save_overlay(shared);
                 ui.close();
             }
             if ui.button("Save screenshot…").clicked() {
@@ -833,11 +749,10 @@ fn menu_bar(ui: &mut egui::Ui, shared: &mut Shared, panels: &mut Panels) {
             }
         });
         ui.menu_button("View", |ui| {
-            for tab in Tab::ALL {
-                if ui
-                    .selectable_value(&mut shared.settings.tab, tab, tab.name())
-                    .clicked()
-                {
+            for tab in tabs {
+                let on = shared.settings.tab == tab.name();
+                if ui.selectable_label(on, tab.name()).clicked() {
+                    shared.settings.tab = tab.name().into();
                     ui.close();
                 }
             }
@@ -1015,13 +930,13 @@ fn drop_hint(ctx: &egui::Context) {
     );
 }
 
+/// Opens the native window.
 /// CPU threads for inference in the app: every core but one, which the UI thread keeps.
 pub fn default_worker_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     cores.saturating_sub(1).max(1)
 }
 
-/// Opens the native window.
 pub fn run(start: StartOptions) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()

@@ -1,43 +1,77 @@
 //! Profile: where the time and the MACs go, per layer and per stage, with the median of N runs.
 use super::layer_table::LayerTable;
 use super::plots::stage_colour;
-use super::worker::{JobKind, SaveContent};
-use super::{save_as, Request, Shared};
+use super::tab::{Tab, TabCtx};
+use super::views::ModelView;
+use super::widgets::job_progress;
+use super::worker::{Pending, SaveContent, WorkerCtx};
+use super::{save_as, Shared};
 use crate::analysis::profile::{group_totals, rows, to_csv, to_json, ProfileRow};
+use crate::base::progress::Progress;
 use crate::base::text::human;
 use crate::model::flops::{totals, Totals};
+use crate::model::layer_id::LayerId;
+use candle_core::{DType, Tensor};
 use egui::Color32;
 use egui_plot::{Bar, BarChart, Plot};
+use std::time::Duration;
+
+/// Per-layer times of the current model.
+pub struct ProfileView {
+    pub runs: usize,
+    /// Median time per layer (containers included).
+    pub times: Vec<(LayerId, Duration)>,
+    /// Median time of a whole forward with the timing observer on.
+    pub total: Duration,
+    /// Median of the same forward with no observer (what the observer costs shows as the gap).
+    pub plain: Duration,
+    pub input_size: (usize, usize),
+}
 
 #[derive(Default)]
-pub struct ProfilePanel {
+pub struct ProfileTab {
     table: LayerTable,
+    /// The last profile; it stays while a new one runs.
+    profile: Option<ProfileView>,
+    pending: Option<Pending<ProfileView>>,
 }
 
 /// The rows the table shows (with times once profiled).
-pub fn current_rows(shared: &Shared) -> Vec<ProfileRow> {
+fn current_rows(shared: &Shared, profile: Option<&ProfileView>) -> Vec<ProfileRow> {
     let Some(m) = &shared.model else {
         return vec![];
     };
-    match &shared.profile {
+    match profile {
         Some(p) => rows(&m.layers, &p.times, p.total),
-        None => rows(&m.layers, &[], std::time::Duration::ZERO),
+        None => rows(&m.layers, &[], Duration::ZERO),
     }
 }
 
-impl ProfilePanel {
-    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
-        let Some(model) = &shared.model else {
+impl Tab for ProfileTab {
+    fn name(&self) -> &'static str {
+        "Profile"
+    }
+
+    fn poll(&mut self, ctx: &mut TabCtx) {
+        if let Some(p) = ctx.take(&mut self.pending) {
+            self.profile = Some(p);
+        }
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        let Some(model) = &ctx.shared.model else {
             ui.label("No model loaded.");
             return;
         };
         let t = totals(&model.layers);
         let (h, w) = model.input_size;
-        controls(ui, shared);
+        self.controls(ui, ctx);
+        let shared = &*ctx.shared;
+        let profile = self.profile.as_ref();
         let (unit, mult) = unit(shared);
-        ui.label(summary(shared, &t, (h, w), unit, mult));
-        let all = current_rows(shared);
-        charts(ui, shared, &all, &t);
+        ui.label(summary(profile, &t, (h, w), unit, mult));
+        let all = current_rows(shared, profile);
+        charts(ui, shared, profile.is_some(), &all, &t);
         ui.separator();
         let shown = all
             .into_iter()
@@ -45,6 +79,90 @@ impl ProfilePanel {
             .collect();
         self.table.ui(ui, shown, unit, mult);
     }
+
+    fn on_model_changed(&mut self, _model: &ModelView) {
+        self.profile = None;
+    }
+}
+
+impl ProfileTab {
+    /// The last profile taken.
+    pub fn profile(&self) -> Option<&ProfileView> {
+        self.profile.as_ref()
+    }
+
+    /// Times every layer over the settings' number of runs, on the current image.
+    pub fn run(&mut self, ctx: &mut TabCtx) {
+        let runs = ctx.shared.settings.profile_runs;
+        let job = move |w: &mut WorkerCtx, p: &mut dyn Progress| profile(w, runs, p);
+        self.pending = Some(ctx.jobs.submit("Profiling", job));
+    }
+
+    fn controls(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        ui.horizontal_wrapped(|ui| {
+            ui.add(
+                egui::DragValue::new(&mut ctx.shared.settings.profile_runs)
+                    .range(1..=200)
+                    .suffix(" runs"),
+            );
+            let busy = ctx.shared.busy();
+            if ui
+                .add_enabled(!busy, egui::Button::new("Run profile"))
+                .on_hover_text("Time every layer over N forwards (median), on the current image")
+                .clicked()
+            {
+                self.run(ctx);
+            }
+            if let Some(p) = &self.pending {
+                job_progress(ui, p);
+            } else if busy {
+                ui.spinner();
+            }
+            let shared = &mut *ctx.shared;
+            ui.separator();
+            ui.checkbox(&mut shared.settings.flops, "FLOPs = 2 × MACs");
+            ui.checkbox(
+                &mut shared.settings.show_containers,
+                "show stem/stage/block rows",
+            );
+            ui.separator();
+            let profile = self.profile.as_ref();
+            if ui.button("Export CSV…").clicked() {
+                let content = Ok(SaveContent::Text(to_csv(&current_rows(shared, profile))));
+                save_as(shared, "profile.csv", ("CSV", "csv"), content);
+            }
+            if ui.button("Export JSON…").clicked() {
+                let content = Ok(SaveContent::Text(to_json(&current_rows(shared, profile))));
+                save_as(shared, "profile.json", ("JSON", "json"), content);
+            }
+        });
+    }
+}
+
+/// Times `runs` forwards of the current image (or of zeros, with no image), layer by layer.
+fn profile(w: &WorkerCtx, runs: usize, progress: &mut dyn Progress) -> anyhow::Result<ProfileView> {
+    let engine = w.engine()?;
+    let x = match w.image() {
+        Some((_, img)) => {
+            crate::io::preprocess::prepare(img, &engine.preprocess, &engine.device)?.tensor
+        }
+        None => {
+            let (h, w) = engine.preprocess.input_size;
+            Tensor::zeros((1, 3, h, w), DType::F32, &engine.device)?
+        }
+    };
+    let runs = runs.clamp(1, 1000);
+    // One warm-up so that first-touch allocation and kernel compilation stay out.
+    engine.forward(&x)?;
+    let baseline = crate::analysis::profile::PlainBaseline::Interleaved;
+    let measured = crate::analysis::profile::time_layers(engine, &x, runs, baseline, progress)?;
+    Ok(ProfileView {
+        runs,
+        times: measured.times,
+        total: measured.total,
+        plain: measured.plain.unwrap_or_default(),
+        input_size: (x.dim(2)?, x.dim(3)?),
+    })
 }
 
 fn unit(shared: &Shared) -> (&'static str, f64) {
@@ -55,60 +173,19 @@ fn unit(shared: &Shared) -> (&'static str, f64) {
     }
 }
 
-fn controls(ui: &mut egui::Ui, shared: &mut Shared) {
-    ui.horizontal_wrapped(|ui| {
-        ui.add(
-            egui::DragValue::new(&mut shared.settings.profile_runs)
-                .range(1..=200)
-                .suffix(" runs"),
-        );
-        let busy = shared.busy();
-        if ui
-            .add_enabled(!busy, egui::Button::new("Run profile"))
-            .on_hover_text("Time every layer over N forwards (median), on the current image")
-            .clicked()
-        {
-            shared.request(Request::Profile);
-        }
-        let running = shared
-            .status
-            .job
-            .as_ref()
-            .filter(|j| j.kind == JobKind::Profile);
-        if let Some(j) = running {
-            ui.spinner();
-            ui.label(format!("run {}/{}", j.done, j.total));
-            if ui.button("Cancel").clicked() {
-                shared.request(Request::CancelJob);
-            }
-        } else if busy {
-            ui.spinner();
-        }
-        ui.separator();
-        ui.checkbox(&mut shared.settings.flops, "FLOPs = 2 × MACs");
-        ui.checkbox(
-            &mut shared.settings.show_containers,
-            "show stem/stage/block rows",
-        );
-        ui.separator();
-        if ui.button("Export CSV…").clicked() {
-            let content = Ok(SaveContent::Text(to_csv(&current_rows(shared))));
-            save_as(shared, "profile.csv", ("CSV", "csv"), content);
-        }
-        if ui.button("Export JSON…").clicked() {
-            let content = Ok(SaveContent::Text(to_json(&current_rows(shared))));
-            save_as(shared, "profile.json", ("JSON", "json"), content);
-        }
-    });
-}
-
-fn summary(shared: &Shared, t: &Totals, (h, w): (usize, usize), unit: &str, mult: f64) -> String {
+fn summary(
+    profile: Option<&ProfileView>,
+    t: &Totals,
+    (h, w): (usize, usize),
+    unit: &str,
+    mult: f64,
+) -> String {
     let mut line = format!(
         "Input 1×3×{h}×{w} · {} {unit} (fvcore convention: conv + linear + LayerNorm + pooling; GELU, GRN, layer scale and adds not counted) · {} params",
         human(t.total_macs as f64 * mult),
         human(t.total_params as f64),
     );
-    if let Some(p) = &shared.profile {
+    if let Some(p) = profile {
         let ms = p.total.as_secs_f64() * 1e3;
         line += &format!(
             " · median of {} runs: {:.2} ms with per-layer timing, {:.2} ms without ({:.1} G{unit}/s)",
@@ -123,9 +200,8 @@ fn summary(shared: &Shared, t: &Totals, (h, w): (usize, usize), unit: &str, mult
     line
 }
 
-fn charts(ui: &mut egui::Ui, shared: &Shared, all: &[ProfileRow], t: &Totals) {
+fn charts(ui: &mut egui::Ui, shared: &Shared, timed: bool, all: &[ProfileRow], t: &Totals) {
     let (unit, mult) = unit(shared);
-    let timed = shared.profile.is_some();
     let chart_h = 150.0;
     ui.horizontal(|ui| {
         let w = ui.available_width() / 2.0 - 8.0;

@@ -2,11 +2,16 @@
 //! paper's top-1, MACs, parameters, and latency measured here on demand), what each step
 //! changed from the one it was made from, and a click to load any step as the model.
 use super::plots::stage_colour;
-use super::worker::JobKind;
+use super::tab::{Tab, TabCtx};
+use super::widgets::job_progress;
+use super::worker::{Pending, WorkerCtx};
 use super::{Request, Shared};
+use crate::analysis::attribution::ErfSummary;
+use crate::base::progress::Progress;
 use crate::base::text::human;
-use crate::io::engine::ModelSpec;
+use crate::io::engine::{Engine, ModelSpec};
 use crate::model::flops::{layers, totals, Totals};
+use crate::model::layer_id::LayerId;
 use crate::model::roadmap::{diff, parent, PlanDiff, STEPS};
 use crate::model::Plan;
 use egui::{Color32, RichText};
@@ -16,8 +21,21 @@ use egui_plot::{Bar, BarChart, Legend, Line, Plot, PlotPoints};
 /// Counts are made at this size (the paper's).
 const SIZE: (usize, usize) = (224, 224);
 
+/// The roadmap's jobs: random weights of the project's own plans, so no model change resets
+/// their results.
+const JOB: &str = "The roadmap job";
+
+/// `(step name, ERF of the last stage)` for steps 6–10.
+type KernelErfs = Vec<(String, ErfSummary)>;
+
 #[derive(Default)]
-pub struct RoadmapPanel {
+pub struct RoadmapTab {
+    /// Median ms of each step on the chosen device, once measured.
+    times: Option<Vec<f64>>,
+    timing: Option<Pending<Vec<f64>>>,
+    /// The last stage's ERF of steps 6–10, once computed.
+    erfs: Option<KernelErfs>,
+    erfs_pending: Option<Pending<KernelErfs>>,
     /// Each step's plan and counts at 224×224, made on first view.
     steps: Vec<(Plan, Totals)>,
     /// The step whose changes are shown.
@@ -30,7 +48,52 @@ fn step_name(i: usize) -> String {
     format!("roadmap:{}", STEPS[i].name)
 }
 
-impl RoadmapPanel {
+impl Tab for RoadmapTab {
+    fn name(&self) -> &'static str {
+        "Roadmap"
+    }
+
+    fn poll(&mut self, ctx: &mut TabCtx) {
+        if let Some(t) = ctx.take(&mut self.timing) {
+            self.times = Some(t);
+        }
+        if let Some(e) = ctx.take(&mut self.erfs_pending) {
+            ctx.shared.textures.clear();
+            self.erfs = Some(e);
+        }
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        self.show(ui, ctx);
+    }
+}
+
+impl RoadmapTab {
+    /// Median ms of each step, once measured.
+    pub fn times(&self) -> Option<&[f64]> {
+        self.times.as_deref()
+    }
+
+    /// The last stage's ERF of steps 6–10, once computed.
+    pub fn kernel_erfs(&self) -> Option<&KernelErfs> {
+        self.erfs.as_ref()
+    }
+
+    /// Times every step on the chosen device.
+    pub fn time_steps(&mut self, ctx: &mut TabCtx) {
+        let device = ctx.shared.settings.device.clone();
+        let job = move |_: &mut WorkerCtx, p: &mut dyn Progress| {
+            let dev = crate::base::device::parse_device(&device)?;
+            Ok(crate::analysis::profile::time_roadmap(&dev, SIZE, 3, p)?)
+        };
+        self.timing = Some(ctx.jobs.submit(JOB, job));
+    }
+
+    /// Computes the last stage's ERF of steps 6–10.
+    pub fn compute_kernel_erfs(&mut self, ctx: &mut TabCtx) {
+        self.erfs_pending = Some(ctx.jobs.submit(JOB, kernel_erfs_job));
+    }
+
     fn ensure_counts(&mut self) {
         if !self.steps.is_empty() {
             return;
@@ -44,7 +107,7 @@ impl RoadmapPanel {
         }
     }
 
-    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+    fn show(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
         self.ensure_counts();
         if self.steps.len() != STEPS.len() {
             ui.label("The roadmap's plans could not be built.");
@@ -55,23 +118,23 @@ impl RoadmapPanel {
              torchvision's ResNet-50 to ConvNeXt-T. Counts are at 224×224; top-1 is the paper's \
              ImageNet-1k result. Load a step to look inside it (random weights).",
         );
-        controls(ui, shared);
+        self.controls(ui, ctx);
         let h = 170.0;
         ui.horizontal(|ui| {
             let w = ui.available_width() / 2.0 - 8.0;
             ui.vertical(|ui| self.accuracy_chart(ui, (w, h)));
-            ui.vertical(|ui| self.cost_chart(ui, shared, (w, h)));
+            ui.vertical(|ui| self.cost_chart(ui, (w, h)));
         });
         ui.separator();
         let table_h = (ui.available_height() * 0.55).max(200.0);
         ui.push_id("roadmap_table", |ui| {
             ui.set_max_height(table_h);
-            self.table(ui, shared);
+            self.table(ui, ctx.shared);
         });
         ui.separator();
         egui::CollapsingHeader::new("Receptive fields of kernels 3×3 to 11×11 (steps 6–10)")
-            .default_open(shared.roadmap_erf.is_some())
-            .show(ui, |ui| kernel_erfs(ui, shared));
+            .default_open(self.erfs.is_some())
+            .show(ui, |ui| self.kernel_erfs_ui(ui, ctx));
         self.changes(ui);
     }
 
@@ -90,7 +153,7 @@ impl RoadmapPanel {
             .show(ui, |p| p.line(Line::new("top-1", points)));
     }
 
-    fn cost_chart(&self, ui: &mut egui::Ui, shared: &Shared, (w, h): (f32, f32)) {
+    fn cost_chart(&self, ui: &mut egui::Ui, (w, h): (f32, f32)) {
         ui.label(
             "GMACs (conv + linear, ours and the paper's), params (M) and latency here (×10 ms)",
         );
@@ -103,7 +166,7 @@ impl RoadmapPanel {
             ours.push(Bar::new(x - 0.3, t.conv_linear_macs as f64 / 1e9).width(0.2));
             paper.push(Bar::new(x - 0.1, STEPS[i].paper_gflops).width(0.2));
             params.push(Bar::new(x + 0.1, t.total_params as f64 / 1e7).width(0.2));
-            if let Some(ms) = shared.roadmap_times.as_ref().and_then(|v| v.get(i)) {
+            if let Some(ms) = self.times.as_ref().and_then(|v| v.get(i)) {
                 latency.push(Bar::new(x + 0.3, ms / 10.0).width(0.2));
             }
         }
@@ -123,7 +186,7 @@ impl RoadmapPanel {
 
     fn table(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
         let current = shared.model.as_ref().map(|m| m.plan.name.clone());
-        let times = shared.roadmap_times.clone();
+        let times = self.times.clone();
         let mut load = None;
         TableBuilder::new(ui)
             .striped(true)
@@ -246,81 +309,81 @@ fn signed(v: i64) -> String {
     format!("{sign}{}", human(v.unsigned_abs() as f64))
 }
 
-fn controls(ui: &mut egui::Ui, shared: &mut Shared) {
-    ui.horizontal(|ui| {
-        let running = shared
-            .status
-            .job
-            .clone()
-            .filter(|j| j.kind == JobKind::Roadmap);
-        let busy = shared.busy();
-        if ui
-            .add_enabled(!busy, egui::Button::new("Measure latency here"))
-            .on_hover_text(
-                "Time every step's forward (batch 1, 224×224, median of 3) on the chosen device",
-            )
-            .clicked()
-        {
-            shared.request(Request::TimeRoadmap);
-        }
-        if let Some(j) = running {
-            ui.spinner();
-            ui.label(format!(
-                "step {}/{}: {}",
-                (j.done + 1).min(j.total),
-                j.total,
-                j.what
-            ));
-            if ui.button("Cancel").clicked() {
-                shared.request(Request::CancelJob);
+impl RoadmapTab {
+    fn controls(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        ui.horizontal(|ui| {
+            let busy = ctx.shared.busy();
+            if ui
+                .add_enabled(!busy, egui::Button::new("Measure latency here"))
+                .on_hover_text(
+                    "Time every step's forward (batch 1, 224×224, median of 3) on the chosen device",
+                )
+                .clicked()
+            {
+                self.time_steps(ctx);
             }
-        } else if let Some(t) = &shared.roadmap_times {
-            let dev = shared.settings.device.clone();
-            ui.label(format!(
-                "measured on {dev}: ResNet-50 {:.0} ms, ConvNeXt-T {:.0} ms",
-                t[0], t[15]
-            ));
-        }
-    });
+            if let Some(p) = &self.timing {
+                job_progress(ui, p);
+            } else if let Some(t) = &self.times {
+                let dev = &ctx.shared.settings.device;
+                ui.label(format!(
+                    "measured on {dev}: ResNet-50 {:.0} ms, ConvNeXt-T {:.0} ms",
+                    t[0], t[15]
+                ));
+            }
+        });
+    }
+
+    /// The last stage's ERF of steps 6–10 (random weights, the current image or a sample,
+    /// 224×224): the paper's large-kernel question, seen.
+    fn kernel_erfs_ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        ui.horizontal(|ui| {
+            if ui
+                .add_enabled(!ctx.shared.busy(), egui::Button::new("Compute"))
+                .on_hover_text("Random weights, 224×224, the current image (or a sample)")
+                .clicked()
+            {
+                self.compute_kernel_erfs(ctx);
+            }
+            if let Some(p) = &self.erfs_pending {
+                job_progress(ui, p);
+            }
+        });
+        let Some(maps) = &self.erfs else {
+            return;
+        };
+        let rows: Vec<(String, &ErfSummary)> = maps
+            .iter()
+            .zip([3, 5, 7, 9, 11])
+            .map(|((name, s), k)| (format!("{k}×{k} ({name})"), s))
+            .collect();
+        super::erf::erf_row(ui, ctx.shared, "roadmap_erf", &rows);
+        super::erf::ratio_table(ui, "roadmap_erf_ratios", &rows);
+    }
 }
 
-/// The last stage's ERF of steps 6–10 (random weights, the current image or a sample, 224×224):
-/// the paper's large-kernel question, seen.
-fn kernel_erfs(ui: &mut egui::Ui, shared: &mut Shared) {
-    ui.horizontal(|ui| {
-        if ui
-            .add_enabled(!shared.busy(), egui::Button::new("Compute"))
-            .on_hover_text("Random weights, 224×224, the current image (or a sample)")
-            .clicked()
-        {
-            shared.request(Request::RoadmapErf);
-        }
-        if let Some(j) = shared
-            .status
-            .job
-            .clone()
-            .filter(|j| j.kind == JobKind::Roadmap)
-        {
-            ui.spinner();
-            ui.label(format!(
-                "{}/{}: {}",
-                (j.done + 1).min(j.total),
-                j.total,
-                j.what
-            ));
-            if ui.button("Cancel").clicked() {
-                shared.request(Request::CancelJob);
-            }
-        }
-    });
-    let Some(maps) = shared.roadmap_erf.clone() else {
-        return;
+/// Steps 6–10 of the roadmap differ only in their depthwise kernel (3, 5, 7, 9, 11): the last
+/// stage's ERF of each, random weights, on the current image or a sample.
+fn kernel_erfs_job(w: &mut WorkerCtx, progress: &mut dyn Progress) -> anyhow::Result<KernelErfs> {
+    use crate::io::preprocess;
+    let img = match w.image() {
+        Some((_, img)) => img.clone(),
+        None => preprocess::load_image(
+            &crate::io::engine::project_dir("assets/samples").join("chelsea.png"),
+        )?,
     };
-    let rows: Vec<(String, &crate::analysis::attribution::ErfSummary)> = maps
-        .iter()
-        .zip([3, 5, 7, 9, 11])
-        .map(|((name, s), k)| (format!("{k}×{k} ({name})"), s))
-        .collect();
-    super::erf::erf_row(ui, shared, "roadmap_erf", &rows);
-    super::erf::ratio_table(ui, "roadmap_erf_ratios", &rows);
+    let mut out = Vec::new();
+    for (i, step) in STEPS[6..=10].iter().enumerate() {
+        progress.check("the roadmap's receptive fields")?;
+        progress.update(i, 5, step.name);
+        let name = format!("roadmap:{}", step.name);
+        let cpu = candle_core::Device::Cpu;
+        let engine = Engine::random(&name, 1000, 0, &cpu, candle_core::DType::F32)?;
+        let x = preprocess::prepare(&img, &engine.preprocess, &engine.device)?.tensor;
+        let last = LayerId::Stage(engine.plan.stages.len() - 1);
+        let mut acc = crate::analysis::attribution::ErfAccumulator::new(vec![last]);
+        acc.add(&engine, &x)?;
+        out.push((step.name.to_string(), acc.finish()?.remove(0)));
+    }
+    Ok(out)
 }

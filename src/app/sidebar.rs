@@ -1,5 +1,5 @@
 //! Left panel: the model (checkpoints, variants, device), the image, and the predictions.
-use super::{sample_images, textures, ImageSource, Request, Shared, Tab};
+use super::{sample_images, textures, ImageSource, Request, Shared};
 use crate::base::text::{file_label, human};
 use crate::io::engine::ModelSpec;
 use crate::model::config::{variant_names, Version};
@@ -356,8 +356,8 @@ fn predictions(ui: &mut egui::Ui, shared: &mut Shared) {
     if let Some(c) = clicked {
         shared.selection.class = Some(c);
         shared.selection.channel = None;
-        if !matches!(shared.settings.tab, Tab::Attribution) {
-            shared.settings.tab = Tab::Features;
+        if shared.settings.tab != super::attribution::NAME {
+            shared.settings.tab = super::features::NAME.into();
         }
     }
 }

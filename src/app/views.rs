@@ -1,5 +1,5 @@
-//! What the worker hands the panels: plain data made from the engine's results, so that no
-//! panel touches candle.
+//! What the worker hands the tabs: plain data made from the engine's results, so that no tab
+//! touches candle.
 use crate::analysis::stats::FeatureMap;
 use crate::analysis::trace::{CaptureLevel, CaptureObserver};
 use crate::base::device::{device_name, dtype_name};
@@ -36,7 +36,7 @@ impl ImageSource {
         }
     }
 
-    pub(super) fn decode(&self) -> crate::Result<DynamicImage> {
+    pub fn decode(&self) -> crate::Result<DynamicImage> {
         match self {
             ImageSource::Path(p) => preprocess::load_image(p),
             ImageSource::Bytes { name, bytes } => preprocess::decode_image(bytes, name),
@@ -45,7 +45,7 @@ impl ImageSource {
     }
 }
 
-/// The model as the panels see it.
+/// The model as the tabs see it.
 pub struct ModelView {
     pub spec: ModelSpec,
     pub card: crate::io::card::ModelCard,
@@ -83,38 +83,14 @@ pub struct RunView {
     pub elapsed: Duration,
 }
 
-/// A method's map at a layer for the current image, with the exact evidence map beside it.
-pub struct AttributionView {
-    pub method: crate::analysis::attribution::Method,
-    pub layer: LayerId,
-    pub class: usize,
-    pub label: String,
-    /// The method's map (one channel).
-    pub map: Arc<FeatureMap>,
-    /// The class-evidence map of the last stage, for comparison.
-    pub evidence: Arc<FeatureMap>,
-    pub elapsed: Duration,
-}
-
-/// Effective receptive fields of every stage.
-pub struct ErfView {
-    pub stages: Vec<crate::analysis::attribution::ErfSummary>,
-    pub images: usize,
-    /// Images of a folder that could not be read, with why.
-    pub skipped: Vec<String>,
-    /// What was measured: `the current image`, a folder, and whether the weights were random.
-    pub source: String,
-}
-
-pub struct ProfileView {
-    pub runs: usize,
-    /// Median time per layer (containers included).
-    pub times: Vec<(LayerId, Duration)>,
-    /// Median time of a whole forward with the timing observer on.
-    pub total: Duration,
-    /// Median of the same forward with no observer (what the observer costs shows as the gap).
-    pub plain: Duration,
-    pub input_size: (usize, usize),
+/// What tabs other than Folder know of its folder run: where it ran, and the layers whose
+/// channels have top images.
+#[derive(Clone, Debug)]
+pub struct FolderRunInfo {
+    pub root: PathBuf,
+    pub top_layers: Vec<LayerId>,
+    /// Counts the folder runs, so that results made from an older run can tell.
+    pub serial: u64,
 }
 
 pub fn model_view(engine: &Engine, spec: ModelSpec) -> anyhow::Result<ModelView> {

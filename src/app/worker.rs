@@ -1,25 +1,24 @@
-//! The one background thread: the app sends jobs (loads, runs, profiles, weights scans,
-//! downloads, file saves), the worker owns the engine and sends back plain data for the panels
-//! to draw, with progress for long jobs and a cancel flag they check. The UI thread never waits
-//! on it.
-use super::folder_jobs::{FolderImage, FolderView, TopPatches};
-use super::views::{
-    model_view, run_image, AttributionView, ErfView, ImageSource, ModelView, ProfileView, RunView,
-};
-use crate::analysis::stats::FeatureMap;
+//! The one background thread, which only transports: the app and the tabs send it jobs, it
+//! runs them one at a time on the engine it owns and sends back what they made, with progress
+//! and cancellation. It knows the app-level jobs (load a model, run the image, list and
+//! download weights, save a file) and nothing of any tab: a tab's job is a closure
+//! ([`TabJob`]) defined beside the tab, whose result comes back to the tab's [`Pending`]
+//! handle. The UI thread never waits on it.
+pub use super::views::ImageSource;
+use super::views::{model_view, run_image, ModelView, RunView};
 use crate::base::device::{parse_device, parse_dtype};
 use crate::base::progress::Progress;
 use crate::io::engine::{Engine, ModelSpec};
 use crate::io::preprocess;
-use crate::model::layer_id::LayerId;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use image::{DynamicImage, RgbaImage};
-use std::collections::VecDeque;
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
 
 /// What a save job writes.
 pub enum SaveContent {
@@ -27,6 +26,7 @@ pub enum SaveContent {
     Text(String),
 }
 
+/// The app-level jobs, and the tabs' jobs as opaque closures.
 pub enum Job {
     Load {
         spec: ModelSpec,
@@ -34,10 +34,6 @@ pub enum Job {
         dtype: String,
     },
     Classify(ImageSource),
-    /// Time `runs` forwards of the current input, layer by layer.
-    Profile {
-        runs: usize,
-    },
     /// Say what each checkpoint in these folders is.
     ScanWeights(Vec<PathBuf>),
     /// Fetch a Hugging Face repo into `weights/`.
@@ -47,57 +43,8 @@ pub enum Job {
         path: PathBuf,
         content: SaveContent,
     },
-    /// Time every roadmap step (random weights, batch 1) on a device.
-    TimeRoadmap {
-        device: String,
-        iters: usize,
-    },
-    /// A method's map at a layer for the current image.
-    Attribute {
-        method: crate::analysis::attribution::Method,
-        layer: LayerId,
-        class: Option<usize>,
-    },
-    /// Every stage's ERF over the current image or a folder, for these weights or random ones.
-    Erf {
-        folder: Option<PathBuf>,
-        limit: usize,
-        random: bool,
-    },
-    /// The last stage's ERF of roadmap steps 6–10 (kernel 3 to 11), random weights, 224×224.
-    RoadmapErf,
-    /// The model over a folder of images.
-    Folder {
-        dir: PathBuf,
-        limit: Option<usize>,
-    },
-    /// These images of the last folder run, with their evidence maps.
-    FolderImages(Vec<usize>),
-    /// The patches of a channel's top images in the last folder run.
-    TopPatches {
-        layer: LayerId,
-        channel: usize,
-    },
-    /// Another model's feature collapse over the last folder run's images.
-    OtherCollapse {
-        spec: ModelSpec,
-        device: String,
-        dtype: String,
-    },
-    /// The right-hand side of the Compare tab: another model on the current image, or the
-    /// current model on another image.
-    Compare {
-        other: CompareWith,
-        device: String,
-        dtype: String,
-    },
-}
-
-/// What the Compare tab sets beside the current model and image.
-#[derive(Clone)]
-pub enum CompareWith {
-    Model(ModelSpec),
-    Image(ImageSource),
+    /// A tab's job.
+    Tab(TabJob),
 }
 
 impl Job {
@@ -105,19 +52,11 @@ impl Job {
         match self {
             Job::Load { .. } => JobKind::Load,
             Job::Classify(_) => JobKind::Classify,
-            Job::Profile { .. } => JobKind::Profile,
             Job::ScanWeights(_) => JobKind::ScanWeights,
             #[cfg(feature = "hub")]
             Job::Download(_) => JobKind::Download,
             Job::Save { .. } => JobKind::Save,
-            Job::TimeRoadmap { .. } | Job::RoadmapErf => JobKind::Roadmap,
-            Job::Attribute { .. } => JobKind::Attribute,
-            Job::Erf { .. } => JobKind::Erf,
-            Job::Folder { .. }
-            | Job::FolderImages(_)
-            | Job::TopPatches { .. }
-            | Job::OtherCollapse { .. } => JobKind::Folder,
-            Job::Compare { .. } => JobKind::Compare,
+            Job::Tab(t) => JobKind::Tab(t.name),
         }
     }
 }
@@ -126,15 +65,11 @@ impl Job {
 pub enum JobKind {
     Load,
     Classify,
-    Profile,
     ScanWeights,
     Download,
     Save,
-    Roadmap,
-    Attribute,
-    Erf,
-    Folder,
-    Compare,
+    /// A tab's job, by the name it was given ("Profiling", "The roadmap job").
+    Tab(&'static str),
 }
 
 /// A checkpoint found in `weights/`, with what the loader made of it.
@@ -144,10 +79,11 @@ pub struct WeightsEntry {
     pub summary: Result<String, String>,
 }
 
+/// What the worker sends the app. A tab job's result goes to its [`Pending`] instead; the app
+/// hears of it only to show its progress, its cancellation or its error.
 pub enum Reply {
     Loaded(Box<ModelView>),
     Ran(Box<RunView>),
-    Profiled(ProfileView),
     Weights(Vec<WeightsEntry>),
     /// The folder a download landed in, and what the user should know about it.
     Downloaded {
@@ -155,19 +91,6 @@ pub enum Reply {
         notes: Vec<String>,
     },
     Saved(PathBuf),
-    /// Median ms of each roadmap step, in order.
-    RoadmapTimes(Vec<f64>),
-    Attributed(Box<AttributionView>),
-    Erf(Box<ErfView>),
-    /// `(step name, ERF)` for roadmap steps 6–10.
-    RoadmapErf(Vec<(String, crate::analysis::attribution::ErfSummary)>),
-    Folder(Box<FolderView>),
-    FolderImages(Vec<FolderImage>),
-    TopPatches(Box<TopPatches>),
-    /// `(model, curve)`: another model's collapse over the same folder.
-    OtherCollapse(String, Vec<crate::analysis::collapse::LayerCollapse>),
-    /// The other side of the comparison: its model and its run.
-    Compared(Box<(ModelView, RunView)>),
     /// How far the running job is.
     Progress {
         kind: JobKind,
@@ -182,11 +105,85 @@ pub enum Reply {
     },
 }
 
+/// What a tab job's closure gets: the worker's state, with the engine and the current image.
+pub type JobFn = Box<
+    dyn FnOnce(&mut WorkerCtx, &mut dyn Progress) -> anyhow::Result<Box<dyn Any + Send>> + Send,
+>;
+
+/// A tab's job: a name for the status bar and the error list, the work, and where its result
+/// goes.
+pub struct TabJob {
+    name: &'static str,
+    run: JobFn,
+    slot: Arc<Slot>,
+}
+
+/// Where a tab job's progress and result meet its [`Pending`] handle.
+#[derive(Default)]
+struct Slot {
+    cancel: AtomicBool,
+    progress: Mutex<Option<(usize, usize, String)>>,
+    /// `Some` once the job has ended: the model it ran on ([`WorkerCtx::generation`]) and its
+    /// result if it made one.
+    done: Mutex<Option<(u64, Option<JobOutput>)>>,
+}
+
+/// What a tab job returns, opened by its [`Pending`] as the type the tab expects.
+type JobOutput = Box<dyn Any + Send>;
+
+/// A tab's handle on a job it sent: poll it each frame for the result, show its progress
+/// ([`super::widgets::job_progress`]), cancel it. Dropping it discards the result to come.
+pub struct Pending<T> {
+    slot: Arc<Slot>,
+    _result: PhantomData<fn() -> T>,
+}
+
+impl<T: 'static> Pending<T> {
+    /// The job's result once it has ended, taken once, if it ran on the model loaded
+    /// `generation` times (a result of the model before is dropped: the job was queued before
+    /// a load). The handle is cleared when the job has ended either way (failures and
+    /// cancellations are reported by the app). Tabs call it through [`super::TabCtx::take`].
+    pub fn take(pending: &mut Option<Self>, generation: u64) -> Option<T> {
+        let (ran_on, result) = pending.as_ref()?.slot.done.lock().ok()?.take()?;
+        *pending = None;
+        let result = result.filter(|_| ran_on == generation)?;
+        result.downcast::<T>().ok().map(|b| *b)
+    }
+
+    /// `(done, total, what)` as the job last reported it.
+    pub fn progress(&self) -> Option<(usize, usize, String)> {
+        self.slot.progress.lock().ok()?.clone()
+    }
+
+    /// Asks the job to stop at its next step (or not to start).
+    pub fn cancel(&self) {
+        self.slot.cancel.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Makes a tab job and its handle.
+fn tab_job<T: Send + 'static>(
+    name: &'static str,
+    f: impl FnOnce(&mut WorkerCtx, &mut dyn Progress) -> anyhow::Result<T> + Send + 'static,
+) -> (TabJob, Pending<T>) {
+    let slot = Arc::new(Slot::default());
+    let run: JobFn = Box::new(move |ctx, p| f(ctx, p).map(|t| Box::new(t) as Box<dyn Any + Send>));
+    let job = TabJob {
+        name,
+        run,
+        slot: slot.clone(),
+    };
+    let pending = Pending {
+        slot,
+        _result: PhantomData,
+    };
+    (job, pending)
+}
+
 /// The app's end of the worker.
 pub struct Worker {
-    jobs: Sender<Job>,
+    sender: JobSender,
     replies: Receiver<Reply>,
-    queued: Arc<AtomicUsize>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -216,26 +213,19 @@ impl Worker {
             .name("inference".into())
             .spawn(move || serve(rx, link))?;
         Ok(Self {
-            jobs,
+            sender: JobSender { jobs, queued },
             replies,
-            queued,
             cancel,
         })
     }
 
     pub fn send(&self, job: Job) {
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        if self.jobs.send(job).is_err() {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.sender.send(job);
     }
 
-    /// A sender for code that runs off the UI thread (the screenshot callback).
-    pub fn sender(&self) -> JobSender {
-        JobSender {
-            jobs: self.jobs.clone(),
-            queued: self.queued.clone(),
-        }
+    /// A sender for the tabs and for code that runs off the UI thread (the screenshot callback).
+    pub fn sender(&self) -> &JobSender {
+        &self.sender
     }
 
     /// Asks the running job to stop at its next step (jobs queued behind it still run).
@@ -250,7 +240,7 @@ impl Worker {
 
     /// Jobs sent and not finished.
     pub fn pending(&self) -> usize {
-        self.queued.load(Ordering::SeqCst)
+        self.sender.queued.load(Ordering::SeqCst)
     }
 }
 
@@ -268,11 +258,24 @@ impl JobSender {
             self.queued.fetch_sub(1, Ordering::SeqCst);
         }
     }
+
+    /// Sends a tab's job: `f` runs on the worker with its state; `name` says what it is in the
+    /// status bar and in errors ("Profiling", "The roadmap job"). Poll the handle for `f`'s
+    /// result.
+    pub fn submit<T: Send + 'static>(
+        &self,
+        name: &'static str,
+        f: impl FnOnce(&mut WorkerCtx, &mut dyn Progress) -> anyhow::Result<T> + Send + 'static,
+    ) -> Pending<T> {
+        let (job, pending) = tab_job(name, f);
+        self.send(Job::Tab(job));
+        pending
+    }
 }
 
 /// The thread's loop: one job at a time, in order, until the app drops its end.
 fn serve(rx: Receiver<Job>, link: Link) {
-    let mut state = WorkerState::default();
+    let mut state = WorkerCtx::default();
     let mut queue = VecDeque::new();
     loop {
         if queue.is_empty() {
@@ -314,14 +317,19 @@ fn serve(rx: Receiver<Job>, link: Link) {
     }
 }
 
-/// A running job's progress, sent to the app as it happens, and the app's cancel button.
+/// A running job's progress, sent to the app (and to the tab's handle) as it happens, and the
+/// cancel buttons (the app's, and the tab's).
 struct JobProgress<'a> {
     kind: JobKind,
     link: &'a Link,
+    slot: Option<&'a Slot>,
 }
 
 impl Progress for JobProgress<'_> {
     fn update(&mut self, done: usize, total: usize, what: &str) {
+        if let Some(Ok(mut p)) = self.slot.map(|s| s.progress.lock()) {
+            *p = Some((done, total, what.to_string()));
+        }
         let _ = self.link.replies.send(Reply::Progress {
             kind: self.kind,
             done,
@@ -333,27 +341,75 @@ impl Progress for JobProgress<'_> {
 
     fn cancelled(&self) -> bool {
         self.link.cancel.load(Ordering::SeqCst)
+            || self.slot.is_some_and(|s| s.cancel.load(Ordering::SeqCst))
     }
 }
 
+/// The worker's state, which every job may use: the engine, the current image, and what jobs
+/// keep between them (a tab's folder run, another model). Kept values belong to the model that
+/// made them: loading a model drops them.
 #[derive(Default)]
-struct WorkerState {
+pub struct WorkerCtx {
     engine: Option<Engine>,
-    /// The last image, for re-runs (a new model) and profiling.
+    /// The last image, for re-runs (a new model) and for the tabs' jobs.
     image: Option<(ImageSource, DynamicImage)>,
-    /// The last folder run of this model, and its image limit.
-    folder: Option<crate::analysis::folder_run::FolderRun>,
-    folder_limit: Option<usize>,
     /// What the current engine was built from.
-    current_spec: Option<ModelSpec>,
-    /// The other model of the Compare tab, kept while it is compared with.
-    other: Option<(ModelSpec, String, String, Engine)>,
+    spec: Option<ModelSpec>,
+    /// How many models have loaded: which model a tab job's result was made with.
+    generation: u64,
+    kept: HashMap<TypeId, Box<dyn Any + Send>>,
 }
 
-impl WorkerState {
+impl WorkerCtx {
+    pub fn engine(&self) -> anyhow::Result<&Engine> {
+        self.engine
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no model loaded"))
+    }
+
+    /// What the current engine was built from.
+    pub fn spec(&self) -> anyhow::Result<ModelSpec> {
+        self.spec
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no model loaded"))
+    }
+
+    /// The current image as it reached the app, and decoded.
+    pub fn image(&self) -> Option<&(ImageSource, DynamicImage)> {
+        self.image.as_ref()
+    }
+
+    /// The current image's network input.
+    pub fn current_input(&self) -> anyhow::Result<(&Engine, Tensor)> {
+        let engine = self.engine()?;
+        let (src, img) = self
+            .image
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("open an image first"))?;
+        let x = preprocess::prepare(img, &engine.preprocess, &engine.device)
+            .map_err(|e| e.about_image(&src.name()))?
+            .tensor;
+        Ok((engine, x))
+    }
+
+    /// Keeps a value for later jobs (one per type), until the next model loads.
+    pub fn keep<T: Any + Send>(&mut self, value: T) {
+        self.kept.insert(TypeId::of::<T>(), Box::new(value));
+    }
+
+    /// A value an earlier job kept.
+    pub fn kept<T: Any + Send>(&self) -> Option<&T> {
+        self.kept.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+
+    /// Takes a kept value out (to replace it, or to free it before a long job).
+    pub fn take_kept<T: Any + Send>(&mut self) -> Option<T> {
+        let b = self.kept.remove(&TypeId::of::<T>())?;
+        b.downcast().ok().map(|b| *b)
+    }
+
     fn handle(&mut self, job: Job, link: &Link) -> Vec<Reply> {
         let kind = job.kind();
-        let mut progress = JobProgress { kind, link };
         let result = match job {
             Job::Load {
                 spec,
@@ -361,36 +417,18 @@ impl WorkerState {
                 dtype,
             } => self.load(spec, &device, &dtype),
             Job::Classify(src) => self.classify(src),
-            Job::Profile { runs } => self.profile(runs, &mut progress).map(|r| vec![r]),
             Job::ScanWeights(dir) => Ok(vec![Reply::Weights(scan_weights(&dir))]),
             #[cfg(feature = "hub")]
-            Job::Download(repo) => download(&repo, &mut progress).map(|r| vec![r]),
+            Job::Download(repo) => {
+                let mut progress = JobProgress {
+                    kind,
+                    link,
+                    slot: None,
+                };
+                download(&repo, &mut progress).map(|r| vec![r])
+            }
             Job::Save { path, content } => save(path, content).map(|r| vec![r]),
-            Job::TimeRoadmap { device, iters } => time_roadmap(&device, iters, &mut progress),
-            Job::Attribute {
-                method,
-                layer,
-                class,
-            } => self.attribute(method, layer, class, &mut progress),
-            Job::Erf {
-                folder,
-                limit,
-                random,
-            } => self.erf(folder, limit, random, &mut progress),
-            Job::RoadmapErf => self.roadmap_erf(&mut progress),
-            Job::Folder { dir, limit } => self.folder(dir, limit, &mut progress),
-            Job::FolderImages(indices) => self.folder_images(&indices),
-            Job::TopPatches { layer, channel } => self.top_patches(layer, channel),
-            Job::OtherCollapse {
-                spec,
-                device,
-                dtype,
-            } => self.other_collapse(spec, &device, &dtype, &mut progress),
-            Job::Compare {
-                other,
-                device,
-                dtype,
-            } => self.compare(other, device, dtype),
+            Job::Tab(job) => self.tab_job(job, kind, link),
         };
         result.unwrap_or_else(|e| match e.downcast_ref::<crate::Error>() {
             Some(crate::Error::Cancelled(_)) => vec![Reply::Cancelled(kind)],
@@ -401,13 +439,39 @@ impl WorkerState {
         })
     }
 
+    /// Runs a tab's job and hands its result to the tab's handle, whatever becomes of it.
+    fn tab_job(&mut self, job: TabJob, kind: JobKind, link: &Link) -> anyhow::Result<Vec<Reply>> {
+        let TabJob { run, slot, .. } = job;
+        // The handle's end: set on every way out, so a tab never waits on a job that ended.
+        struct Ended(Arc<Slot>, u64, Option<Box<dyn Any + Send>>);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                if let Ok(mut d) = self.0.done.lock() {
+                    *d = Some((self.1, self.2.take()));
+                }
+            }
+        }
+        let mut ended = Ended(slot.clone(), self.generation, None);
+        if slot.cancel.load(Ordering::SeqCst) {
+            return Err(crate::Error::Cancelled("not started".into()).into());
+        }
+        let mut progress = JobProgress {
+            kind,
+            link,
+            slot: Some(&slot),
+        };
+        ended.2 = Some(run(self, &mut progress)?);
+        Ok(vec![])
+    }
+
     /// Loads a model and, if an image is open, runs it through the new model too.
     fn load(&mut self, spec: ModelSpec, device: &str, dtype: &str) -> anyhow::Result<Vec<Reply>> {
         let engine = Engine::build(&spec, &parse_device(device)?, parse_dtype(dtype)?)?;
         let view = model_view(&engine, spec.clone())?;
-        self.current_spec = Some(spec);
-        // Only a model that loaded replaces the one in use; a folder run was another model's.
-        self.folder = None;
+        self.spec = Some(spec);
+        // Only a model that loaded replaces the one in use; what jobs kept was another model's.
+        self.kept.clear();
+        self.generation += 1;
         let engine = self.engine.insert(engine);
         let mut replies = vec![Reply::Loaded(Box::new(view))];
         if let Some((src, img)) = &self.image {
@@ -422,97 +486,6 @@ impl WorkerState {
         Ok(replies)
     }
 
-    fn folder(
-        &mut self,
-        dir: PathBuf,
-        limit: Option<usize>,
-        progress: &mut dyn Progress,
-    ) -> anyhow::Result<Vec<Reply>> {
-        let engine = self
-            .engine
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no model loaded"))?;
-        let model = engine.source.to_string();
-        self.folder = None;
-        let view =
-            super::folder_jobs::folder(engine, model, dir, limit, &mut self.folder, progress)?;
-        self.folder_limit = limit;
-        Ok(vec![Reply::Folder(Box::new(view))])
-    }
-
-    fn kept_folder(&self) -> anyhow::Result<&crate::analysis::folder_run::FolderRun> {
-        self.folder
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("run a folder first"))
-    }
-
-    fn folder_images(&self, indices: &[usize]) -> anyhow::Result<Vec<Reply>> {
-        let imgs = super::folder_jobs::images(self.engine()?, self.kept_folder()?, indices)?;
-        Ok(vec![Reply::FolderImages(imgs)])
-    }
-
-    fn top_patches(&self, layer: LayerId, channel: usize) -> anyhow::Result<Vec<Reply>> {
-        let p = super::folder_jobs::patches(self.engine()?, self.kept_folder()?, layer, channel)?;
-        Ok(vec![Reply::TopPatches(Box::new(p))])
-    }
-
-    fn other_collapse(
-        &self,
-        spec: ModelSpec,
-        device: &str,
-        dtype: &str,
-        progress: &mut dyn Progress,
-    ) -> anyhow::Result<Vec<Reply>> {
-        let root = self.kept_folder()?.root.clone();
-        let other = Engine::build(&spec, &parse_device(device)?, parse_dtype(dtype)?)?;
-        let curve = super::folder_jobs::other_collapse(&other, &root, self.folder_limit, progress)?;
-        Ok(vec![Reply::OtherCollapse(spec.label(), curve)])
-    }
-
-    /// Runs the other side: another model (loaded once, then kept) on the current image, or
-    /// this model on another image.
-    fn compare(
-        &mut self,
-        other: CompareWith,
-        device: String,
-        dtype: String,
-    ) -> anyhow::Result<Vec<Reply>> {
-        let (engine, spec, src, img) = match other {
-            CompareWith::Model(spec) => {
-                let fresh = !matches!(&self.other, Some((s, d, t, _)) if *s == spec && *d == device && *t == dtype);
-                if fresh {
-                    let e = Engine::build(&spec, &parse_device(&device)?, parse_dtype(&dtype)?)?;
-                    self.other = Some((spec.clone(), device, dtype, e));
-                }
-                let (src, img) = self
-                    .image
-                    .clone()
-                    .ok_or_else(|| anyhow::anyhow!("open an image first"))?;
-                let engine = &self.other.as_ref().expect("just set").3;
-                (engine, spec, src, img)
-            }
-            CompareWith::Image(src) => {
-                self.other = None;
-                let img = src.decode()?;
-                let engine = self.engine()?;
-                let spec = self
-                    .current_spec
-                    .clone()
-                    .ok_or_else(|| anyhow::anyhow!("no model loaded"))?;
-                (engine, spec, src, img)
-            }
-        };
-        let view = model_view(engine, spec)?;
-        let run = run_image(engine, &src, &img)?;
-        Ok(vec![Reply::Compared(Box::new((view, run)))])
-    }
-
-    fn engine(&self) -> anyhow::Result<&Engine> {
-        self.engine
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no model loaded"))
-    }
-
     /// Runs an image through the model; with no model yet, keeps it for the model to come.
     fn classify(&mut self, src: ImageSource) -> anyhow::Result<Vec<Reply>> {
         let img = src.decode()?;
@@ -523,156 +496,6 @@ impl WorkerState {
         let view = run_image(engine, &src, &img)?;
         self.image = Some((src, img));
         Ok(vec![Reply::Ran(Box::new(view))])
-    }
-
-    /// The current image's network input.
-    fn current_input(&self) -> anyhow::Result<(&Engine, Tensor)> {
-        let engine = self.engine()?;
-        let (src, img) = self
-            .image
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("open an image first"))?;
-        let x = preprocess::prepare(img, &engine.preprocess, &engine.device)
-            .map_err(|e| e.about_image(&src.name()))?
-            .tensor;
-        Ok((engine, x))
-    }
-
-    fn attribute(
-        &self,
-        method: crate::analysis::attribution::Method,
-        layer: LayerId,
-        class: Option<usize>,
-        progress: &mut dyn Progress,
-    ) -> anyhow::Result<Vec<Reply>> {
-        let (engine, x) = self.current_input()?;
-        let t0 = Instant::now();
-        let a =
-            crate::analysis::attribution::attribute(engine, &x, method, layer, class, progress)?;
-        let elapsed = t0.elapsed();
-        let k = a.classes[0];
-        let ev = crate::analysis::attribution::evidence(engine, &x, Some(k))?;
-        let one = |m: &Tensor| -> anyhow::Result<std::sync::Arc<FeatureMap>> {
-            Ok(std::sync::Arc::new(FeatureMap::from_nhwc(
-                &m.unsqueeze(3)?,
-                0,
-            )?))
-        };
-        Ok(vec![Reply::Attributed(Box::new(AttributionView {
-            method,
-            layer,
-            class: k,
-            label: engine
-                .labels
-                .get(k)
-                .cloned()
-                .unwrap_or_else(|| format!("class {k}")),
-            map: one(&a.map)?,
-            evidence: one(&ev.map)?,
-            elapsed,
-        }))])
-    }
-
-    fn erf(
-        &self,
-        folder: Option<PathBuf>,
-        limit: usize,
-        random: bool,
-        progress: &mut dyn Progress,
-    ) -> anyhow::Result<Vec<Reply>> {
-        let loaded = self.engine()?;
-        let randomised;
-        let engine = if random {
-            randomised = loaded.random_like(0)?;
-            &randomised
-        } else {
-            loaded
-        };
-        let stages = (0..engine.plan.stages.len()).map(LayerId::Stage).collect();
-        let mut acc = crate::analysis::attribution::ErfAccumulator::new(stages);
-        let mut skipped = Vec::new();
-        let source = match &folder {
-            None => {
-                let (_, x) = self.current_input()?;
-                acc.add(engine, &x)?;
-                "the current image".to_string()
-            }
-            Some(dir) => {
-                let files = crate::io::listing::list_images(dir, Some(limit))?;
-                for (i, f) in files.iter().enumerate() {
-                    progress.check("the receptive fields")?;
-                    progress.update(i, files.len(), &crate::base::text::file_label(f));
-                    let x = preprocess::load_image(f).and_then(|img| {
-                        preprocess::prepare(&img, &engine.preprocess, &engine.device)
-                            .map_err(|e| e.about_image(&f.display().to_string()))
-                    });
-                    match x {
-                        Ok(p) => acc.add(engine, &p.tensor)?,
-                        Err(e) => skipped.push(e.to_string()),
-                    }
-                }
-                format!("{} image(s) of {}", acc.images, dir.display())
-            }
-        };
-        let weights = if random {
-            "random weights"
-        } else {
-            "these weights"
-        };
-        let images = acc.images;
-        Ok(vec![Reply::Erf(Box::new(ErfView {
-            stages: acc.finish()?,
-            images,
-            skipped,
-            source: format!("{source}, {weights}"),
-        }))])
-    }
-
-    /// Steps 6–10 of the roadmap differ only in their depthwise kernel (3, 5, 7, 9, 11).
-    fn roadmap_erf(&self, progress: &mut dyn Progress) -> anyhow::Result<Vec<Reply>> {
-        use crate::model::roadmap::STEPS;
-        let img = match &self.image {
-            Some((_, img)) => img.clone(),
-            None => preprocess::load_image(
-                &crate::io::engine::project_dir("assets/samples").join("chelsea.png"),
-            )?,
-        };
-        let mut out = Vec::new();
-        for (i, step) in STEPS[6..=10].iter().enumerate() {
-            progress.check("the roadmap's receptive fields")?;
-            progress.update(i, 5, step.name);
-            let name = format!("roadmap:{}", step.name);
-            let engine = Engine::random(&name, 1000, 0, &candle_core::Device::Cpu, DType::F32)?;
-            let x = preprocess::prepare(&img, &engine.preprocess, &engine.device)?.tensor;
-            let last = LayerId::Stage(engine.plan.stages.len() - 1);
-            let mut acc = crate::analysis::attribution::ErfAccumulator::new(vec![last]);
-            acc.add(&engine, &x)?;
-            out.push((step.name.to_string(), acc.finish()?.remove(0)));
-        }
-        Ok(vec![Reply::RoadmapErf(out)])
-    }
-
-    fn profile(&mut self, runs: usize, progress: &mut dyn Progress) -> anyhow::Result<Reply> {
-        let engine = self.engine()?;
-        let x = match &self.image {
-            Some((_, img)) => preprocess::prepare(img, &engine.preprocess, &engine.device)?.tensor,
-            None => {
-                let (h, w) = engine.preprocess.input_size;
-                Tensor::zeros((1, 3, h, w), DType::F32, &engine.device)?
-            }
-        };
-        let runs = runs.clamp(1, 1000);
-        // One warm-up so that first-touch allocation and kernel compilation stay out.
-        engine.forward(&x)?;
-        let baseline = crate::analysis::profile::PlainBaseline::Interleaved;
-        let measured = crate::analysis::profile::time_layers(engine, &x, runs, baseline, progress)?;
-        Ok(Reply::Profiled(ProfileView {
-            runs,
-            times: measured.times,
-            total: measured.total,
-            plain: measured.plain.unwrap_or_default(),
-            input_size: (x.dim(2)?, x.dim(3)?),
-        }))
     }
 }
 
@@ -713,16 +536,6 @@ pub fn scan_weights(dirs: &[PathBuf]) -> Vec<WeightsEntry> {
             WeightsEntry { path, summary }
         })
         .collect()
-}
-
-fn time_roadmap(
-    device: &str,
-    iters: usize,
-    progress: &mut dyn Progress,
-) -> anyhow::Result<Vec<Reply>> {
-    let dev = parse_device(device)?;
-    let times = crate::analysis::profile::time_roadmap(&dev, (224, 224), iters, progress)?;
-    Ok(vec![Reply::RoadmapTimes(times)])
 }
 
 #[cfg(feature = "hub")]

@@ -1,0 +1,67 @@
+//! Widgets more than one tab uses.
+use super::worker::Pending;
+use super::Shared;
+use crate::io::engine::ModelSpec;
+
+/// A running job: a spinner, "k/N: what" once it reports, and a Cancel button.
+pub fn job_progress<T: 'static>(ui: &mut egui::Ui, pending: &Pending<T>) {
+    ui.spinner();
+    if let Some((done, total, what)) = pending.progress() {
+        // Jobs report before each step: the step under way is the next one.
+        ui.label(format!("{}/{total}: {what}", (done + 1).min(total)));
+    }
+    if ui.button("Cancel").clicked() {
+        pending.cancel();
+    }
+}
+
+/// "Another model": the checkpoints in `weights/` that open, then a few named variants (random
+/// weights, with the current model's classes so that their predictions line up).
+pub fn other_models(shared: &Shared) -> Vec<ModelSpec> {
+    let mut v: Vec<ModelSpec> = shared
+        .weights
+        .iter()
+        .flatten()
+        .filter(|e| e.summary.is_ok())
+        .map(|e| ModelSpec::Weights(e.path.clone()))
+        .collect();
+    let classes = shared.model.as_ref().map_or(1000, |m| m.plan.num_classes());
+    for name in [
+        "convnext_atto",
+        "convnextv2_atto",
+        "convnext_tiny",
+        "convnextv2_tiny",
+    ] {
+        v.push(ModelSpec::Variant {
+            name: name.into(),
+            classes,
+            seed: 0,
+        });
+    }
+    v
+}
+
+/// A list to pick another model from; `chosen` indexes [`other_models`]. Returns the model
+/// chosen, if there is any.
+pub fn pick_other_model(
+    ui: &mut egui::Ui,
+    id: &str,
+    shared: &Shared,
+    chosen: &mut usize,
+) -> Option<ModelSpec> {
+    let choices = other_models(shared);
+    *chosen = (*chosen).min(choices.len().saturating_sub(1));
+    egui::ComboBox::from_id_salt(id)
+        .selected_text(
+            choices
+                .get(*chosen)
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+        )
+        .show_ui(ui, |ui| {
+            for (i, c) in choices.iter().enumerate() {
+                ui.selectable_value(chosen, i, c.to_string());
+            }
+        });
+    choices.get(*chosen).cloned()
+}
