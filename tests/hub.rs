@@ -220,7 +220,7 @@ fn env() -> &'static Env {
         // For the app, which reads the environment like the CLI.
         std::env::set_var("HF_ENDPOINT", &hub.url);
         std::env::set_var("CONVNEXT_WEIGHTS_DIR", tmp.join("weights"));
-        std::env::set_var("CONVNEXT_DOWNLOAD_STALL_SECS", "1");
+        std::env::set_var("CONVNEXT_DOWNLOAD_STALL_SECS", "2");
         Env { hub, other, tmp }
     })
 }
@@ -230,7 +230,7 @@ fn options() -> DownloadOptions {
         endpoint: env().hub.url.clone(),
         token: None,
         sha256: None,
-        stall: Duration::from_secs(1),
+        stall: Duration::from_secs(2),
     }
 }
 
@@ -724,7 +724,7 @@ fn cli(args: &[&str], cwd: &Path, envs: &[(&str, &Path)]) -> std::process::Outpu
     c.args(args)
         .current_dir(cwd)
         .env("HF_ENDPOINT", &env().hub.url)
-        .env("CONVNEXT_DOWNLOAD_STALL_SECS", "1")
+        .env("CONVNEXT_DOWNLOAD_STALL_SECS", "2")
         .env_remove("CONVNEXT_WEIGHTS_DIR")
         .env_remove("HF_TOKEN");
     for (k, v) in envs {
