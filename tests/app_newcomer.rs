@@ -130,6 +130,33 @@ fn errors_stay_until_each_is_dismissed() {
 }
 
 #[test]
+fn an_absolute_path_typed_into_the_prefilled_field_replaces_it() {
+    let mut h = shipped(None);
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples");
+    h.state_mut().shared_mut().settings.last_image = Some(samples.join("coat_6.png"));
+    h.get_by_label("Open image…").click();
+    h.run_steps(3);
+    let prefilled = h.state().shared().prompt.as_ref().unwrap().text.clone();
+    assert_eq!(prefilled, format!("{}/", samples.display()));
+    let target = samples.join("sneaker_9.png");
+    h.get_by_role(egui::accesskit::Role::TextInput)
+        .type_text(&target.display().to_string());
+    h.run_steps(2);
+    assert_eq!(
+        h.state().shared().prompt.as_ref().unwrap().text,
+        target.display().to_string()
+    );
+    h.key_press(Key::Enter);
+    h.run_steps(2);
+    settle(&mut h);
+    assert_eq!(
+        h.state().shared().run.as_ref().unwrap().name,
+        "sneaker_9.png"
+    );
+    assert!(h.state().shared().status.errors.is_empty());
+}
+
+#[test]
 fn without_a_file_dialog_a_path_field_opens_images_with_completion() {
     let mut h = shipped(None);
     h.get_by_label("Open image…").click();

@@ -198,6 +198,11 @@ fn prompt_ui(ui: &mut egui::Ui, prompt: &mut PathPrompt) -> Option<PathBuf> {
         r.request_focus();
         prompt.focused = true;
     }
+    // Typed over the pre-filled folder, an absolute or home path starts the path again.
+    if let Some(fresh) = r.changed().then(|| restarted(&prompt.text)).flatten() {
+        prompt.text = fresh;
+        move_cursor_to_end(ui, r.id, &prompt.text);
+    }
     let options = prompt.completions();
     if r.has_focus() && ui.input_mut(|i| i.consume_key(egui::Modifiers::NONE, egui::Key::Tab)) {
         if let Some(p) = common_prefix(&options) {
@@ -215,6 +220,17 @@ fn prompt_ui(ui: &mut egui::Ui, prompt: &mut PathPrompt) -> Option<PathBuf> {
     let verb = prompt.purpose.verb();
     let clicked = ui.add_enabled(ok, egui::Button::new(verb)).clicked();
     (ok && (clicked || enter)).then(|| expand_home(prompt.text.trim()))
+}
+
+/// What a path field holds once an absolute (`//`) or home (`/~`) path has been typed after
+/// the folder it was pre-filled with, as GTK's file chooser reads it: the path typed last.
+/// `None` when nothing restarts the path.
+pub fn restarted(text: &str) -> Option<String> {
+    let start = match (text.rfind("//"), text.rfind("/~")) {
+        (Some(a), Some(b)) => a.max(b),
+        (a, b) => a.or(b)?,
+    };
+    Some(text[start + 1..].to_string())
 }
 
 fn move_cursor_to_end(ui: &egui::Ui, id: egui::Id, text: &str) {
@@ -253,6 +269,17 @@ mod tests {
         assert!(completions(&format!("{base}nothing/here"), 10).is_empty());
         let one = completions(&format!("{base}cat"), 10);
         assert_eq!(common_prefix(&one).unwrap(), format!("{base}cat.png"));
+    }
+
+    #[test]
+    fn a_path_typed_over_the_prefilled_folder_starts_again() {
+        assert_eq!(
+            restarted("assets/samples//home/me/cat.png").as_deref(),
+            Some("/home/me/cat.png")
+        );
+        assert_eq!(restarted("/data/x//y/~/z.png").as_deref(), Some("~/z.png"));
+        assert_eq!(restarted("assets/samples/cat.png"), None);
+        assert_eq!(restarted("/abs/cat.png"), None);
     }
 
     #[test]
