@@ -47,7 +47,7 @@ simd_dispatch!(fn bias_scale_rows => bias_scale_rows_generic(out: &mut [f32], x:
 /// `(x + b) · γ` of whole rows, in parallel.
 fn apply(x: &[f32], b: &[f32], g: &[f32]) -> Vec<f32> {
     let c = b.len().max(1);
-    let chunk = (16_384 / c).max(1) * c;
+    let chunk = super::storage::task_len(c);
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk))

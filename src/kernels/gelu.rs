@@ -135,10 +135,10 @@ fn gelu_grad(x: &Tensor, b: &Tensor, g: &Tensor) -> Result<Tensor> {
     let gv: Vec<f32> = g.contiguous()?.flatten_all()?.to_vec1()?;
     let c = bv.len().max(1);
     let mut out = vec![0f32; xv.len()];
-    let rows_per = (16_384 / c).max(1);
-    out.par_chunks_mut(rows_per * c)
-        .zip(xv.par_chunks(rows_per * c))
-        .zip(gv.par_chunks(rows_per * c))
+    let chunk = super::storage::task_len(c);
+    out.par_chunks_mut(chunk)
+        .zip(xv.par_chunks(chunk))
+        .zip(gv.par_chunks(chunk))
         .for_each(|((o, xi), gi)| gelu_grad_rows(o, xi, &bv, gi));
     Tensor::from_vec(out, x.shape(), x.device())
 }
@@ -159,10 +159,9 @@ impl CustomOp2 for BiasGelu {
         let b = super::storage::contiguous_f32(s2, l2, "bias_gelu")?;
         let c = b.len();
         let mut out = vec![0f32; x.len()];
-        // Whole rows per task, about 16k elements each.
-        let rows_per = (16_384 / c.max(1)).max(1);
-        out.par_chunks_mut(rows_per * c)
-            .zip(x.par_chunks(rows_per * c))
+        let chunk = super::storage::task_len(c);
+        out.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
             .for_each(|(o, xi)| bias_gelu_rows(o, xi, b));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

@@ -6,7 +6,7 @@
 //! `Gx = ‖x_c‖₂` over H·W, `Nx = Gx / (mean_c Gx + ε)`, `y = γ·(x·Nx) + β + x`, computed as
 //! `y = x·(1 + γ·Nx) + β`. Inference only: a tracked input (a gradient asked of the network)
 //! takes the composed path, which has candle's backward.
-use super::storage::contiguous_f32;
+use super::storage::{contiguous_f32, task_len};
 use crate::simd_dispatch;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -62,16 +62,11 @@ fn scale_shift_generic(out: &mut [f32], x: &[f32], s: &[f32], b: &[f32]) {
 
 simd_dispatch!(fn scale_shift => scale_shift_generic(out: &mut [f32], x: &[f32], s: &[f32], b: &[f32]));
 
-/// Rows per task: enough work to be worth a thread, whole rows only.
-fn chunk_len(c: usize) -> usize {
-    (16_384 / c.max(1)).max(1) * c.max(1)
-}
-
 /// One image (`[H·W, C]`): its per-channel scale `1 + γ·Nx`.
 fn scale_of(img: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
     let c = gamma.len();
     let ss = img
-        .par_chunks(chunk_len(c))
+        .par_chunks(task_len(c))
         .map(|part| {
             let mut acc = vec![0f32; c];
             sum_squares(&mut acc, part);
@@ -99,8 +94,8 @@ fn apply(x: &[f32], hw: usize, gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32
     for (o_img, x_img) in out.chunks_mut(per_image).zip(x.chunks(per_image)) {
         let s = scale_of(x_img, gamma, eps);
         o_img
-            .par_chunks_mut(chunk_len(c))
-            .zip(x_img.par_chunks(chunk_len(c)))
+            .par_chunks_mut(task_len(c))
+            .zip(x_img.par_chunks(task_len(c)))
             .for_each(|(o, xi)| scale_shift(o, xi, &s, beta));
     }
     out

@@ -84,11 +84,6 @@ fn backward_rows_generic(
 
 simd_dispatch!(fn backward_rows => backward_rows_generic(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32, dw: &mut [f32], db: &mut [f32]));
 
-/// Rows per task: about 16k elements.
-fn rows_per_task(c: usize) -> usize {
-    (16_384 / c.max(1)).max(1)
-}
-
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
         "layer-norm-with-backward"
@@ -114,7 +109,7 @@ impl CustomOp3 for LayerNormOp {
             )
         }
         let mut out = vec![0f32; x.len()];
-        let chunk = rows_per_task(c) * c;
+        let chunk = super::storage::task_len(c);
         out.par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk))
             .for_each(|(o, xi)| forward_rows(o, xi, w, b, self.eps));
@@ -134,7 +129,7 @@ impl CustomOp3 for LayerNormOp {
         let gv: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
         let wv: Vec<f32> = w.to_vec1()?;
         let mut dx = vec![0f32; xv.len()];
-        let chunk = rows_per_task(c) * c;
+        let chunk = super::storage::task_len(c);
         // Each task's partial sums of the scale's and shift's gradients, added at the end.
         let (dw, db) = dx
             .par_chunks_mut(chunk)

@@ -22,8 +22,7 @@ simd_dispatch!(pub(crate) fn add_rows => add_rows_generic(acc: &mut [f32], x: &[
 /// `out[k] = Σ_r x[r·c + k]`, for `x` of whole rows of `c` values.
 pub fn column_sums(x: &[f32], c: usize) -> Vec<f32> {
     let c = c.max(1);
-    let rows_per = (16_384 / c).max(1);
-    x.par_chunks(rows_per * c)
+    x.par_chunks(super::storage::task_len(c))
         .map(|chunk| {
             let mut acc = vec![0f32; c];
             add_rows(&mut acc, chunk);

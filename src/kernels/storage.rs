@@ -20,3 +20,10 @@ pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
         _ => None,
     }
 }
+
+/// How many values one parallel task takes from rows of `c` values: whole rows, about 16k
+/// values, enough work to be worth a thread.
+pub fn task_len(c: usize) -> usize {
+    let c = c.max(1);
+    (16_384 / c).max(1) * c
+}
