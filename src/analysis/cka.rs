@@ -202,8 +202,8 @@ pub struct CkaResult {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
-/// Both models over batches the caller makes, `next(i)` giving batch `i`'s inputs for A and B
-/// (`None` when there are no more).
+/// Both models, their layers and the running sums: the caller feeds it one mini-batch at a
+/// time (each model's own preprocessed input) and takes the result at the end.
 struct Pair<'a> {
     a: &'a Engine,
     b: &'a Engine,
