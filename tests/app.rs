@@ -420,19 +420,20 @@ fn the_receptive_field_tab_compares_trained_and_random_weights() {
     assert_eq!(e.stages[0].size, (64, 64));
     h.get_by_label_contains("t = 0.99");
     snap(&mut h, "app_erf");
-    h.get_by_label("random weights (the untrained baseline)")
+    h.get_by_label("and random weights beside (the untrained baseline)")
         .click();
     h.get_by_label("Compute").click();
     h.step();
     settle(&mut h);
-    assert!(h
-        .state()
-        .tab::<ErfTab>()
-        .unwrap()
-        .view()
-        .unwrap()
-        .source
-        .contains("random weights"));
+    // Beside, not instead: both rows, each stage's ratios in the one table.
+    let e = h.state().tab::<ErfTab>().unwrap().view().unwrap();
+    assert!(e.source.contains("these weights"));
+    assert_eq!(e.stages.len(), 4);
+    let base = e.baseline.as_ref().expect("the random-weights row");
+    assert_eq!(base.len(), 4);
+    assert_ne!(base[3].map, e.stages[3].map);
+    h.get_by_label_contains("stages.3, random weights");
+    h.get_by_label_contains("The + marks the centre position");
     // The roadmap's kernels 3 to 11, on the worker.
     h.state_mut()
         .with_tab(|t: &mut RoadmapTab, ctx| t.compute_kernel_erfs(ctx));
@@ -445,4 +446,15 @@ fn the_receptive_field_tab_compares_trained_and_random_weights() {
         .expect("kernel ERFs");
     assert_eq!(k.len(), 5);
     assert_eq!(k[0].0, "move_up_dwconv");
+    // What the pictures show grows with the kernel (issue 25: at 224 px five identical
+    // squares): the area holding half the displayed picture's mass, from 3×3 to 11×11.
+    use convnext_explorer::analysis::attribution::{area_ratios, erf_display};
+    let shown: Vec<f64> = k
+        .iter()
+        .map(|(_, s)| area_ratios(&erf_display(&s.map), s.size, &[0.5])[0].expect("a ratio"))
+        .collect();
+    assert!(shown[4] > 1.5 * shown[0], "{shown:?}");
+    for w in shown.windows(2) {
+        assert!(w[1] >= w[0] * 0.95, "{shown:?}");
+    }
 }

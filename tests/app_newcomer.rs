@@ -376,3 +376,46 @@ fn long_layer_tables_lay_out_only_the_rows_in_view() {
         "{laid_out} of {layers} rows laid out"
     );
 }
+
+/// A laptop screen: at 1024×640 every tab's button lies inside the window, every tab opens and
+/// draws (scrolling where it does not fit), and the sidebar folds away for more room.
+#[test]
+fn every_tab_is_reachable_at_1024_by_640() {
+    std::env::set_var(convnext_explorer::app::path_prompt::NO_DIALOG_ENV, "1");
+    let mut h = egui_kittest::Harness::builder()
+        .with_size([1024.0, 640.0])
+        .build_eframe(|cc| {
+            convnext_explorer::app::ExplorerApp::new(
+                &cc.egui_ctx,
+                Settings::default(),
+                StartOptions {
+                    image: Some(sample("sneaker_9.png")),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        });
+    settle(&mut h);
+    let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1024.0, 640.0));
+    for name in convnext_explorer::app::tab_names() {
+        // The tab bar's button: the topmost widget of that name.
+        let button = h
+            .get_all_by_label(name)
+            .min_by(|a, b| a.rect().min.y.total_cmp(&b.rect().min.y))
+            .unwrap_or_else(|| panic!("no button for the {name} tab"));
+        assert!(
+            window.contains_rect(button.rect()),
+            "the {name} tab's button lies outside the window: {:?}",
+            button.rect()
+        );
+        button.click();
+        h.run_steps(3);
+        assert_eq!(h.state().shared().settings.tab, name);
+    }
+    h.get_by_label("◀").click();
+    h.run_steps(2);
+    assert!(!h.state().shared().settings.sidebar_open);
+    h.get_by_label("▶").click();
+    h.run_steps(2);
+    assert!(h.state().shared().settings.sidebar_open);
+}

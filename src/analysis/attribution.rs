@@ -378,6 +378,35 @@ pub fn erf_log(map: &[f32]) -> Vec<f32> {
     map.iter().map(|v| (v + 1.0).log10()).collect()
 }
 
+/// The share of an ERF picture's values below the one it is scaled to: the brightest 1 %
+/// saturate, so that the spread around the centre is seen and not only its peak.
+pub const ERF_DISPLAY_PERCENTILE: f64 = 0.99;
+
+/// What an ERF picture shows, in [0, 1]: `log10(map + 1)` over its own
+/// [`ERF_DISPLAY_PERCENTILE`] percentile, capped at 1 (all 0 for an all-zero map). The table's
+/// numbers come from the map itself ([`area_ratios`]); this is only for the eye.
+pub fn erf_display(map: &[f32]) -> Vec<f32> {
+    let logs = erf_log(map);
+    let mut sorted: Vec<f32> = logs.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f32::total_cmp);
+    let at = ((sorted.len() as f64 - 1.0) * ERF_DISPLAY_PERCENTILE).round() as usize;
+    let top = sorted.get(at).copied().unwrap_or(0.0);
+    let top = if top > 0.0 {
+        top
+    } else {
+        sorted.last().copied().unwrap_or(0.0)
+    };
+    logs.iter()
+        .map(|v| {
+            if top > 0.0 {
+                (v / top).clamp(0.0, 1.0)
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 /// RepLKNet's summary of an ERF map: `m = log10(map + 1) / max`, and for each threshold the
 /// area ratio of the smallest centred square (side 2i+1, i ≥ 1) holding more than that share of
 /// Σm; `None` where no square below the map's half-size does.

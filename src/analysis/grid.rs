@@ -35,6 +35,26 @@ pub enum Scale {
     Shared,
 }
 
+/// Maps this small (2×2 or less) are drawn on one scale for the layer: stretched channel by
+/// channel, each tile would be one flat colour.
+pub const TINY_MAP: usize = 4;
+
+impl Scale {
+    /// The scale `fm` is drawn with when this one is chosen: shared for tiny maps.
+    pub fn for_map(self, fm: &FeatureMap) -> Scale {
+        if is_tiny(fm) {
+            Scale::Shared
+        } else {
+            self
+        }
+    }
+}
+
+/// Whether `fm`'s maps are too small to stretch channel by channel ([`TINY_MAP`]).
+pub fn is_tiny(fm: &FeatureMap) -> bool {
+    fm.height * fm.width <= TINY_MAP
+}
+
 /// Channel indices in display order.
 pub fn order(fm: &FeatureMap, sort: SortBy) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..fm.channels).collect();

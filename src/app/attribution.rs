@@ -97,7 +97,8 @@ impl Tab for AttributionTab {
     }
 
     fn on_model_changed(&mut self, _model: &ModelView) {
-        self.view = None;
+        // The layer picked was the old model's: the new one gets its own default.
+        (self.view, self.layer) = (None, None);
     }
 
     // A map still coming is of the old image: the run's serial in `asked` asks again.
@@ -121,9 +122,18 @@ impl AttributionTab {
         };
         let depths = model.plan.depths();
         let last = LayerId::Stage(depths.len().saturating_sub(1));
-        let layer = *self.layer.get_or_insert(last);
-        self.controls(ui, shared, &depths, layer);
-        let layer = self.layer.unwrap_or(last);
+        let (default, why) = model.explain_layer();
+        let picked = *self.layer.get_or_insert(default);
+        let shown = if self.method == Method::Evidence {
+            last
+        } else {
+            picked
+        };
+        self.controls(ui, shared, &depths, (picked, shown));
+        let layer = self.layer.unwrap_or(default);
+        if let Some(why) = why.filter(|_| layer == default && self.method != Method::Evidence) {
+            ui.label(RichText::new(why).small());
+        }
         let method = self.method;
         let layer = if method == Method::Evidence {
             last
@@ -148,7 +158,7 @@ impl AttributionTab {
         ui: &mut egui::Ui,
         shared: &mut Shared,
         depths: &[usize],
-        layer: LayerId,
+        (layer, shown): (LayerId, LayerId),
     ) {
         ui.horizontal(|ui| {
             ui.label("Method");
@@ -184,7 +194,8 @@ impl AttributionTab {
                         }
                     });
             });
-            if let Some(id) = strip::layer_strip(ui, depths, Some(layer), |id| id.name()) {
+            // The strip marks the layer the map is at (the evidence map's is the last stage).
+            if let Some(id) = strip::layer_strip(ui, depths, Some(shown), |id| id.name()) {
                 self.layer = Some(id);
             }
         });
@@ -216,16 +227,21 @@ impl AttributionTab {
         let side = ((ui.available_width() - 40.0) / 2.0).clamp(160.0, 420.0);
         let (cmap, range) = colours(a.method, &a.map);
         let (ecmap, erange) = colours(Method::Evidence, &a.evidence);
+        self.stale_note(ui, a);
+        let place = match a.method {
+            Method::Occlusion { .. } => "on the input".to_string(),
+            _ => format!("at {}", a.layer),
+        };
         let title = format!(
-            "{} at {} for “{}” ({}×{}, {:.0} ms)",
+            "{} {place} for “{}” ({}×{}, {:.0} ms)",
             a.method.name(),
-            a.layer,
             crate::io::labels::short(&a.label),
             a.map.height,
             a.map.width,
             a.elapsed.as_secs_f64() * 1e3
         );
         let (map, ev, input) = (a.map.clone(), a.evidence.clone(), run.input.clone());
+        let input_key = run.texture_key();
         let key = format!(
             "attr:{}:{}:{}:{}",
             a.method.name(),
@@ -240,23 +256,70 @@ impl AttributionTab {
                 // A map that is zero everywhere is not drawn (black would only darken the image).
                 let zero = map.stats[0].max <= 0.0 && cmap == Colormap::Magma;
                 let opacity = if zero { 0.0 } else { self.opacity };
-                heatmap::over_input(ui, &mut shared.textures, &input, &key, make, side, opacity);
+                let base = heatmap::Base { key: input_key.clone(), image: &input };
+                heatmap::over_input(ui, &mut shared.textures, base, &key, make, side, opacity);
                 ui.label(format!("colours span {:.3} … {:.3} ({})", range.0, range.1, cmap.name()));
                 heatmap::colour_bar(ui, cmap, side);
+                ui.label(RichText::new(sign_note(a.method)).small());
                 if zero {
                     ui.label(RichText::new("Zero everywhere: at this layer every position's weighted sum is negative.").small().weak());
                 }
             });
+            if a.method == Method::Evidence {
+                return;
+            }
             ui.add_space(16.0);
             ui.vertical(|ui| {
                 ui.strong("evidence (exact, last stage), for comparison");
                 let make = || grid::map_image(ev.plane(0), (ev.height, ev.width), erange, ecmap);
-                heatmap::over_input(ui, &mut shared.textures, &input, &format!("{key}:ev"), make, side, self.opacity);
+                let base = heatmap::Base { key: input_key.clone(), image: &input };
+                heatmap::over_input(ui, &mut shared.textures, base, &format!("{key}:ev"), make, side, self.opacity);
                 ui.label(format!("colours span {:.3} … {:.3} ({})", erange.0, erange.1, ecmap.name()));
                 heatmap::colour_bar(ui, ecmap, side);
+                ui.label(RichText::new(sign_note(Method::Evidence)).small());
             });
         });
         ui.add(egui::Slider::new(&mut self.opacity, 0.0..=1.0).text("opacity"));
+    }
+}
+
+impl AttributionTab {
+    /// While another method or layer is computed, says so above the map still on show, which
+    /// is the previous one.
+    fn stale_note(&self, ui: &mut egui::Ui, a: &AttributionView) {
+        let Some(p) = &self.pending else { return };
+        let (method, layer) = (self.method, self.layer);
+        let same = a.method == method
+            && (method != Method::GradCam && method != Method::GradCamPlusPlus
+                || Some(a.layer) == layer);
+        if same {
+            return;
+        }
+        ui.horizontal(|ui| {
+            super::widgets::job_progress(ui, p);
+            ui.label(
+                RichText::new(format!(
+                    "computing {}; below, still the previous map ({} at {})",
+                    method.name(),
+                    a.method.name(),
+                    a.layer
+                ))
+                .strong(),
+            );
+        });
+    }
+}
+
+/// Which end of the colours means "important".
+fn sign_note(method: Method) -> &'static str {
+    match method {
+        Method::GradCam | Method::GradCamPlusPlus => {
+            "bright: drives the class most · dark: not at all"
+        }
+        Method::Occlusion { .. } => {
+            "red: covering it lowers the class's score (important) · blue: raises it"
+        }
+        Method::Evidence => "red: evidence for the class · blue: against it",
     }
 }
 

@@ -1,6 +1,10 @@
 //! The Compare tab: two models on the same image, or one model on two images, side by side:
 //! predictions, the same layer's channels, the channel picked shown large, and layer scale.
-//! One selection (layer, page, channel) drives both sides.
+//! One selection (layer, page, channel) drives both sides. Two more views measure the
+//! difference: layer similarity (CKA over a folder, [`super::compare_cka`]) and what changed
+//! between two checkpoints' weights ([`super::compare_diff`]).
+use super::compare_cka::{self, CkaOutcome};
+use super::compare_diff::{self, DiffOutcome};
 use super::tab::{Tab, TabCtx};
 use super::textures::{self, Textures};
 use super::views::{model_view, run_image};
@@ -14,6 +18,7 @@ use crate::base::progress::Progress;
 use crate::io::engine::{Engine, ModelSpec};
 use crate::model::layer_id::LayerId;
 use egui::{Color32, Rect, RichText, Sense, TextureOptions, Vec2};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// What the Compare tab sets beside the current model and image.
@@ -23,8 +28,32 @@ pub enum CompareWith {
     Image(ImageSource),
 }
 
+/// The Compare tab's three views.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CompareView {
+    #[default]
+    SideBySide,
+    Similarity,
+    Changes,
+}
+
+/// A CKA matrix, and the other model's run on the current image (for a clicked cell's layers).
+pub struct CkaDone {
+    pub outcome: CkaOutcome,
+    pub other: Option<(ModelView, RunView)>,
+}
+
 #[derive(Default)]
 pub struct CompareTab {
+    pub view: CompareView,
+    cka: Option<CkaDone>,
+    cka_pending: Option<Pending<CkaDone>>,
+    /// The CKA cell picked: (A's layer, B's layer), as indices of the outcome's lists.
+    cell: Option<(usize, usize)>,
+    /// CKA of the current model with itself rather than with the model picked.
+    itself: bool,
+    diff: Option<DiffOutcome>,
+    diff_pending: Option<Pending<DiffOutcome>>,
     /// The other side: its model and its run.
     other: Option<(ModelView, RunView)>,
     pending: Option<Pending<(ModelView, RunView)>>,
@@ -42,15 +71,51 @@ impl Tab for CompareTab {
         "Compare"
     }
 
-    // No `on_model_changed`: the other side stays, and follows a new model on the left.
     fn poll(&mut self, ctx: &mut TabCtx) {
         if let Some(other) = ctx.take(&mut self.pending) {
             ctx.shared.textures.clear();
             self.other = Some(other);
         }
+        if let Some(done) = ctx.take(&mut self.cka_pending) {
+            self.cell = None;
+            self.cka = Some(done);
+        }
+        if let Some(done) = ctx.take(&mut self.diff_pending) {
+            self.diff = Some(done);
+        }
+    }
+
+    /// The side-by-side view stays, and follows a new model on the left; the measurements
+    /// were the old model's.
+    fn on_model_changed(&mut self, _model: &ModelView) {
+        (self.cka, self.cell, self.diff) = (None, None, None);
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        ui.horizontal(|ui| {
+            ui.selectable_value(&mut self.view, CompareView::SideBySide, "side by side");
+            ui.selectable_value(
+                &mut self.view,
+                CompareView::Similarity,
+                "layer similarity (CKA)",
+            );
+            ui.selectable_value(
+                &mut self.view,
+                CompareView::Changes,
+                "what changed (weights)",
+            );
+        });
+        ui.separator();
+        match self.view {
+            CompareView::SideBySide => self.side_by_side(ui, ctx),
+            CompareView::Similarity => self.similarity(ui, ctx),
+            CompareView::Changes => self.changes(ui, ctx),
+        }
+    }
+}
+
+impl CompareTab {
+    fn side_by_side(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
         self.controls(ui, ctx);
         self.follow(ctx);
         let shared = &mut *ctx.shared;
@@ -89,9 +154,7 @@ impl Tab for CompareTab {
         }
         layer_scale(ui, model, other_model);
     }
-}
 
-impl CompareTab {
     /// The other side, once it has come: its model and its run.
     pub fn other(&self) -> Option<&(ModelView, RunView)> {
         self.other.as_ref()
@@ -144,6 +207,139 @@ impl CompareTab {
         });
     }
 
+    fn similarity(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        let folder = image_set(ctx.shared);
+        let mut other = None;
+        ui.horizontal_wrapped(|ui| {
+            ui.checkbox(&mut self.itself, "this model against itself");
+            if !self.itself {
+                ui.label("against");
+                other = pick_other_model(ui, "cka model", ctx.shared, &mut self.model);
+            }
+            ui.label(format!(
+                "over the first {} images of {}",
+                compare_cka::LIMIT,
+                folder.display()
+            ));
+            let ready = ctx.shared.model.is_some() && self.cka_pending.is_none();
+            if ui
+                .add_enabled(ready, egui::Button::new("Compute CKA"))
+                .clicked()
+            {
+                let with = if self.itself { None } else { other.clone() };
+                if self.itself || with.is_some() {
+                    self.ask_cka(ctx, with, folder.clone());
+                }
+            }
+            if let Some(p) = &self.cka_pending {
+                job_progress(ui, p);
+            }
+        });
+        let Some(done) = &self.cka else {
+            ui.label("Pick the other model (or this one against itself), then Compute CKA: it runs both models over the folder the Folder tab ran, or the samples.");
+            return;
+        };
+        // The tab scrolls as a whole: no scroll area of its own.
+        let clicked = compare_cka::view(ui, &done.outcome, self.cell);
+        self.cell_layers(ui, ctx.shared);
+        if clicked.is_some() {
+            self.cell = clicked;
+        }
+    }
+
+    /// The clicked cell's two layers, side by side on the current image.
+    fn cell_layers(&self, ui: &mut egui::Ui, shared: &mut Shared) {
+        let (Some(done), Some((i, j))) = (&self.cka, self.cell) else {
+            ui.label("Click a cell to see those two layers' channels side by side.");
+            return;
+        };
+        let (Some(model), Some(run), Some((om, or))) = (&shared.model, &shared.run, &done.other)
+        else {
+            ui.label("Open an image to see the two layers' channels.");
+            return;
+        };
+        let (la, lb) = (done.outcome.la[i], done.outcome.lb[j]);
+        ui.separator();
+        let channel = shared.selection.channel;
+        let tex = &mut shared.textures;
+        let mut pick = None;
+        ui.columns(2, |cols| {
+            pick = side(&mut cols[0], tex, "ckaa", model, run, la, channel).or(pick);
+            pick = side(&mut cols[1], tex, "ckab", om, or, lb, channel).or(pick);
+        });
+        if pick.is_some() {
+            shared.selection.channel = pick;
+        }
+    }
+
+    /// CKA of the current model with `other` (itself when `None`) over `folder`.
+    pub fn ask_cka(&mut self, ctx: &mut TabCtx, other: Option<ModelSpec>, folder: PathBuf) {
+        let on = (
+            ctx.shared.settings.device.clone(),
+            ctx.shared.settings.dtype.clone(),
+        );
+        let job = move |w: &mut WorkerCtx, p: &mut dyn Progress| cka_job(w, other, on, &folder, p);
+        self.cka_pending = Some(ctx.jobs.submit("CKA", job));
+    }
+
+    /// Picks a CKA cell (A's layer `i`, B's layer `j`), as a click on the heat map does.
+    pub fn pick_cell(&mut self, i: usize, j: usize) {
+        self.cell = Some((i, j));
+    }
+
+    /// The CKA matrix on show, once it has come.
+    pub fn cka(&self) -> Option<&CkaDone> {
+        self.cka.as_ref()
+    }
+
+    fn changes(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
+        let Some(ModelSpec::Weights(a)) = ctx.shared.model.as_ref().map(|m| m.spec.clone()) else {
+            ui.label("What changed compares two checkpoint files: open a model from a file (this one has random weights).");
+            return;
+        };
+        let mut other = None;
+        ui.horizontal_wrapped(|ui| {
+            ui.label(format!("From {} to", crate::base::text::file_label(&a)));
+            other = pick_other_model(ui, "diff model", ctx.shared, &mut self.model);
+            let file = match &other {
+                Some(ModelSpec::Weights(b)) => Some(b.clone()),
+                _ => None,
+            };
+            let ready = file.is_some() && self.diff_pending.is_none();
+            if ui
+                .add_enabled(ready, egui::Button::new("Compare weights"))
+                .clicked()
+            {
+                if let Some(b) = file {
+                    self.ask_diff(ctx, a.clone(), b);
+                }
+            }
+            if let Some(p) = &self.diff_pending {
+                job_progress(ui, p);
+            }
+        });
+        match &self.diff {
+            Some(d) => compare_diff::view(ui, d),
+            None => {
+                ui.label("Pick another checkpoint file (a fine-tuned copy, the next roadmap step, another training run), then Compare weights.");
+            }
+        }
+    }
+
+    /// What changed from checkpoint `a` to `b`.
+    pub fn ask_diff(&mut self, ctx: &mut TabCtx, a: PathBuf, b: PathBuf) {
+        let job = move |_: &mut WorkerCtx, _: &mut dyn Progress| {
+            let diff = crate::analysis::diff::diff_files(&a, &b)?;
+            Ok(DiffOutcome { diff, a, b })
+        };
+        self.diff_pending = Some(ctx.jobs.submit("The weights' diff", job));
+    }
+
+    /// The diff on show, once it has come.
+    pub fn diff(&self) -> Option<&DiffOutcome> {
+        self.diff.as_ref()
+    }
+
     /// Shows `with` on the right, beside the current model and image.
     pub fn ask(&mut self, ctx: &mut TabCtx, with: CompareWith) {
         self.seen = Some(left_side(ctx.shared));
@@ -181,24 +377,15 @@ struct OtherModel {
 fn compare(
     w: &mut WorkerCtx,
     with: CompareWith,
-    (device, dtype): (String, String),
+    on: (String, String),
 ) -> anyhow::Result<(ModelView, RunView)> {
     match with {
         CompareWith::Model(spec) => {
-            let on = (device, dtype);
-            let kept = w.kept::<OtherModel>();
-            if !kept.is_some_and(|o| o.spec == spec && o.on == on) {
-                // The old one goes first: two large models need not fit at once.
-                w.take_kept::<OtherModel>();
-                let engine = Engine::build(&spec, &parse_device(&on.0)?, parse_dtype(&on.1)?)?;
-                w.keep(OtherModel { spec, on, engine });
-            }
+            keep_other(w, spec, on)?;
             let (src, img) = w
                 .image()
                 .ok_or_else(|| anyhow::anyhow!("open an image first"))?;
-            let other = w
-                .kept::<OtherModel>()
-                .ok_or_else(|| anyhow::anyhow!("the other model was not kept"))?;
+            let other = other_engine(w)?;
             let view = model_view(&other.engine, other.spec.clone())?;
             Ok((view, run_image(&other.engine, src, img)?))
         }
@@ -210,6 +397,68 @@ fn compare(
             Ok((view, run_image(engine, &src, &img)?))
         }
     }
+}
+
+/// Builds the other model on the worker unless it is kept there already.
+fn keep_other(w: &mut WorkerCtx, spec: ModelSpec, on: (String, String)) -> anyhow::Result<()> {
+    let kept = w.kept::<OtherModel>();
+    if !kept.is_some_and(|o| o.spec == spec && o.on == on) {
+        // The old one goes first: two large models need not fit at once.
+        w.take_kept::<OtherModel>();
+        let engine = Engine::build(&spec, &parse_device(&on.0)?, parse_dtype(&on.1)?)?;
+        w.keep(OtherModel { spec, on, engine });
+    }
+    Ok(())
+}
+
+fn other_engine(w: &WorkerCtx) -> anyhow::Result<&OtherModel> {
+    w.kept::<OtherModel>()
+        .ok_or_else(|| anyhow::anyhow!("the other model was not kept"))
+}
+
+/// CKA of the current model with `other` (itself when `None`) over `folder`, and the other
+/// model's run on the current image, so that a clicked cell can show both layers.
+fn cka_job(
+    w: &mut WorkerCtx,
+    other: Option<ModelSpec>,
+    on: (String, String),
+    folder: &std::path::Path,
+    progress: &mut dyn Progress,
+) -> anyhow::Result<CkaDone> {
+    let spec = w.spec()?;
+    if let Some(o) = &other {
+        keep_other(w, o.clone(), on)?;
+    }
+    let a = w.engine()?;
+    let (b, b_spec) = match &other {
+        Some(_) => {
+            let k = other_engine(w)?;
+            (&k.engine, k.spec.clone())
+        }
+        None => (a, spec.clone()),
+    };
+    let outcome = compare_cka::compute(
+        (a, spec.label()),
+        (b, format!("{} (right)", b_spec.label())),
+        folder,
+        progress,
+    )?;
+    let other = match w.image() {
+        Some((src, img)) => Some((model_view(b, b_spec)?, run_image(b, src, img)?)),
+        None => None,
+    };
+    Ok(CkaDone { outcome, other })
+}
+
+/// The images CKA runs over: the folder the Folder tab ran, else the last folder opened, else
+/// the samples.
+fn image_set(shared: &Shared) -> PathBuf {
+    shared
+        .folder_run
+        .as_ref()
+        .map(|f| f.root.clone())
+        .or_else(|| shared.settings.last_folder.clone())
+        .unwrap_or_else(|| crate::io::engine::project_dir("assets/samples"))
 }
 
 /// What the left side shows: the run and the model.
@@ -234,12 +483,9 @@ fn side(
 ) -> Option<usize> {
     ui.label(RichText::new(format!("{} · {}", model.spec.label(), run.name)).strong());
     ui.horizontal(|ui| {
-        let input = tex.get(
-            ui.ctx(),
-            &format!("cmp:{key}:input"),
-            TextureOptions::NEAREST,
-            || textures::rgb(&run.input),
-        );
+        let input = tex.get(ui.ctx(), &run.texture_key(), TextureOptions::LINEAR, || {
+            textures::rgb(&run.input)
+        });
         ui.add(egui::Image::new((input.id(), Vec2::splat(72.0))));
         ui.vertical(|ui| {
             for p in run.top.iter().take(5) {
@@ -274,14 +520,14 @@ fn side(
             grid::channel_image(
                 &fm2,
                 c,
-                Scale::PerChannel,
+                Scale::PerChannel.for_map(&fm2),
                 crate::analysis::colormap::Colormap::Viridis,
             )
         };
         heatmap::over_input(
             ui,
             tex,
-            &run.input,
+            heatmap::Base::of(run),
             &format!("cmp:{key}:large:{layer}:{c}"),
             make,
             w,
@@ -317,7 +563,7 @@ fn channel_grid(
                 fm,
                 &channels,
                 layout,
-                Scale::PerChannel,
+                Scale::PerChannel.for_map(fm),
                 crate::analysis::colormap::Colormap::Viridis,
             ))
         },

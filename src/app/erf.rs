@@ -6,7 +6,7 @@ use super::views::ModelView;
 use super::widgets::job_progress;
 use super::worker::{Pending, WorkerCtx};
 use super::{textures, Shared};
-use crate::analysis::attribution::{ErfSummary, ERF_THRESHOLDS};
+use crate::analysis::attribution::{erf_display, ErfAccumulator, ErfSummary, ERF_THRESHOLDS};
 use crate::analysis::colormap::Colormap;
 use crate::analysis::grid;
 use crate::base::progress::Progress;
@@ -18,6 +18,8 @@ use std::path::PathBuf;
 /// Effective receptive fields of every stage.
 pub struct ErfView {
     pub stages: Vec<crate::analysis::attribution::ErfSummary>,
+    /// The same with random weights of the same architecture, when asked: shown beside.
+    pub baseline: Option<Vec<ErfSummary>>,
     pub images: usize,
     /// Images of a folder that could not be read, with why.
     pub skipped: Vec<String>,
@@ -47,24 +49,16 @@ impl Default for ErfTab {
     }
 }
 
-/// `log10(map + 1)` of every map, and their common maximum (one colour scale for all).
-pub fn log_maps(maps: &[&ErfSummary]) -> (Vec<Vec<f32>>, f32) {
-    let logs: Vec<Vec<f32>> = maps
-        .iter()
-        .map(|s| s.map.iter().map(|v| (v + 1.0).log10()).collect())
-        .collect();
-    let max = logs.iter().flatten().cloned().fold(0.0, f32::max);
-    (logs, max.max(f32::MIN_POSITIVE))
-}
+/// The sentence under every row of ERF pictures: how they are scaled and what the mark is.
+const DISPLAY_NOTE: &str = "Each picture: log10(ERF + 1) scaled to its own 99th percentile (the brightest 1% saturate, so the spread shows, not only the peak); dark = the pixel does not move the centre, bright = it moves it most. The + marks the centre position (row h/2, column w/2, rounded down: an even-sized map has no middle pixel). The table below gives the exact area ratios.";
 
-/// Heat maps side by side on one colour scale, each titled.
+/// Heat maps side by side, each on its own display scale ([`erf_display`]), titled, with the
+/// centre marked.
 pub fn erf_row(ui: &mut egui::Ui, shared: &mut Shared, key: &str, maps: &[(String, &ErfSummary)]) {
-    let summaries: Vec<&ErfSummary> = maps.iter().map(|(_, s)| *s).collect();
-    let (logs, max) = log_maps(&summaries);
     let side = ((ui.available_width() - 12.0 * maps.len() as f32) / maps.len().max(1) as f32)
         .clamp(96.0, 300.0);
     ui.horizontal_top(|ui| {
-        for (i, ((title, s), log)) in maps.iter().zip(&logs).enumerate() {
+        for (i, (title, s)) in maps.iter().enumerate() {
             ui.vertical(|ui| {
                 ui.label(RichText::new(title).strong());
                 let (h, w) = s.size;
@@ -72,16 +66,37 @@ pub fn erf_row(ui: &mut egui::Ui, shared: &mut Shared, key: &str, maps: &[(Strin
                     ui.ctx(),
                     &format!("{key}:{i}"),
                     TextureOptions::LINEAR,
-                    || textures::rgba(&grid::map_image(log, (h, w), (0.0, max), Colormap::RdYlGn)),
+                    || {
+                        let shown = erf_display(&s.map);
+                        textures::rgba(&grid::map_image(
+                            &shown,
+                            (h, w),
+                            (0.0, 1.0),
+                            Colormap::Magma,
+                        ))
+                    },
                 );
-                ui.image((tex.id(), egui::Vec2::splat(side)));
+                let r = ui.image((tex.id(), egui::Vec2::splat(side))).rect;
+                centre_mark(ui, r, (h, w));
+                if let Some(Some(a)) = s.ratios.get(2) {
+                    ui.label(format!("area at t = 0.5: {:.2}%", 100.0 * a));
+                }
             });
         }
     });
-    ui.label(format!(
-        "log10(ERF + 1), one colour scale for all (0 … {max:.3}, RdYlGn: green low, red high)"
-    ));
-    super::heatmap::colour_bar(ui, Colormap::RdYlGn, 240.0);
+    ui.label(RichText::new(DISPLAY_NOTE).small());
+    super::heatmap::colour_bar(ui, Colormap::Magma, 240.0);
+}
+
+/// A small + at the map's centre position (h/2, w/2), the position the ERF is of.
+fn centre_mark(ui: &egui::Ui, r: egui::Rect, (h, w): (usize, usize)) {
+    let px = egui::vec2(r.width() / w.max(1) as f32, r.height() / h.max(1) as f32);
+    let c = r.min + egui::vec2((w / 2) as f32 + 0.5, (h / 2) as f32 + 0.5) * px;
+    let arm = 6.0;
+    let stroke = egui::Stroke::new(1.5, egui::Color32::from_rgb(0, 220, 255));
+    let p = ui.painter();
+    p.line_segment([c - egui::vec2(arm, 0.0), c + egui::vec2(arm, 0.0)], stroke);
+    p.line_segment([c - egui::vec2(0.0, arm), c + egui::vec2(0.0, arm)], stroke);
 }
 
 /// Area ratios per map: the share of the image the smallest centred square holding t of the
@@ -155,9 +170,15 @@ impl ErfTab {
             return;
         }
         ui.label(
-            "The effective receptive field (RepLKNet's definition): how much each input pixel moves \
-             the centre of a stage's map, Σ_rgb ReLU(∂s/∂x) with s the centre position's summed \
-             ReLU activations, averaged over the images.",
+            "Which pixels of the image each stage's centre position actually looks at: the \
+             larger the bright area, the further the stage sees.",
+        );
+        ui.label(
+            RichText::new(
+                "The effective receptive field as RepLKNet defines it: Σ_rgb ReLU(∂s/∂x), with s \
+                 the centre position's summed ReLU activations, averaged over the images.",
+            )
+            .small(),
         );
         self.controls(ui, ctx);
         ui.separator();
@@ -177,11 +198,28 @@ impl ErfTab {
             .collect();
         let header = format!("{} · {} image(s)", view.source, view.images);
         let skipped = view.skipped.clone();
+        let baseline: Option<Vec<(String, ErfSummary)>> = view.baseline.as_ref().map(|b| {
+            b.iter()
+                .map(|s| (format!("{}, random weights", s.layer), s.clone()))
+                .collect()
+        });
         ui.label(RichText::new(header).strong());
         let refs: Vec<(String, &ErfSummary)> = maps.iter().map(|(n, s)| (n.clone(), s)).collect();
         erf_row(ui, ctx.shared, "erf", &refs);
+        let mut rows = refs.clone();
+        if let Some(b) = &baseline {
+            ui.label(
+                RichText::new(
+                    "The same architecture with random weights (the untrained baseline), beside:",
+                )
+                .strong(),
+            );
+            let brefs: Vec<(String, &ErfSummary)> = b.iter().map(|(n, s)| (n.clone(), s)).collect();
+            erf_row(ui, ctx.shared, "erf_baseline", &brefs);
+            rows.extend(brefs);
+        }
         ui.separator();
-        ratio_table(ui, "erf_ratios", &refs);
+        ratio_table(ui, "erf_ratios", &rows);
         if !skipped.is_empty() {
             ui.label(format!("{} image(s) skipped:", skipped.len()));
             for s in skipped.iter().take(20) {
@@ -223,7 +261,10 @@ impl ErfTab {
                 );
             });
             ui.separator();
-            ui.checkbox(&mut self.random, "random weights (the untrained baseline)");
+            ui.checkbox(
+                &mut self.random,
+                "and random weights beside (the untrained baseline)",
+            );
         });
         ui.horizontal(|ui| {
             let ready = !self.use_folder || !self.folder.trim().is_empty();
@@ -248,29 +289,34 @@ impl ErfTab {
 }
 
 /// Every stage's ERF over the current image or (at most `limit` images of) a folder, for these
-/// weights or random ones.
+/// weights and, when `baseline`, random ones of the same architecture too.
 fn erf(
     w: &WorkerCtx,
     (folder, limit): (Option<PathBuf>, usize),
-    random: bool,
+    baseline: bool,
     progress: &mut dyn Progress,
 ) -> anyhow::Result<ErfView> {
-    use crate::io::preprocess;
     let loaded = w.engine()?;
-    let randomised;
-    let engine = if random {
-        randomised = loaded.random_like(0)?;
-        &randomised
+    let random = if baseline {
+        Some(loaded.random_like(0)?)
     } else {
-        loaded
+        None
     };
-    let stages = (0..engine.plan.stages.len()).map(LayerId::Stage).collect();
-    let mut acc = crate::analysis::attribution::ErfAccumulator::new(stages);
+    let stages = || (0..loaded.plan.stages.len()).map(LayerId::Stage).collect();
+    let mut acc = ErfAccumulator::new(stages());
+    let mut base = random.as_ref().map(|_| ErfAccumulator::new(stages()));
     let mut skipped = Vec::new();
+    let mut add = |x: &candle_core::Tensor| -> crate::Result<()> {
+        acc.add(loaded, x)?;
+        if let (Some(b), Some(e)) = (&mut base, &random) {
+            b.add(e, x)?;
+        }
+        Ok(())
+    };
     let source = match &folder {
         None => {
             let (_, x) = w.current_input()?;
-            acc.add(engine, &x)?;
+            add(&x)?;
             "the current image".to_string()
         }
         Some(dir) => {
@@ -278,28 +324,32 @@ fn erf(
             for (i, f) in files.iter().enumerate() {
                 progress.check("the receptive fields")?;
                 progress.update(i, files.len(), &crate::base::text::file_label(f));
-                let x = preprocess::load_image(f).and_then(|img| {
-                    preprocess::prepare(&img, &engine.preprocess, &engine.device)
-                        .map_err(|e| e.about_image(&f.display().to_string()))
-                });
-                match x {
-                    Ok(p) => acc.add(engine, &p.tensor)?,
+                match input_of(loaded, f) {
+                    Ok(x) => add(&x)?,
                     Err(e) => skipped.push(e.to_string()),
                 }
             }
             format!("{} image(s) of {}", acc.images, dir.display())
         }
     };
-    let weights = if random {
-        "random weights"
-    } else {
-        "these weights"
-    };
     let images = acc.images;
     Ok(ErfView {
         stages: acc.finish()?,
+        baseline: base.map(|b| b.finish()).transpose()?,
         images,
         skipped,
-        source: format!("{source}, {weights}"),
+        source: format!("{source}, these weights"),
     })
+}
+
+/// A file preprocessed as the model takes it.
+fn input_of(
+    engine: &crate::io::engine::Engine,
+    f: &std::path::Path,
+) -> crate::Result<candle_core::Tensor> {
+    use crate::io::preprocess;
+    let img = preprocess::load_image(f)?;
+    preprocess::prepare(&img, &engine.preprocess, &engine.device)
+        .map(|p| p.tensor)
+        .map_err(|e| e.about_image(&f.display().to_string()))
 }

@@ -42,17 +42,9 @@ pub fn page_channels(shared: &Shared, fm: &FeatureMap) -> (Vec<usize>, usize) {
     )
 }
 
-/// Maps this small (2×2 or less) are shown on one scale for the layer: stretched channel by
-/// channel, each tile would be one flat colour.
-const TINY_MAP: usize = 4;
-
 /// The scale a map is drawn with: the chosen one, or shared for tiny maps.
 fn effective_scale(shared: &Shared, fm: &FeatureMap) -> Scale {
-    if fm.height * fm.width <= TINY_MAP {
-        Scale::Shared
-    } else {
-        shared.settings.scale
-    }
+    shared.settings.scale.for_map(fm)
 }
 
 fn layout_for(shared: &Shared, fm: &FeatureMap, zoom: usize) -> GridLayout {
@@ -196,7 +188,8 @@ fn show(shared: &mut Shared, ui: &mut egui::Ui, top: &mut TopImages, jobs: &JobS
         return;
     }
     layer_strip(shared, ui);
-    controls(shared, ui);
+    let tiny = current_map(shared).is_some_and(|(_, fm)| grid::is_tiny(&fm));
+    controls(shared, ui, tiny);
     ui.separator();
     let Some((id, fm)) = current_map(shared) else {
         ui.label("Pick a layer above.");
@@ -245,7 +238,8 @@ fn layer_strip(shared: &mut Shared, ui: &mut egui::Ui) {
     }
 }
 
-fn controls(shared: &mut Shared, ui: &mut egui::Ui) {
+/// The toolbar; on a layer of `tiny` maps the scale shown is the shared one in use.
+fn controls(shared: &mut Shared, ui: &mut egui::Ui, tiny: bool) {
     let s = &mut shared.settings;
     let mut reset_page = false;
     ui.horizontal_wrapped(|ui| {
@@ -270,10 +264,22 @@ fn controls(shared: &mut Shared, ui: &mut egui::Ui) {
             .response
             .labelled_by(lbl.id);
         ui.label("Scale");
-        ui.selectable_value(&mut s.scale, Scale::PerChannel, "per channel")
-            .on_hover_text("Each channel stretched over its own min..max");
-        ui.selectable_value(&mut s.scale, Scale::Shared, "shared")
-            .on_hover_text("One min..max for the whole layer: strong channels stand out");
+        ui.add_enabled_ui(!tiny, |ui| {
+            let shown = if tiny { Scale::Shared } else { s.scale };
+            let per = ui
+                .selectable_label(shown == Scale::PerChannel, "per channel")
+                .on_hover_text("Each channel stretched over its own min..max")
+                .on_disabled_hover_text("These maps are too small to stretch channel by channel");
+            let shared = ui
+                .selectable_label(shown == Scale::Shared, "shared")
+                .on_hover_text("One min..max for the whole layer: strong channels stand out");
+            if per.clicked() {
+                s.scale = Scale::PerChannel;
+            }
+            if shared.clicked() {
+                s.scale = Scale::Shared;
+            }
+        });
         let lbl = ui.label("Per page");
         egui::ComboBox::from_id_salt("page_size")
             .selected_text(s.page_size.to_string())
@@ -324,7 +330,7 @@ fn grid_view(
             }
         });
     });
-    if fm.height * fm.width <= TINY_MAP && shared.settings.scale != Scale::Shared {
+    if grid::is_tiny(fm) && shared.settings.scale != Scale::Shared {
         ui.label(
             egui::RichText::new(format!(
                 "{}×{} maps: stretched channel by channel each tile would be one flat colour, so the layer is shown on one shared scale (strong channels stand out).",
@@ -437,7 +443,15 @@ fn large_view(shared: &mut Shared, ui: &mut egui::Ui, top: &mut TopImages, jobs:
     let w = ui.available_width().min(420.0);
     let opacity = shared.settings.overlay_opacity;
     let make = || grid::channel_image(&fm, c, scale, cmap);
-    heatmap::over_input(ui, &mut shared.textures, &run.input, &key, make, w, opacity);
+    heatmap::over_input(
+        ui,
+        &mut shared.textures,
+        heatmap::Base::of(run),
+        &key,
+        make,
+        w,
+        opacity,
+    );
     ui.add(egui::Slider::new(&mut shared.settings.overlay_opacity, 0.0..=1.0).text("opacity"));
     let st = fm.stats[c];
     let (lo, hi) = grid::channel_range(&fm, c, scale, cmap);

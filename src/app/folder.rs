@@ -210,8 +210,14 @@ impl FolderTab {
             {
                 pick = Some(Listing::Mistakes);
             }
+            if view.eval.mistakes().is_empty() {
+                ui.label(
+                    "Most confident mistakes: none (every labelled image was called its own class)",
+                );
+            }
             pick = top_confusions(ui, view, self.listing).or(pick);
             per_class(ui, view);
+            unlabelled(ui, view);
         } else {
             pick = predicted_counts(ui, view, self.listing);
         }
@@ -278,7 +284,7 @@ impl FolderTab {
             }
         });
         if indices.is_empty() {
-            ui.label("No images.");
+            ui.label("none");
             return;
         }
         let page: Vec<usize> = indices
@@ -422,15 +428,15 @@ fn top_confusions(
     cells.sort_by_key(|c| std::cmp::Reverse(c.0));
     let mut pick = None;
     ui.horizontal_wrapped(|ui| {
-        ui.label(RichText::new("Largest confusions:").small());
+        ui.label("Largest confusions:");
+        if cells.is_empty() {
+            ui.label("none: every labelled image was called its own class");
+        }
         let name = |c: usize| crate::io::labels::short(&view.labels[c]).to_string();
         for (n, t, p) in cells.into_iter().take(6) {
             let text = format!("{} as {} ({n})", name(t), name(p));
             let on = listing == Some(Listing::Cell(t, p));
-            if ui
-                .selectable_label(on, RichText::new(text).small())
-                .clicked()
-            {
+            if ui.selectable_label(on, text).clicked() {
                 pick = Some(Listing::Cell(t, p));
             }
         }
@@ -455,27 +461,58 @@ fn per_class(ui: &mut egui::Ui, view: &FolderView) {
     egui::CollapsingHeader::new("Per class: images, precision, recall")
         .default_open(s.per_class.len() <= 20)
         .show(ui, |ui| {
-            egui::ScrollArea::vertical().max_height(220.0).show_rows(
-                ui,
-                16.0,
-                s.per_class.len(),
-                |ui, range| {
-                    for c in &s.per_class[range] {
-                        ui.label(
-                            RichText::new(format!(
-                                "{:<18} {:>6} {:>8} {:>8}",
-                                crate::io::labels::short(&c.label),
-                                c.support,
-                                pct(c.precision),
-                                pct(c.recall)
-                            ))
-                            .monospace()
-                            .small(),
-                        );
-                    }
-                },
-            );
+            egui::ScrollArea::vertical()
+                .id_salt("per class")
+                .max_height(260.0)
+                .show(ui, |ui| {
+                    egui::Grid::new("per class grid")
+                        .striped(true)
+                        .num_columns(4)
+                        .show(ui, |ui| {
+                            for h in ["class", "images", "precision", "recall"] {
+                                ui.strong(h);
+                            }
+                            ui.end_row();
+                            for c in &s.per_class {
+                                ui.label(crate::io::labels::short(&c.label));
+                                ui.monospace(format!("{:>6}", c.support));
+                                ui.monospace(format!("{:>7}", pct(c.precision)));
+                                ui.monospace(format!("{:>7}", pct(c.recall)));
+                                ui.end_row();
+                            }
+                        });
+                });
         });
+}
+
+/// The images the folder's layout gives no label: they count in no score, so name them.
+fn unlabelled(ui: &mut egui::Ui, view: &FolderView) {
+    let names: Vec<String> = view
+        .eval
+        .images
+        .iter()
+        .filter(|r| r.label.is_none())
+        .map(|r| crate::base::text::file_label(&r.path))
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let shown = names
+        .iter()
+        .take(20)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = names.len().saturating_sub(20);
+    let tail = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    ui.label(format!(
+        "{} images without a label (in no score above): {shown}{tail}",
+        names.len()
+    ));
 }
 
 /// Without labels: how many images each class got; a click lists them.
@@ -595,11 +632,12 @@ fn collapse_plot(
     let curve = |c: &[LayerCollapse]| -> Vec<[f64; 2]> {
         c.iter().map(|l| [l.depth, l.distance]).collect()
     };
+    ui.label("How different a layer's channels are from one another, along the depth (feature collapse: a distance near 0 means the channels have become copies of each other, as ConvNeXt V2's GRN was made to prevent).");
     Plot::new("collapse")
-        .height(ui.available_height().clamp(160.0, 260.0))
+        .height(240.0)
         .x_axis_label("normalised depth")
         .y_axis_label("feature cosine distance")
-        .legend(Legend::default())
+        .legend(Legend::default().position(egui_plot::Corner::LeftBottom))
         .show(ui, |plot| {
             plot.line(Line::new(
                 view.model.clone(),

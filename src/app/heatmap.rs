@@ -1,22 +1,40 @@
 //! A map drawn over the image the network saw, and its colour bar: the features tab's large
 //! view, the attribution maps and the evidence map all use these.
 use super::textures::{self, Textures};
+use super::views::RunView;
 use crate::analysis::colormap::Colormap;
 use egui::{Color32, Rect, Sense, TextureOptions, Vec2};
 
-/// The input (`input`) with a map texture (made by `make` the first time `key` is seen) blended
-/// over it at `opacity`, in a `side`×`side` square.
+/// The image the network saw, under its run's own texture key: an overlay is drawn over the
+/// image it was computed for, never over whatever image a shared key happened to hold.
+pub struct Base<'a> {
+    pub key: String,
+    pub image: &'a image::RgbImage,
+}
+
+impl<'a> Base<'a> {
+    pub fn of(run: &'a RunView) -> Self {
+        Self {
+            key: run.texture_key(),
+            image: &run.input,
+        }
+    }
+}
+
+/// `base` with a map texture (made by `make` the first time `key` is seen) blended over it at
+/// `opacity`, in a `side`×`side` square.
 pub fn over_input(
     ui: &mut egui::Ui,
     tex: &mut Textures,
-    input: &image::RgbImage,
+    base: Base,
     key: &str,
     make: impl FnOnce() -> image::RgbaImage,
     side: f32,
     opacity: f32,
 ) {
-    let base = tex.get(ui.ctx(), "input", TextureOptions::LINEAR, || {
-        textures::rgb(input)
+    let image = base.image;
+    let base = tex.get(ui.ctx(), &base.key, TextureOptions::LINEAR, || {
+        textures::rgb(image)
     });
     let over = tex.get(ui.ctx(), key, TextureOptions::LINEAR, || {
         textures::rgba(&make())

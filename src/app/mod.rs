@@ -13,6 +13,8 @@
 mod architecture;
 mod attribution;
 mod compare;
+mod compare_cka;
+mod compare_diff;
 #[cfg(feature = "hub")]
 mod download;
 mod erf;
@@ -41,7 +43,9 @@ use crate::io::engine::{default_weights, project_dir, weights_dir, ModelSpec};
 use crate::io::preprocess::is_image_file;
 use crate::model::layer_id::LayerId;
 pub use attribution::{AttributionTab, AttributionView};
-pub use compare::{CompareTab, CompareWith};
+pub use compare::{CkaDone, CompareTab, CompareView, CompareWith};
+pub use compare_cka::CkaOutcome;
+pub use compare_diff::DiffOutcome;
 pub use erf::{ErfTab, ErfView};
 pub use features::FeaturesTab;
 pub use folder::{FolderResults, FolderTab};
@@ -99,6 +103,8 @@ pub struct Settings {
     pub variant_classes: usize,
     pub show_containers: bool,
     pub sidebar_width: f32,
+    /// The sidebar (model, image, predictions) is shown; hidden, the tabs get the whole width.
+    pub sidebar_open: bool,
     /// The last image opened from a file, reopened at the next start.
     pub last_image: Option<PathBuf>,
     /// Most images a folder run takes.
@@ -125,6 +131,7 @@ impl Default for Settings {
             variant_classes: 1000,
             show_containers: false,
             sidebar_width: 300.0,
+            sidebar_open: true,
             last_image: None,
             folder_limit: 10_000,
             last_folder: None,
@@ -235,6 +242,11 @@ impl Shared {
         self.status.pending > 0
     }
 
+    /// Whether a texture is cached under `key` (for tests: which image an overlay was drawn on).
+    pub fn has_texture(&self, key: &str) -> bool {
+        self.textures.contains(key)
+    }
+
     /// Shows the outcome of a save as a notice or an error.
     fn report(&mut self, result: Result<String, String>) {
         match result {
@@ -264,6 +276,7 @@ impl ExplorerApp {
         settings: Settings,
         start: StartOptions,
     ) -> std::io::Result<Self> {
+        readable_text(ctx);
         let repaint = ctx.clone();
         let worker = Worker::spawn(move || repaint.request_repaint())?;
         let mut app = Self {
@@ -600,14 +613,16 @@ impl ExplorerApp {
             egui::Panel::bottom("errors").show(ui, |ui| errors_panel(ui, shared));
         }
         let sidebar = &mut self.sidebar;
-        egui::Panel::left("sidebar")
-            .resizable(true)
-            .default_size(shared.settings.sidebar_width)
-            .size_range(220.0..=520.0)
-            .show(ui, |ui| {
-                shared.settings.sidebar_width = ui.available_width();
-                egui::ScrollArea::vertical().show(ui, |ui| sidebar.ui(ui, shared));
-            });
+        if shared.settings.sidebar_open {
+            egui::Panel::left("sidebar")
+                .resizable(true)
+                .default_size(shared.settings.sidebar_width)
+                .size_range(220.0..=520.0)
+                .show(ui, |ui| {
+                    shared.settings.sidebar_width = ui.available_width();
+                    egui::ScrollArea::vertical().show(ui, |ui| sidebar.ui(ui, shared));
+                });
+        }
         let mut tab_ctx = TabCtx {
             shared,
             jobs: self.worker.sender(),
@@ -625,9 +640,31 @@ impl ExplorerApp {
     }
 }
 
-/// The tab bar and the tab shown (the first, if the remembered one is gone).
+/// egui's small text is 9 px, too small to read notes, hints and tables by: 11 px, in every
+/// theme.
+fn readable_text(ctx: &egui::Context) {
+    ctx.all_styles_mut(|style| {
+        use egui::{FontFamily, FontId, TextStyle};
+        style.text_styles.insert(
+            TextStyle::Small,
+            FontId::new(11.0, FontFamily::Proportional),
+        );
+    });
+}
+
+/// The tab bar and the tab shown (the first, if the remembered one is gone). The bar wraps and
+/// the tab scrolls both ways, so that every tab can be reached and read on a small screen.
 fn central(ui: &mut egui::Ui, tabs: &mut [Box<dyn Tab>], ctx: &mut TabCtx) {
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
+        let open = &mut ctx.shared.settings.sidebar_open;
+        let arrow = if *open { "◀" } else { "▶" };
+        if ui
+            .button(arrow)
+            .on_hover_text("Show or hide the sidebar (model, image, predictions)")
+            .clicked()
+        {
+            *open = !*open;
+        }
         for tab in tabs.iter() {
             let on = ctx.shared.settings.tab == tab.name();
             if ui.selectable_label(on, tab.name()).clicked() {
@@ -641,7 +678,10 @@ fn central(ui: &mut egui::Ui, tabs: &mut [Box<dyn Tab>], ctx: &mut TabCtx) {
         .position(|t| t.name() == ctx.shared.settings.tab)
         .unwrap_or(0);
     if let Some(tab) = tabs.get_mut(shown) {
-        tab.ui(ui, ctx);
+        egui::ScrollArea::both()
+            .id_salt(("tab", tab.name()))
+            .auto_shrink(false)
+            .show(ui, |ui| tab.ui(ui, ctx));
     }
 }
 

@@ -167,15 +167,17 @@ pub fn window(ctx: &egui::Context, shared: &mut Shared) {
     let Some(prompt) = &mut shared.prompt else {
         return;
     };
-    let mut open = true;
     let mut done = None;
+    let mut cancel = false;
     let title = format!("{} {}", prompt.purpose.verb(), prompt.purpose.what());
-    egui::Window::new(title)
-        .open(&mut open)
-        .collapsible(false)
-        .pivot(egui::Align2::CENTER_CENTER)
-        .default_pos(ctx.content_rect().center())
-        .show(ctx, |ui| done = prompt_ui(ui, prompt));
+    // Modal, and always in the middle: a click meant for the field never lands on the view
+    // behind it.
+    let modal = egui::Modal::new(egui::Id::unique("path prompt")).show(ctx, |ui| {
+        ui.heading(title);
+        done = prompt_ui(ui, prompt);
+        cancel = ui.button("Cancel").clicked();
+    });
+    let open = !(cancel || modal.should_close());
     if let Some(path) = done {
         if let Some(p) = shared.prompt.take() {
             act(shared, p.purpose, path);

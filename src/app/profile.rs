@@ -188,7 +188,7 @@ fn summary(
     if let Some(p) = profile {
         let ms = p.total.as_secs_f64() * 1e3;
         line += &format!(
-            " · median of {} runs: {:.2} ms with per-layer timing, {:.2} ms without ({:.1} G{unit}/s)",
+            " · median of {} runs: {:.2} ms with per-layer timing, {:.2} ms without ({:.1} G{unit}/s; runs on a busy machine vary by several %, so a difference smaller than that is noise)",
             p.runs,
             ms,
             p.plain.as_secs_f64() * 1e3,

@@ -126,11 +126,8 @@ impl RoadmapTab {
             ui.vertical(|ui| self.cost_chart(ui, (w, h)));
         });
         ui.separator();
-        let table_h = (ui.available_height() * 0.55).max(200.0);
-        ui.push_id("roadmap_table", |ui| {
-            ui.set_max_height(table_h);
-            self.table(ui, ctx.shared);
-        });
+        // All sixteen rows, with no box of its own: the tab scrolls.
+        ui.push_id("roadmap_table", |ui| self.table(ui, ctx.shared));
         ui.separator();
         egui::CollapsingHeader::new("Receptive fields of kernels 3×3 to 11×11 (steps 6–10)")
             .default_open(self.erfs.is_some())
@@ -170,11 +167,17 @@ impl RoadmapTab {
                 latency.push(Bar::new(x + 0.3, ms / 10.0).width(0.2));
             }
         }
+        let top = [&ours, &paper, &params, &latency]
+            .iter()
+            .flat_map(|v| v.iter().map(|b| b.value))
+            .fold(0.0, f64::max);
         Plot::new("roadmap_cost")
             .width(w)
             .height(h)
             .allow_scroll(false)
-            .legend(Legend::default().position(egui_plot::Corner::LeftBottom))
+            // Headroom above the bars for the legend, so that it covers no step.
+            .include_y(top * 1.8)
+            .legend(Legend::default().position(egui_plot::Corner::LeftTop))
             .x_axis_label("step")
             .show(ui, |p| {
                 p.bar_chart(BarChart::new("GMACs (ours)", ours).color(stage_colour(Some(0))));
@@ -190,6 +193,7 @@ impl RoadmapTab {
         let mut load = None;
         TableBuilder::new(ui)
             .striped(true)
+            .vscroll(false)
             .column(Column::initial(30.0))
             .column(Column::initial(240.0))
             .columns(Column::initial(70.0), 6)
@@ -334,13 +338,15 @@ impl RoadmapTab {
         });
     }
 
-    /// The last stage's ERF of steps 6–10 (random weights, the current image or a sample,
-    /// 224×224): the paper's large-kernel question, seen.
+    /// The last stage's ERF of steps 6–10 (random weights, the current image or a sample, at
+    /// [`ERF_SIZE`]): the paper's large-kernel question, seen.
     fn kernel_erfs_ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
         ui.horizontal(|ui| {
             if ui
                 .add_enabled(!ctx.shared.busy(), egui::Button::new("Compute"))
-                .on_hover_text("Random weights, 224×224, the current image (or a sample)")
+                .on_hover_text(format!(
+                    "Random weights, the current image (or a sample) at {ERF_SIZE}×{ERF_SIZE}: about a minute on two cores"
+                ))
                 .clicked()
             {
                 self.compute_kernel_erfs(ctx);
@@ -350,6 +356,7 @@ impl RoadmapTab {
             }
         });
         let Some(maps) = &self.erfs else {
+            ui.label(format!("How far the last stage sees as the depthwise kernel grows from 3×3 to 11×11 (random weights, a {ERF_SIZE}×{ERF_SIZE} input as RepLKNet measures, so that the field is not cut off by the image's border)."));
             return;
         };
         let rows: Vec<(String, &ErfSummary)> = maps
@@ -362,8 +369,13 @@ impl RoadmapTab {
     }
 }
 
+/// The input side the kernels' ERFs are measured at. At 224 px the last stage (7×7) sees the
+/// whole image whatever the kernel, and the five pictures look alike; RepLKNet measures at
+/// 1024 px, where the field's growth with the kernel shows.
+pub const ERF_SIZE: usize = 1024;
+
 /// Steps 6–10 of the roadmap differ only in their depthwise kernel (3, 5, 7, 9, 11): the last
-/// stage's ERF of each, random weights, on the current image or a sample.
+/// stage's ERF of each, random weights, on the current image or a sample at [`ERF_SIZE`].
 fn kernel_erfs_job(w: &mut WorkerCtx, progress: &mut dyn Progress) -> anyhow::Result<KernelErfs> {
     use crate::io::preprocess;
     let img = match w.image() {
@@ -379,7 +391,10 @@ fn kernel_erfs_job(w: &mut WorkerCtx, progress: &mut dyn Progress) -> anyhow::Re
         let name = format!("roadmap:{}", step.name);
         let cpu = candle_core::Device::Cpu;
         let engine = Engine::random(&name, 1000, 0, &cpu, candle_core::DType::F32)?;
-        let x = preprocess::prepare(&img, &engine.preprocess, &engine.device)?.tensor;
+        let mut pre = engine.preprocess.clone();
+        pre.input_size = (ERF_SIZE, ERF_SIZE);
+        pre.crop_pct = 1.0;
+        let x = preprocess::prepare(&img, &pre, &engine.device)?.tensor;
         let last = LayerId::Stage(engine.plan.stages.len() - 1);
         let mut acc = crate::analysis::attribution::ErfAccumulator::new(vec![last]);
         acc.add(&engine, &x)?;

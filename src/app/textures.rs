@@ -28,6 +28,10 @@ impl Textures {
         t
     }
 
+    pub fn contains(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
     pub fn clear(&mut self) {
         self.map.clear();
     }

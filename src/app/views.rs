@@ -63,8 +63,55 @@ pub struct ModelView {
     pub grn: Vec<(usize, usize, Vec<f32>, Vec<f32>)>,
 }
 
+/// A map with a side under this shows as a few flat blocks of colour (a two-colour gradient
+/// once smoothed): too coarse to say where in the image something is.
+pub const MIN_VISIBLE_SIDE: usize = 7;
+
+impl ModelView {
+    /// The layer a map is best explained at by default: the deepest stage output whose map is at
+    /// least [`MIN_VISIBLE_SIDE`] on each side at the model's input size (else the first
+    /// stage), and why, when that is not the last stage.
+    pub fn explain_layer(&self) -> (LayerId, Option<String>) {
+        let side = |id: LayerId| {
+            self.layers
+                .iter()
+                .find(|l| l.id == id)
+                .map(|l| l.out_shape.iter().skip(2).copied().min().unwrap_or(0))
+        };
+        let stages = self.plan.depths().len();
+        let last = LayerId::Stage(stages.saturating_sub(1));
+        let pick = (0..stages)
+            .rev()
+            .map(LayerId::Stage)
+            .find(|&id| side(id).is_some_and(|s| s >= MIN_VISIBLE_SIDE))
+            .unwrap_or(LayerId::Stage(0));
+        if pick == last {
+            return (pick, None);
+        }
+        let why = |id: LayerId| {
+            let shape = self
+                .layers
+                .iter()
+                .find(|l| l.id == id)
+                .map(|l| &l.out_shape);
+            match shape {
+                Some(s) if s.len() == 4 => format!("{}×{}", s[2], s[3]),
+                _ => "?".into(),
+            }
+        };
+        let reason = format!(
+            "{pick} by default: the deepest layer whose map is at least {MIN_VISIBLE_SIDE}×{MIN_VISIBLE_SIDE} ({pick} is {}; {last} is only {} at this model's input size)",
+            why(pick),
+            why(last)
+        );
+        (pick, Some(reason))
+    }
+}
+
 /// One image through the model.
 pub struct RunView {
+    /// Unique among the runs this process made: names the textures drawn from this run.
+    pub id: u64,
     pub name: String,
     /// The file it came from (not for pasted or dropped pixels).
     pub path: Option<std::path::PathBuf>,
@@ -145,7 +192,9 @@ pub fn run_image(
         ImageSource::Path(p) => Some(p.clone()),
         _ => None,
     };
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     Ok(RunView {
+        id: RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         name: src.name(),
         path,
         notices: engine.card.notice_for(img).into_iter().collect(),
@@ -156,6 +205,13 @@ pub fn run_image(
         evidence,
         elapsed,
     })
+}
+
+impl RunView {
+    /// The key the input's texture is cached under.
+    pub fn texture_key(&self) -> String {
+        format!("run:{}:input", self.id)
+    }
 }
 
 fn thumbnail(img: &DynamicImage, max: u32) -> RgbaImage {

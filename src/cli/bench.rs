@@ -42,6 +42,11 @@ pub struct BenchArgs {
     /// against the plain forward's.
     #[arg(long)]
     gradcam: Option<String>,
+    /// Also time CKA of the model against a second, separately built copy of itself over this
+    /// many random images (mini-batches of 32) and report it against the two models' forwards
+    /// over the same images.
+    #[arg(long)]
+    cka: Option<usize>,
     #[arg(long)]
     json: bool,
 }
@@ -66,6 +71,20 @@ struct BenchReport {
     ms_per_kind: Option<BTreeMap<String, f64>>,
     #[serde(flatten)]
     gradcam: Option<GradCamCost>,
+    #[serde(flatten)]
+    cka: Option<CkaCost>,
+}
+
+/// CKA against the forwards it needs, same run.
+#[derive(Serialize, Debug)]
+struct CkaCost {
+    cka_images: usize,
+    cka_rounds: usize,
+    cka_median_ms: f64,
+    forwards_median_ms: f64,
+    /// Median over the rounds of CKA's time / the two models' forwards' time.
+    cka_time_ratio: f64,
+    cka_time_ratio_range: [f64; 2],
 }
 
 /// Grad-CAM against the plain forward, same run.
@@ -127,6 +146,7 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
         memory: None,
         ms_per_kind: None,
         gradcam: None,
+        cka: None,
     };
     if a.layers {
         report.tracing = Some(tracing_cost(a, &engine, &x, report.median_ms)?);
@@ -146,6 +166,9 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
             layer,
             (rss_before, forward_peak_kb),
         )?);
+    }
+    if let Some(n) = a.cka {
+        report.cka = Some(cka_cost(ctx, a, &engine, (h, w), n)?);
     }
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -245,21 +268,75 @@ fn gradcam_cost(
         (true, Some(before), Some(peak)) => Some(peak.saturating_sub(before) as f64),
         _ => None,
     };
-    let range = |v: &[f64]| {
-        v.iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| {
-                (l.min(x), h.max(x))
-            })
-    };
     Ok(GradCamCost {
         gradcam_layer: layer.to_string(),
         gradcam_rounds: ratios.len(),
         gradcam_median_ms: median(&times),
         gradcam_time_ratio: median(&ratios),
-        gradcam_time_ratio_range: range(&ratios).into(),
+        gradcam_time_ratio_range: min_max(&ratios),
         gradcam_peak_mb: peak_kb.map(|kb| kb * 1.024 / 1e3),
         gradcam_memory_ratio: peak_kb.zip(forward_peak_kb).map(|(g, f)| g / f),
     })
+}
+
+/// CKA's time against its forwards': rounds (at least 5) of the two models' plain forwards over
+/// `n` random images in mini-batches, then CKA over the same images, interleaved; the ratio is
+/// the median of the rounds' ratios with its range.
+fn cka_cost(
+    ctx: &Context,
+    a: &BenchArgs,
+    engine: &Engine,
+    (h, w): (usize, usize),
+    n: usize,
+) -> Result<CkaCost> {
+    use crate::analysis::cka::{cka_tensor, BATCH, MIN_BATCH};
+    if n < MIN_BATCH {
+        bail!("--cka needs at least {MIN_BATCH} images");
+    }
+    let other = ctx.engine(Some(&a.model), a.dtype)?;
+    let dev = &engine.device;
+    let x = Tensor::randn(0f32, 1f32, (n, 3, h, w), dev)?.to_dtype(a.dtype)?;
+    let forwards = || -> Result<()> {
+        for start in (0..n).step_by(BATCH) {
+            let xs = x.narrow(0, start, BATCH.min(n - start))?;
+            engine.forward(&xs)?;
+            other.forward(&xs)?;
+        }
+        dev.synchronize()?;
+        Ok(())
+    };
+    let cka = || -> Result<()> {
+        cka_tensor(engine, &other, &x, BATCH, &mut Silent)?;
+        dev.synchronize()?;
+        Ok(())
+    };
+    let (mut ratios, mut times, mut fwd) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..a.iters.clamp(5, 7) {
+        let t = Instant::now();
+        forwards()?;
+        let f = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        cka()?;
+        let c = t.elapsed().as_secs_f64();
+        times.push(c * 1e3);
+        fwd.push(f * 1e3);
+        ratios.push(c / f);
+    }
+    Ok(CkaCost {
+        cka_images: n,
+        cka_rounds: ratios.len(),
+        cka_median_ms: median(&times),
+        forwards_median_ms: median(&fwd),
+        cka_time_ratio: median(&ratios),
+        cka_time_ratio_range: min_max(&ratios),
+    })
+}
+
+fn min_max(v: &[f64]) -> [f64; 2] {
+    v.iter()
+        .fold([f64::INFINITY, f64::NEG_INFINITY], |[l, h], &x| {
+            [l.min(x), h.max(x)]
+        })
 }
 
 /// Peak memory against a budget of 1.2 × (weights + the two largest activations): one copy of
@@ -329,6 +406,18 @@ fn print_report(r: &BenchReport) {
                 (Some(p), Some(r)) => format!("{p:.0} MB, {r:.2}× the forward's"),
                 _ => "not measured (needs Linux's /proc/self/clear_refs)".into(),
             }
+        );
+    }
+    if let Some(c) = &r.cka {
+        println!(
+            "CKA of the model against a copy of itself over {} images: median {:.0} ms, {:.2}× the two models' forwards ({:.0} ms; median of {} interleaved rounds, range {:.2}–{:.2})",
+            c.cka_images,
+            c.cka_median_ms,
+            c.cka_time_ratio,
+            c.forwards_median_ms,
+            c.cka_rounds,
+            c.cka_time_ratio_range[0],
+            c.cka_time_ratio_range[1]
         );
     }
     if let Some(kinds) = &r.ms_per_kind {
