@@ -79,7 +79,28 @@ fn clicking_a_class_shows_its_evidence() {
     let app = h.state();
     let trouser = app.shared().run.as_ref().unwrap().top[0].index;
     assert_eq!(app.shared().selection.class, Some(trouser));
-    h.get_by_label_contains("evidence for “Trouser”");
+    // The shipped model's last stage is 2×2: the top class's first picture is Grad-CAM at the
+    // deepest layer at least 7×7 (stages.1, 8×8), saying why; another class gets its exact
+    // evidence map.
+    let e = app
+        .shared()
+        .run
+        .as_ref()
+        .unwrap()
+        .explained
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (e.layer, e.map.height, e.map.width),
+        (LayerId::Stage(1), 8, 8)
+    );
+    h.get_by_label_contains("Grad-CAM at stages.1 for “Trouser”");
+    h.get_by_label_contains("stages.1 by default: the deepest layer whose map is at least 7×7");
+    let second = h.state().shared().run.as_ref().unwrap().top[1].clone();
+    h.get_by_label_contains(&format!("%  {}", second.label))
+        .click();
+    h.run_steps(2);
+    h.get_by_label_contains(&format!("evidence for “{}”", second.label));
 }
 
 #[test]
@@ -363,22 +384,46 @@ fn the_attribution_tab_explains_a_class_at_any_layer() {
         .view()
         .expect("a map");
     assert_eq!(a.method, Method::GradCam);
-    assert_eq!(a.layer, LayerId::Stage(3));
+    // The shipped model's last stage is 2×2: the default is the deepest layer at least 7×7,
+    // and the tab says why.
+    assert_eq!(a.layer, LayerId::Stage(1));
+    assert_eq!((a.map.height, a.map.width), (8, 8));
+    h.get_by_label_contains("stages.1 by default: the deepest layer whose map is at least 7×7");
     assert_eq!(a.label, "Trouser");
     h.get_by_label("Grad-CAM++").click();
     h.run_steps(2);
     settle(&mut h);
-    h.get_by_label("stage 1").click();
+    h.get_by_label("stage 2").click();
     h.run_steps(2);
     settle(&mut h);
     let a = h.state().tab::<AttributionTab>().unwrap().view().unwrap();
     assert_eq!(
         (a.method, a.layer),
-        (Method::GradCamPlusPlus, LayerId::Stage(1))
+        (Method::GradCamPlusPlus, LayerId::Stage(2))
     );
-    assert_eq!((a.map.height, a.map.width), (8, 8));
-    h.get_by_label_contains("gradcam++ at stages.1 for “Trouser”");
+    assert_eq!((a.map.height, a.map.width), (4, 4));
+    h.get_by_label_contains("gradcam++ at stages.2 for “Trouser”");
     h.get_by_label_contains("evidence (exact, last stage)");
+    h.get_by_label_contains("bright: drives the class most");
+    // Occlusion works on the input, and its title says so; the evidence method shows its map
+    // once, not beside itself.
+    h.get_by_label("occlusion").click();
+    h.run_steps(2);
+    settle(&mut h);
+    h.get_by_label_contains("occlusion on the input for “Trouser”");
+    h.get_by_label_contains("red: covering it lowers the class's score");
+    h.get_by_label("evidence").click();
+    h.run_steps(2);
+    settle(&mut h);
+    h.get_by_label_contains("evidence at stages.3 for “Trouser”");
+    assert_eq!(
+        h.query_all_by_label_contains("evidence (exact, last stage)")
+            .count(),
+        0
+    );
+    h.get_by_label("Grad-CAM++").click();
+    h.run_steps(2);
+    settle(&mut h);
     // Another class: click it among the predictions.
     let second = h.state().shared().run.as_ref().unwrap().top[1].clone();
     h.get_by_label_contains(&format!("%  {}", second.label))
@@ -432,7 +477,11 @@ fn the_receptive_field_tab_compares_trained_and_random_weights() {
     let base = e.baseline.as_ref().expect("the random-weights row");
     assert_eq!(base.len(), 4);
     assert_ne!(base[3].map, e.stages[3].map);
-    h.get_by_label_contains("stages.3, random weights");
+    assert!(
+        h.query_all_by_label_contains("stages.3, random weights")
+            .count()
+            >= 2
+    );
     h.get_by_label_contains("The + marks the centre position");
     // The roadmap's kernels 3 to 11, on the worker.
     h.state_mut()

@@ -142,6 +142,8 @@ fn a_channel_shows_its_top_images_and_a_second_model_joins_the_collapse_plot() {
         .request(Request::RunFolder(dir.path().to_path_buf()));
     settle(&mut h);
     // Another model on the same images: the first choice is the shipped checkpoint.
+    h.get_by_label("Add to plot").scroll_to_me();
+    h.run_steps(2);
     h.get_by_label("Add to plot").click();
     h.step();
     settle(&mut h);

@@ -412,10 +412,10 @@ fn every_tab_is_reachable_at_1024_by_640() {
         h.run_steps(3);
         assert_eq!(h.state().shared().settings.tab, name);
     }
-    h.get_by_label("◀").click();
+    h.get_by_label("Hide sidebar").click();
     h.run_steps(2);
     assert!(!h.state().shared().settings.sidebar_open);
-    h.get_by_label("▶").click();
+    h.get_by_label("Show sidebar").click();
     h.run_steps(2);
     assert!(h.state().shared().settings.sidebar_open);
 }

@@ -437,12 +437,7 @@ fn cka_job(
         }
         None => (a, spec.clone()),
     };
-    let outcome = compare_cka::compute(
-        (a, spec.label()),
-        (b, format!("{} (right)", b_spec.label())),
-        folder,
-        progress,
-    )?;
+    let outcome = compare_cka::compute((a, spec.label()), (b, b_spec.label()), folder, progress)?;
     let other = match w.image() {
         Some((src, img)) => Some((model_view(b, b_spec)?, run_image(b, src, img)?)),
         None => None,

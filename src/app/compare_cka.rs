@@ -62,6 +62,7 @@ pub fn view(
         crate::base::text::file_label(&o.folder),
         o.result.batch
     ));
+    ui.label(RichText::new(format!("rows: {} · columns: {}", o.a_label, o.b_label)).strong());
     let mut clicked = None;
     ui.horizontal_top(|ui| {
         clicked = heat_map(ui, o, picked);
@@ -82,10 +83,11 @@ fn heat_map(
     let (na, nb) = (o.la.len(), o.lb.len());
     let label_w = 110.0;
     let room = (ui.available_width() - label_w - 260.0).clamp(200.0, 560.0);
-    let cell = (room / nb.max(na) as f32).clamp(6.0, 28.0);
-    let size = Vec2::new(label_w + cell * nb as f32, label_w * 0.6 + cell * na as f32);
+    let cell = (room / nb.max(na) as f32).clamp(6.0, 40.0);
+    let top = 18.0;
+    let size = Vec2::new(label_w + cell * nb as f32, top + cell * na as f32);
     let (rect, resp) = ui.allocate_exact_size(size, Sense::click());
-    let origin = rect.min + Vec2::new(label_w, label_w * 0.6);
+    let origin = rect.min + Vec2::new(label_w, top);
     let painter = ui.painter_at(rect);
     let cell_rect = |i: usize, j: usize| {
         Rect::from_min_size(
@@ -172,28 +174,18 @@ fn axis_labels(ui: &egui::Ui, painter: &egui::Painter, origin: Pos2, cell: f32, 
             painter.text(pos, egui::Align2::RIGHT_CENTER, text, font.clone(), colour);
         }
     }
+    // Columns are narrow: a stage's label starts at its first column.
     for (j, id) in o.lb.iter().enumerate() {
         if let Some(text) = group_label(&o.lb, j, id) {
-            let pos = Pos2::new(origin.x + (j as f32 + 0.5) * cell, origin.y - 4.0);
-            painter.text(pos, egui::Align2::CENTER_BOTTOM, text, font.clone(), colour);
+            let text = if cell < 32.0 {
+                text.replace("stage ", "")
+            } else {
+                text
+            };
+            let pos = Pos2::new(origin.x + j as f32 * cell + 2.0, origin.y - 3.0);
+            painter.text(pos, egui::Align2::LEFT_BOTTOM, text, font.clone(), colour);
         }
     }
-    let a = format!("{} ↓", o.a_label);
-    let b = format!("{} →", o.b_label);
-    painter.text(
-        origin - Vec2::new(4.0, 22.0),
-        egui::Align2::RIGHT_BOTTOM,
-        a,
-        font.clone(),
-        colour,
-    );
-    painter.text(
-        origin + Vec2::new(0.0, -22.0),
-        egui::Align2::LEFT_BOTTOM,
-        b,
-        font,
-        colour,
-    );
 }
 
 /// "stem", or "stage S" at a stage's first block.

@@ -21,7 +21,7 @@ pub fn view(ui: &mut egui::Ui, o: &DiffOutcome) {
         crate::base::text::file_label(&o.b),
     );
     ui.label(format!(
-        "How far the weights of {b} moved from {a}, part by part along the network: ‖B − A‖ / ‖A‖ over each part's tensors (0 = unchanged, 1 = as large as the weights themselves)."
+        "How far the weights of {b} moved from {a}, part by part along the network: the norm of B - A over the norm of A, over each part's tensors (0 = unchanged, 1 = as large as the weights themselves)."
     ));
     ui.horizontal_top(|ui| {
         ui.vertical(|ui| {
@@ -30,7 +30,7 @@ pub fn view(ui: &mut egui::Ui, o: &DiffOutcome) {
             bars(ui, "diff rel", &o.diff.groups, |g| g.rel_change);
             let gammas: Vec<&GroupDiff> =
                 o.diff.groups.iter().filter(|g| g.gamma_change.is_some()).collect();
-            ui.strong("Layer-scale change per block: mean |γ| of B − mean |γ| of A");
+            ui.strong("Layer-scale change per block: mean |γ| of B - mean |γ| of A");
             if gammas.is_empty() {
                 ui.label("none: these checkpoints have no layer scale on both sides (V2 blocks have GRN instead)");
             } else {

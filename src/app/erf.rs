@@ -84,6 +84,10 @@ pub fn erf_row(ui: &mut egui::Ui, shared: &mut Shared, key: &str, maps: &[(Strin
             });
         }
     });
+}
+
+/// How the pictures above are scaled, once under all their rows.
+pub fn erf_note(ui: &mut egui::Ui) {
     ui.label(RichText::new(DISPLAY_NOTE).small());
     super::heatmap::colour_bar(ui, Colormap::Magma, 240.0);
 }
@@ -218,6 +222,7 @@ impl ErfTab {
             erf_row(ui, ctx.shared, "erf_baseline", &brefs);
             rows.extend(brefs);
         }
+        erf_note(ui);
         ui.separator();
         ratio_table(ui, "erf_ratios", &rows);
         if !skipped.is_empty() {

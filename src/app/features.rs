@@ -83,13 +83,21 @@ fn large_map(shared: &Shared) -> Option<(String, Arc<FeatureMap>, usize, Colorma
         }
     }
     let class = shared.selection.class?;
-    let (_, ev) = run.evidence.iter().find(|(k, _)| *k == class)?;
     let label = run
         .top
         .iter()
         .find(|p| p.index == class)
         .map(|p| crate::io::labels::short(&p.label).to_string())
         .unwrap_or_default();
+    if let Some(e) = run.explained.as_ref().filter(|e| e.class == class) {
+        return Some((
+            format!("Grad-CAM at {} for “{label}”", e.layer),
+            e.map.clone(),
+            0,
+            Colormap::Magma,
+        ));
+    }
+    let (_, ev) = run.evidence.iter().find(|(k, _)| *k == class)?;
     // Evidence is signed (for and against the class): always the diverging map.
     Some((
         format!("evidence for “{label}” (last stage)"),
@@ -429,6 +437,16 @@ fn large_view(shared: &mut Shared, ui: &mut egui::Ui, top: &mut TopImages, jobs:
         return;
     };
     ui.strong(&title);
+    if let Some(e) = run
+        .explained
+        .as_ref()
+        .filter(|e| shared.selection.channel.is_none() && Some(e.class) == shared.selection.class)
+    {
+        ui.label(format!(
+            "{}: the last stage's exact evidence map would be a few flat blocks here. The Attribution tab has it, and any other layer.",
+            e.reason
+        ));
+    }
     if fm.height * fm.width == 1 {
         ui.label(
             egui::RichText::new(

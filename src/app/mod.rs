@@ -656,20 +656,25 @@ fn readable_text(ctx: &egui::Context) {
 /// the tab scrolls both ways, so that every tab can be reached and read on a small screen.
 fn central(ui: &mut egui::Ui, tabs: &mut [Box<dyn Tab>], ctx: &mut TabCtx) {
     ui.horizontal_wrapped(|ui| {
+        for tab in tabs.iter() {
+            let on = ctx.shared.settings.tab == tab.name();
+            if ui.selectable_label(on, tab.name()).clicked() {
+                ctx.shared.settings.tab = tab.name().into();
+            }
+        }
+        ui.separator();
         let open = &mut ctx.shared.settings.sidebar_open;
-        let arrow = if *open { "◀" } else { "▶" };
+        let arrow = if *open {
+            "Hide sidebar"
+        } else {
+            "Show sidebar"
+        };
         if ui
             .button(arrow)
             .on_hover_text("Show or hide the sidebar (model, image, predictions)")
             .clicked()
         {
             *open = !*open;
-        }
-        for tab in tabs.iter() {
-            let on = ctx.shared.settings.tab == tab.name();
-            if ui.selectable_label(on, tab.name()).clicked() {
-                ctx.shared.settings.tab = tab.name().into();
-            }
         }
     });
     ui.separator();

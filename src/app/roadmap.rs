@@ -365,6 +365,7 @@ impl RoadmapTab {
             .map(|((name, s), k)| (format!("{k}×{k} ({name})"), s))
             .collect();
         super::erf::erf_row(ui, ctx.shared, "roadmap_erf", &rows);
+        super::erf::erf_note(ui);
         super::erf::ratio_table(ui, "roadmap_erf_ratios", &rows);
     }
 }

@@ -68,44 +68,47 @@ pub struct ModelView {
 pub const MIN_VISIBLE_SIDE: usize = 7;
 
 impl ModelView {
-    /// The layer a map is best explained at by default: the deepest stage output whose map is at
-    /// least [`MIN_VISIBLE_SIDE`] on each side at the model's input size (else the first
-    /// stage), and why, when that is not the last stage.
+    /// The layer a map is best explained at by default, and why ([`explain_layer`]).
     pub fn explain_layer(&self) -> (LayerId, Option<String>) {
-        let side = |id: LayerId| {
-            self.layers
-                .iter()
-                .find(|l| l.id == id)
-                .map(|l| l.out_shape.iter().skip(2).copied().min().unwrap_or(0))
-        };
-        let stages = self.plan.depths().len();
-        let last = LayerId::Stage(stages.saturating_sub(1));
-        let pick = (0..stages)
-            .rev()
-            .map(LayerId::Stage)
-            .find(|&id| side(id).is_some_and(|s| s >= MIN_VISIBLE_SIDE))
-            .unwrap_or(LayerId::Stage(0));
-        if pick == last {
-            return (pick, None);
-        }
-        let why = |id: LayerId| {
-            let shape = self
-                .layers
-                .iter()
-                .find(|l| l.id == id)
-                .map(|l| &l.out_shape);
-            match shape {
-                Some(s) if s.len() == 4 => format!("{}×{}", s[2], s[3]),
-                _ => "?".into(),
-            }
-        };
-        let reason = format!(
-            "{pick} by default: the deepest layer whose map is at least {MIN_VISIBLE_SIDE}×{MIN_VISIBLE_SIDE} ({pick} is {}; {last} is only {} at this model's input size)",
-            why(pick),
-            why(last)
-        );
-        (pick, Some(reason))
+        explain_layer(&self.layers, self.plan.depths().len())
     }
+}
+
+/// The deepest stage output whose map is at least [`MIN_VISIBLE_SIDE`] on each side in
+/// `layers` (else the first stage), and why, when that is not the last of the `stages`.
+pub fn explain_layer(layers: &[LayerInfo], stages: usize) -> (LayerId, Option<String>) {
+    let shape = |id: LayerId| {
+        layers
+            .iter()
+            .find(|l| l.id == id)
+            .filter(|l| l.out_shape.len() == 4)
+            .map(|l| (l.out_shape[2], l.out_shape[3]))
+    };
+    let last = LayerId::Stage(stages.saturating_sub(1));
+    let pick = (0..stages)
+        .rev()
+        .map(LayerId::Stage)
+        .find(|&id| shape(id).is_some_and(|(h, w)| h.min(w) >= MIN_VISIBLE_SIDE))
+        .unwrap_or(LayerId::Stage(0));
+    if pick == last {
+        return (pick, None);
+    }
+    let size = |id| shape(id).map_or("?".into(), |(h, w)| format!("{h}×{w}"));
+    let reason = format!(
+        "{pick} by default: the deepest layer whose map is at least {MIN_VISIBLE_SIDE}×{MIN_VISIBLE_SIDE} ({pick} is {}; {last} is only {} at this model's input size)",
+        size(pick),
+        size(last)
+    );
+    (pick, Some(reason))
+}
+
+/// The first picture of an image, where the last stage is too coarse to show where the
+/// evidence lies: Grad-CAM for the top class at [`explain_layer`]'s layer.
+pub struct Explained {
+    pub class: usize,
+    pub layer: LayerId,
+    pub reason: String,
+    pub map: Arc<FeatureMap>,
 }
 
 /// One image through the model.
@@ -126,6 +129,8 @@ pub struct RunView {
     pub maps: Vec<(LayerId, Arc<FeatureMap>)>,
     /// Class evidence over the last stage's positions for each of `top`.
     pub evidence: Vec<(usize, Arc<FeatureMap>)>,
+    /// The top class explained at a finer layer, when the last stage's map is too coarse.
+    pub explained: Option<Explained>,
     /// The forward with its outputs captured.
     pub elapsed: Duration,
 }
@@ -188,6 +193,7 @@ pub fn run_image(
             evidence.push((p.index, Arc::new(FeatureMap::from_nhwc(&m, 0)?)));
         }
     }
+    let explained = explain_top(engine, &prepared.tensor, &top)?;
     let path = match src {
         ImageSource::Path(p) => Some(p.clone()),
         _ => None,
@@ -203,8 +209,30 @@ pub fn run_image(
         top,
         maps,
         evidence,
+        explained,
         elapsed,
     })
+}
+
+/// Grad-CAM of the top class at [`explain_layer`]'s layer, unless that is the last stage (whose
+/// exact evidence map is then the better first picture).
+fn explain_top(
+    engine: &Engine,
+    x: &candle_core::Tensor,
+    top: &[crate::io::engine::Prediction],
+) -> anyhow::Result<Option<Explained>> {
+    let (layer, reason) = explain_layer(&engine.layers(1), engine.plan.stages.len());
+    let (Some(reason), Some(first)) = (reason, top.first()) else {
+        return Ok(None);
+    };
+    let a = crate::analysis::attribution::grad_cam(engine, x, layer, Some(first.index), false)?;
+    let map = Arc::new(FeatureMap::from_nhwc(&a.map.unsqueeze(3)?, 0)?);
+    Ok(Some(Explained {
+        class: first.index,
+        layer,
+        reason,
+        map,
+    }))
 }
 
 impl RunView {

@@ -15,8 +15,10 @@ pub fn job_progress<T: 'static>(ui: &mut egui::Ui, pending: &Pending<T>) {
     }
 }
 
-/// "Another model": the checkpoints in `weights/` that open, then a few named variants (random
-/// weights, with the current model's classes so that their predictions line up).
+/// "Another model": the checkpoints in `weights/` that open, then a roadmap step's neighbours
+/// (the step it was made from and the steps made from it) when the current model is one, then
+/// a few named variants (random weights, with the current model's classes so that their
+/// predictions line up).
 pub fn other_models(shared: &Shared) -> Vec<ModelSpec> {
     let mut v: Vec<ModelSpec> = shared
         .weights
@@ -26,6 +28,16 @@ pub fn other_models(shared: &Shared) -> Vec<ModelSpec> {
         .map(|e| ModelSpec::Weights(e.path.clone()))
         .collect();
     let classes = shared.model.as_ref().map_or(1000, |m| m.plan.num_classes());
+    let current = shared.model.as_ref().map(|m| &m.spec);
+    if let Some(ModelSpec::Variant { name, seed, .. }) = current {
+        for n in roadmap_neighbours(name) {
+            v.push(ModelSpec::Variant {
+                name: n,
+                classes,
+                seed: *seed,
+            });
+        }
+    }
     for name in [
         "convnext_atto",
         "convnextv2_atto",
@@ -64,4 +76,21 @@ pub fn pick_other_model(
             }
         });
     choices.get(*chosen).cloned()
+}
+
+/// The roadmap steps next to `name` (`roadmap:<step>`): its parent and its children.
+fn roadmap_neighbours(name: &str) -> Vec<String> {
+    use crate::model::roadmap::{parent, STEPS};
+    let Some(i) = name
+        .strip_prefix("roadmap:")
+        .and_then(|s| STEPS.iter().position(|st| st.name == s))
+    else {
+        return Vec::new();
+    };
+    let children = (0..STEPS.len()).filter(|&j| parent(j) == Some(i));
+    parent(i)
+        .into_iter()
+        .chain(children)
+        .map(|j| format!("roadmap:{}", STEPS[j].name))
+        .collect()
 }
