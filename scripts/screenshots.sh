@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Screenshots of the real app under Xvfb, one per tab, the model card and the path field, into
+# Screenshots of the real app under Xvfb, one per tab, the model card and the path field, the
+# Compare tab's CKA and weight diff, the roadmap's kernel ERFs and a 1024x640 window, into
 # assets/screenshots/.
 # Needs: apt-get install xvfb imagemagick xdotool; a release build (cargo build --release).
 set -euo pipefail
@@ -34,4 +35,38 @@ xvfb-run -a -s "-screen 0 1400x900x24" bash -c "
   click 367 43; sleep 1; click 59 358; sleep 1; click 700 363; xdotool key End; xdotool type s; shot path_field
   kill \$P
 "
+# The app at a size (WxH), started with ARGS, after ACTIONS (xdotool, as above), into NAME.png.
+app_shot() {
+  local size=$1 args=$2 actions=$3 name=$4
+  xvfb-run -a -s "-screen 0 ${size}x24" bash -c "
+    ./target/release/convnext-explorer $args & P=\$!
+    sleep 10
+    W=\$(xdotool search --name 'ConvNeXt Explorer' | head -1)
+    xdotool windowsize \$W ${size/x/ }; xdotool windowmove \$W 0 0; xdotool windowfocus \$W
+    sleep 2
+    click() { xdotool mousemove \$1 \$2 click 1; }
+    $actions
+    import -window root '$out/$name.png'
+    kill \$P
+  "
+}
+# Compare: the shipped model against itself over the samples (CKA), a cell picked.
+app_shot 1400x900 assets/samples/bag_18.png \
+  "click 717 43; sleep 1; click 477 75; sleep 1; click 327 107; sleep 1; click 790 107; sleep 10; click 571 209; sleep 2; xdotool mousemove 700 330; sleep 1" \
+  compare_cka
+# Compare: what changed from a fixture checkpoint to its tuned copy (listed from the user's data
+# folder, as a downloaded model would be).
+export XDG_DATA_HOME=$(mktemp -d)
+mkdir -p "$XDG_DATA_HOME/convnext-explorer/weights"
+cp tests/fixtures/checkpoints/timm_v1_tuned.safetensors "$XDG_DATA_HOME/convnext-explorer/weights/"
+app_shot 1400x900 "--weights tests/fixtures/checkpoints/timm_v1.safetensors assets/samples/bag_18.png" \
+  "click 717 43; sleep 1; click 630 75; sleep 1; click 627 107; sleep 1; click 716 157; sleep 1; click 1006 107; sleep 3; xdotool mousemove 1300 800" \
+  compare_diff
+unset XDG_DATA_HOME
+# Roadmap: the last stage's ERF for kernels 3x3 to 11x11 (a minute of work), scrolled to it.
+app_shot 1400x900 assets/samples/sneaker_9.png \
+  "click 1041 43; sleep 1; click 330 731; sleep 1; click 373 754; sleep 75; xdotool mousemove 800 600; for i in \$(seq 15); do xdotool click 5; sleep 0.1; done; sleep 2" \
+  roadmap_erf
+# A laptop-sized window: the tab bar wraps; the first picture is Grad-CAM at stages.1.
+app_shot 1024x640 assets/samples/sneaker_9.png "sleep 1" small_window
 ls -l "$out"

@@ -211,3 +211,29 @@ fn a_folder_without_labels_gives_predictions() {
         1
     );
 }
+
+/// Empty results say "none" rather than a heading over nothing, and images the layout gives no
+/// label are named (they count in no score).
+#[test]
+fn empty_results_say_none_and_unlabelled_images_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first three test images, which the shipped model gets right, and two photos with no
+    // class folder.
+    fashion_folder(dir.path(), 3);
+    for f in ["chelsea.png", "coffee.png"] {
+        std::fs::copy(sample(f), dir.path().join(f)).unwrap();
+    }
+    let mut h = shipped(None);
+    h.state_mut()
+        .request(Request::RunFolder(dir.path().to_path_buf()));
+    settle(&mut h);
+    let f = h.state().tab::<FolderTab>().unwrap().results();
+    let view = f.view.as_ref().expect("the folder's results");
+    assert!(
+        view.eval.mistakes().is_empty(),
+        "the three are predicted right"
+    );
+    h.get_by_label_contains("Most confident mistakes: none");
+    h.get_by_label_contains("none: every labelled image was called its own class");
+    h.get_by_label_contains("2 images without a label (in no score above): chelsea, coffee");
+}

@@ -8,7 +8,7 @@ use super::compare_diff::{self, DiffOutcome};
 use super::tab::{Tab, TabCtx};
 use super::textures::{self, Textures};
 use super::views::{model_view, run_image};
-use super::widgets::{job_progress, pick_other_model};
+use super::widgets::{job_progress, other_models, pick_other_model};
 use super::worker::{ImageSource, Pending, WorkerCtx};
 use super::{heatmap, strip, ModelView, RunView, Shared};
 use crate::analysis::grid::{self, GridLayout, Scale};
@@ -54,6 +54,8 @@ pub struct CompareTab {
     itself: bool,
     diff: Option<DiffOutcome>,
     diff_pending: Option<Pending<DiffOutcome>>,
+    /// The checkpoint file picked for the diff, as an index of the files listed.
+    diff_file: usize,
     /// The other side: its model and its run.
     other: Option<(ModelView, RunView)>,
     pending: Option<Pending<(ModelView, RunView)>>,
@@ -297,14 +299,31 @@ impl CompareTab {
             ui.label("What changed compares two checkpoint files: open a model from a file (this one has random weights).");
             return;
         };
-        let mut other = None;
+        // Only files have weights to compare: the named variants are left out.
+        let files: Vec<PathBuf> = other_models(ctx.shared)
+            .into_iter()
+            .filter_map(|m| match m {
+                ModelSpec::Weights(p) if p != a => Some(p),
+                _ => None,
+            })
+            .collect();
         ui.horizontal_wrapped(|ui| {
             ui.label(format!("From {} to", crate::base::text::file_label(&a)));
-            other = pick_other_model(ui, "diff model", ctx.shared, &mut self.model);
-            let file = match &other {
-                Some(ModelSpec::Weights(b)) => Some(b.clone()),
-                _ => None,
-            };
+            if files.is_empty() {
+                ui.label("none: no other checkpoint file is listed (put one in weights/, or download one)");
+            }
+            self.diff_file = self.diff_file.min(files.len().saturating_sub(1));
+            let name = |i: usize| files.get(i).map(|p| p.display().to_string()).unwrap_or_default();
+            if !files.is_empty() {
+                egui::ComboBox::from_id_salt("diff file")
+                    .selected_text(name(self.diff_file))
+                    .show_ui(ui, |ui| {
+                        for i in 0..files.len() {
+                            ui.selectable_value(&mut self.diff_file, i, name(i));
+                        }
+                    });
+            }
+            let file = files.get(self.diff_file).cloned();
             let ready = file.is_some() && self.diff_pending.is_none();
             if ui
                 .add_enabled(ready, egui::Button::new("Compare weights"))

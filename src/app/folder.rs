@@ -201,7 +201,11 @@ impl FolderTab {
         let mut pick;
         if view.scores.is_some() {
             pick = confusion(ui, &mut shared.textures, view, self.listing);
-            if ui
+            if view.eval.mistakes().is_empty() {
+                ui.label(
+                    "Most confident mistakes: none (every labelled image was called its own class)",
+                );
+            } else if ui
                 .selectable_label(
                     self.listing == Some(Listing::Mistakes),
                     "Most confident mistakes",
@@ -209,11 +213,6 @@ impl FolderTab {
                 .clicked()
             {
                 pick = Some(Listing::Mistakes);
-            }
-            if view.eval.mistakes().is_empty() {
-                ui.label(
-                    "Most confident mistakes: none (every labelled image was called its own class)",
-                );
             }
             pick = top_confusions(ui, view, self.listing).or(pick);
             per_class(ui, view);

@@ -834,7 +834,11 @@ fn status_bar(ui: &mut egui::Ui, shared: &mut Shared) {
             ui.label(match (&status.loading, &status.job) {
                 (Some(what), _) => format!("Loading {what}…"),
                 (None, Some(j)) => {
-                    format!("{}: {} {}/{}", kind_name(j.kind), j.what, j.done, j.total)
+                    format!(
+                        "{}: {}",
+                        kind_name(j.kind),
+                        widgets::progress_text(j.done, j.total, &j.what)
+                    )
                 }
                 (None, None) => "Working…".to_string(),
             });

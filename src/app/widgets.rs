@@ -7,12 +7,17 @@ use crate::io::engine::ModelSpec;
 pub fn job_progress<T: 'static>(ui: &mut egui::Ui, pending: &Pending<T>) {
     ui.spinner();
     if let Some((done, total, what)) = pending.progress() {
-        // Jobs report before each step: the step under way is the next one.
-        ui.label(format!("{}/{total}: {what}", (done + 1).min(total)));
+        ui.label(progress_text(done, total, &what));
     }
     if ui.button("Cancel").clicked() {
         pending.cancel();
     }
+}
+
+/// A job's progress as every progress line words it: "k/N: what", k the step under way (jobs
+/// report before each step, so it is the one after those done).
+pub fn progress_text(done: usize, total: usize, what: &str) -> String {
+    format!("{}/{total}: {what}", (done + 1).min(total))
 }
 
 /// "Another model": the checkpoints in `weights/` that open, then a roadmap step's neighbours
