@@ -170,7 +170,7 @@ impl CompareTab {
             ui.selectable_value(&mut self.mode, 1, "another image");
             ui.separator();
             if self.mode == 0 {
-                model = pick_other_model(ui, "compare model", ctx.shared, &mut self.model);
+                model = pick_other_model(ui, "model", ctx.shared, &mut self.model);
             } else {
                 self.image = self.image.min(images.len().saturating_sub(1));
                 let name = |i: usize| {
@@ -215,8 +215,7 @@ impl CompareTab {
         ui.horizontal_wrapped(|ui| {
             ui.checkbox(&mut self.itself, "this model against itself");
             if !self.itself {
-                ui.label("against");
-                other = pick_other_model(ui, "cka model", ctx.shared, &mut self.model);
+                other = pick_other_model(ui, "against", ctx.shared, &mut self.model);
             }
             ui.label(format!(
                 "over the first {} images of {}",
@@ -315,13 +314,16 @@ impl CompareTab {
             self.diff_file = self.diff_file.min(files.len().saturating_sub(1));
             let name = |i: usize| files.get(i).map(|p| p.display().to_string()).unwrap_or_default();
             if !files.is_empty() {
+                let lbl = ui.label("checkpoint");
                 egui::ComboBox::from_id_salt("diff file")
                     .selected_text(name(self.diff_file))
                     .show_ui(ui, |ui| {
                         for i in 0..files.len() {
                             ui.selectable_value(&mut self.diff_file, i, name(i));
                         }
-                    });
+                    })
+                    .response
+                    .labelled_by(lbl.id);
             }
             let file = files.get(self.diff_file).cloned();
             let ready = file.is_some() && self.diff_pending.is_none();

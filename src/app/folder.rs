@@ -83,10 +83,9 @@ impl Tab for FolderTab {
             return;
         };
         summary(ui, view);
+        // The tab scrolls as a whole: the left column needs no scroll area of its own.
         ui.columns(2, |cols| {
-            egui::ScrollArea::vertical()
-                .id_salt("folder left")
-                .show(&mut cols[0], |ui| self.left(ui, ctx));
+            self.left(&mut cols[0], ctx);
             self.right(&mut cols[1], ctx);
         });
     }
@@ -245,8 +244,8 @@ impl FolderTab {
     fn collapse_controls(&mut self, ui: &mut egui::Ui, shared: &Shared) -> Option<ModelSpec> {
         let mut go = None;
         ui.horizontal(|ui| {
-            ui.label("Feature collapse; compare with");
-            let chosen = pick_other_model(ui, "other model", shared, &mut self.other);
+            let label = "Feature collapse; compare with";
+            let chosen = pick_other_model(ui, label, shared, &mut self.other);
             if ui
                 .add_enabled(!shared.busy(), egui::Button::new("Add to plot"))
                 .clicked()
@@ -636,7 +635,7 @@ fn collapse_plot(
         .height(240.0)
         .x_axis_label("normalised depth")
         .y_axis_label("feature cosine distance")
-        .legend(Legend::default().position(egui_plot::Corner::LeftBottom))
+        .legend(Legend::default().position(egui_plot::Corner::RightBottom))
         .show(ui, |plot| {
             plot.line(Line::new(
                 view.model.clone(),

@@ -683,6 +683,9 @@ fn central(ui: &mut egui::Ui, tabs: &mut [Box<dyn Tab>], ctx: &mut TabCtx) {
         .position(|t| t.name() == ctx.shared.settings.tab)
         .unwrap_or(0);
     if let Some(tab) = tabs.get_mut(shown) {
+        // Solid bars take their own room: a floating one would lie over the tab's last row of
+        // widgets and take their clicks.
+        ui.spacing_mut().scroll = egui::style::ScrollStyle::solid();
         egui::ScrollArea::both()
             .id_salt(("tab", tab.name()))
             .auto_shrink(false)

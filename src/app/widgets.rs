@@ -58,17 +58,18 @@ pub fn other_models(shared: &Shared) -> Vec<ModelSpec> {
     v
 }
 
-/// A list to pick another model from; `chosen` indexes [`other_models`]. Returns the model
-/// chosen, if there is any.
+/// A list to pick another model from, after `label` (its accessible name); `chosen` indexes
+/// [`other_models`]. Returns the model chosen, if there is any.
 pub fn pick_other_model(
     ui: &mut egui::Ui,
-    id: &str,
+    label: &str,
     shared: &Shared,
     chosen: &mut usize,
 ) -> Option<ModelSpec> {
     let choices = other_models(shared);
     *chosen = (*chosen).min(choices.len().saturating_sub(1));
-    egui::ComboBox::from_id_salt(id)
+    let lbl = ui.label(label);
+    egui::ComboBox::from_id_salt(label)
         .selected_text(
             choices
                 .get(*chosen)
@@ -79,7 +80,9 @@ pub fn pick_other_model(
             for (i, c) in choices.iter().enumerate() {
                 ui.selectable_value(chosen, i, c.to_string());
             }
-        });
+        })
+        .response
+        .labelled_by(lbl.id);
     choices.get(*chosen).cloned()
 }
 
