@@ -18,6 +18,20 @@ use candle_core::{DType, Tensor, Var, D};
 pub enum Method {
     GradCam,
     GradCamPlusPlus,
+    /// `ReLU(Σ_c g_c ⊙ A_c)`.
+    HiResCam,
+    /// `ReLU(Σ_c ReLU(g_c) ⊙ A_c)`.
+    LayerCam,
+    /// `w_c = Σ_hw(g_c ⊙ A_c) / (Σ_hw A_c + 1e-7)`, `ReLU(Σ_c w_c · A_c)`.
+    XGradCam,
+    /// Each channel's upsampled, normalised map masks the input; the class's softmax
+    /// probabilities, softmaxed over the channels, weigh the channels.
+    ScoreCam,
+    /// Integrated Gradients from the zero input (the dataset mean) with `steps` points of the
+    /// trapezoid rule, summed over the colour channels, at the input's resolution.
+    IntegratedGradients {
+        steps: usize,
+    },
     /// The drop of the class's logit when a window of the input is set to 0 (the mean).
     Occlusion {
         window: usize,
@@ -32,6 +46,13 @@ impl Method {
         Ok(match s {
             "gradcam" | "grad-cam" => Method::GradCam,
             "gradcam++" | "grad-cam++" => Method::GradCamPlusPlus,
+            "hirescam" => Method::HiResCam,
+            "layercam" => Method::LayerCam,
+            "xgradcam" => Method::XGradCam,
+            "scorecam" => Method::ScoreCam,
+            "ig" => Method::IntegratedGradients {
+                steps: IG_STEPS,
+            },
             "occlusion" => Method::Occlusion {
                 window: 32,
                 stride: 16,
@@ -39,7 +60,7 @@ impl Method {
             "evidence" => Method::Evidence,
             _ => {
                 return Err(Error::Input(format!(
-                    "unknown method `{s}` (gradcam, gradcam++, occlusion or evidence)"
+                    "unknown method `{s}` (gradcam, gradcam++, hirescam, layercam, xgradcam, scorecam, ig, occlusion or evidence)"
                 )))
             }
         })
@@ -49,9 +70,33 @@ impl Method {
         match self {
             Method::GradCam => "gradcam",
             Method::GradCamPlusPlus => "gradcam++",
+            Method::HiResCam => "hirescam",
+            Method::LayerCam => "layercam",
+            Method::XGradCam => "xgradcam",
+            Method::ScoreCam => "scorecam",
+            Method::IntegratedGradients { .. } => "ig",
             Method::Occlusion { .. } => "occlusion",
             Method::Evidence => "evidence",
         }
+    }
+
+    /// Whether the map is a ReLU'd weighted sum of a layer's channels (non-negative, at the
+    /// layer's resolution), as against a signed map.
+    pub fn is_cam(self) -> bool {
+        matches!(
+            self,
+            Method::GradCam
+                | Method::GradCamPlusPlus
+                | Method::HiResCam
+                | Method::LayerCam
+                | Method::XGradCam
+                | Method::ScoreCam
+        )
+    }
+
+    /// Whether the method works at a layer of the user's choosing.
+    pub fn takes_layer(self) -> bool {
+        self.is_cam()
     }
 }
 
@@ -102,7 +147,11 @@ impl Observer for GradientAt {
 }
 
 /// The classes to explain: the given one for every image (checked), else each image's top-1.
-fn classes_for(engine: &Engine, logits: &Tensor, class: Option<usize>) -> Result<Vec<usize>> {
+pub(crate) fn classes_for(
+    engine: &Engine,
+    logits: &Tensor,
+    class: Option<usize>,
+) -> Result<Vec<usize>> {
     let n = logits.dim(0)?;
     match class {
         Some(k) if k >= engine.plan.num_classes() => Err(Error::Input(format!(
@@ -121,7 +170,7 @@ fn classes_for(engine: &Engine, logits: &Tensor, class: Option<usize>) -> Result
 }
 
 /// `Σ_n logits[n, classes[n]]`: each image's gradient comes from its own class.
-fn class_score(logits: &Tensor, classes: &[usize]) -> Result<Tensor> {
+pub(crate) fn class_score(logits: &Tensor, classes: &[usize]) -> Result<Tensor> {
     let idx: Vec<u32> = classes.iter().map(|&k| k as u32).collect();
     let idx = Tensor::from_vec(idx, (classes.len(), 1), logits.device())?;
     Ok(logits.gather(&idx, 1)?.sum_all()?)
@@ -170,6 +219,35 @@ pub fn grad_cam(
         g.mean_keepdim((1, 2))? // [N, 1, 1, C]
     };
     let raw = a.broadcast_mul(&weights)?.sum(3)?;
+    Ok(Attribution {
+        map: raw.relu()?,
+        raw: Some(raw),
+        logits,
+        classes,
+        layer,
+    })
+}
+
+/// HiResCAM, LayerCAM or XGradCAM at `layer`: maps from the layer's output and its gradient
+/// (pytorch-grad-cam's definitions), raw, at the layer's resolution.
+pub fn gradient_cam(
+    engine: &Engine,
+    x: &Tensor,
+    layer: LayerId,
+    class: Option<usize>,
+    method: Method,
+) -> Result<Attribution> {
+    let (a, g, logits, classes) = gradient_at(engine, x, layer, class)?;
+    let raw = match method {
+        Method::HiResCam => (&a * &g)?.sum(3)?,
+        Method::LayerCam => (&a * g.relu()?)?.sum(3)?,
+        Method::XGradCam => {
+            let num = (&a * &g)?.sum_keepdim((1, 2))?;
+            let den = a.sum_keepdim((1, 2))?.affine(1.0, 1e-7)?;
+            a.broadcast_mul(&(num / den)?)?.sum(3)?
+        }
+        m => return Err(Error::Input(format!("{} is not a gradient CAM", m.name()))),
+    };
     Ok(Attribution {
         map: raw.relu()?,
         raw: Some(raw),
@@ -253,7 +331,7 @@ pub fn occlusion(
     })
 }
 
-fn class_logits(logits: &Tensor, classes: &[usize]) -> Result<Vec<f32>> {
+pub(crate) fn class_logits(logits: &Tensor, classes: &[usize]) -> Result<Vec<f32>> {
     let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
     Ok(rows.iter().zip(classes).map(|(r, &k)| r[k]).collect())
 }
@@ -311,6 +389,13 @@ pub fn attribute(
     match method {
         Method::GradCam => grad_cam(engine, x, layer, class, false),
         Method::GradCamPlusPlus => grad_cam(engine, x, layer, class, true),
+        Method::HiResCam | Method::LayerCam | Method::XGradCam => {
+            gradient_cam(engine, x, layer, class, method)
+        }
+        Method::ScoreCam => score_cam(engine, x, layer, class, progress),
+        Method::IntegratedGradients { steps } => {
+            integrated_gradients(engine, x, None, class, steps, progress).map(|ig| ig.attribution)
+        }
         Method::Occlusion { window, stride } => {
             occlusion(engine, x, class, (window, stride), progress)
         }
@@ -500,4 +585,310 @@ impl ErfAccumulator {
             })
             .collect()
     }
+}
+
+/// Integrated Gradients' default number of points.
+pub const IG_STEPS: usize = 32;
+
+/// Bilinear resampling of one `h×w` plane to `H×W` as PyTorch's `interpolate(mode="bilinear",
+/// align_corners=False)` does it: source coordinate `(d + 0.5)·(in/out) − 0.5`, clamped below
+/// at 0, neighbours clamped to the edge.
+pub fn resize_bilinear(src: &[f32], size: (usize, usize), out: (usize, usize)) -> Vec<f32> {
+    let src: Vec<f64> = src.iter().map(|&v| v as f64).collect();
+    resize_bilinear_f64(&src, size, out)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect()
+}
+
+/// [`resize_bilinear`] in f64, with PyTorch's order of operations, so that a ranking of the
+/// result breaks ties as PyTorch's double-precision one does.
+pub fn resize_bilinear_f64(
+    src: &[f64],
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+) -> Vec<f64> {
+    let axis = |len_in: usize, len_out: usize| -> Vec<(usize, usize, f64)> {
+        let scale = len_in as f64 / len_out as f64;
+        (0..len_out)
+            .map(|d| {
+                let s = (scale * (d as f64 + 0.5) - 0.5).max(0.0);
+                let i0 = (s as usize).min(len_in - 1);
+                let i1 = (i0 + 1).min(len_in - 1);
+                (i0, i1, s - i0 as f64)
+            })
+            .collect()
+    };
+    let (ys, xs) = (axis(h, oh), axis(w, ow));
+    let mut out = Vec::with_capacity(oh * ow);
+    for &(y0, y1, fy) in &ys {
+        for &(x0, x1, fx) in &xs {
+            let top = (1.0 - fx) * src[y0 * w + x0] + fx * src[y0 * w + x1];
+            let bottom = (1.0 - fx) * src[y1 * w + x0] + fx * src[y1 * w + x1];
+            out.push((1.0 - fy) * top + fy * bottom);
+        }
+    }
+    out
+}
+
+/// Softmax probabilities of `classes[n]` for each row of `logits`.
+pub(crate) fn class_probs(logits: &Tensor, classes: &[usize]) -> Result<Vec<f32>> {
+    let p = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+    class_logits(&p, classes)
+}
+
+/// ScoreCAM at `layer` (pytorch-grad-cam's recipe, with the softmax probability as the score):
+/// each channel of the layer's output, upsampled bilinearly to the input's size and min–max
+/// normalised per image (a constant channel becomes 0), masks the input; the class's softmax
+/// probability on the masked input is the channel's score; the scores' softmax over the
+/// channels weighs them, and the map is `ReLU(Σ_c w_c · A_c)`. Masked inputs go through the
+/// model a bounded batch at a time; `progress` hears of each batch and may cancel.
+pub fn score_cam(
+    engine: &Engine,
+    x: &Tensor,
+    layer: LayerId,
+    class: Option<usize>,
+    progress: &mut dyn Progress,
+) -> Result<Attribution> {
+    let (a, _, logits, classes) = layer_output(engine, x, layer, class)?;
+    let (n, lh, lw, c) = a.dims4()?;
+    let (_, _, h, w) = x.dims4()?;
+    let a_chw: Vec<f32> = a.permute((0, 3, 1, 2))?.flatten_all()?.to_vec1()?;
+    let x_host: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let per_batch = score_cam_batch(h * w);
+    let mut weights = vec![0f32; n * c];
+    for img in 0..n {
+        let image = &x_host[img * 3 * h * w..(img + 1) * 3 * h * w];
+        let mut scores = Vec::with_capacity(c);
+        for start in (0..c).step_by(per_batch) {
+            progress.check("ScoreCAM")?;
+            progress.update(img * c + start, n * c, "masked inputs");
+            let end = (start + per_batch).min(c);
+            let mut data = Vec::with_capacity((end - start) * image.len());
+            for ch in start..end {
+                let plane = &a_chw[(img * c + ch) * lh * lw..(img * c + ch + 1) * lh * lw];
+                let mask = min_max(&resize_bilinear(plane, (lh, lw), (h, w)));
+                for colour in image.chunks_exact(h * w) {
+                    data.extend(colour.iter().zip(&mask).map(|(v, m)| v * m));
+                }
+            }
+            let batch = Tensor::from_vec(data, (end - start, 3, h, w), x.device())?;
+            let out = engine.forward(&batch.to_dtype(engine.dtype)?)?;
+            scores.extend(class_probs(&out, &vec![classes[img]; end - start])?);
+        }
+        let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let exp: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f32 = exp.iter().sum();
+        for (ch, e) in exp.iter().enumerate() {
+            weights[img * c + ch] = e / sum;
+        }
+    }
+    let wt = Tensor::from_vec(weights, (n, 1, 1, c), x.device())?;
+    let raw = a.broadcast_mul(&wt)?.sum(3)?;
+    Ok(Attribution {
+        map: raw.relu()?,
+        raw: Some(raw),
+        logits,
+        classes,
+        layer,
+    })
+}
+
+/// How many masked inputs of `pixels` each go through the model at once: about 16 of
+/// 224×224, more of smaller ones, so that memory stays near a batch-16 forward.
+fn score_cam_batch(pixels: usize) -> usize {
+    (16 * 224 * 224 / pixels.max(1)).clamp(1, 256)
+}
+
+/// `(v − min) / (max − min)`, or all 0 for a constant plane.
+fn min_max(v: &[f32]) -> Vec<f32> {
+    let (lo, hi) = v
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| {
+            (l.min(x), h.max(x))
+        });
+    if hi > lo {
+        v.iter().map(|x| (x - lo) / (hi - lo)).collect()
+    } else {
+        vec![0.0; v.len()]
+    }
+}
+
+/// A layer's output (channels-last, f32), the logits and the classes to explain, with no
+/// gradient.
+fn layer_output(
+    engine: &Engine,
+    x: &Tensor,
+    layer: LayerId,
+    class: Option<usize>,
+) -> Result<(Tensor, (), Tensor, Vec<usize>)> {
+    if !layer.is_spatial() {
+        return Err(Error::Input(format!(
+            "`{layer}` has no spatial map (the head pools it away): pick a stem, stage, block or block part"
+        )));
+    }
+    let mut cap =
+        crate::analysis::trace::CaptureObserver::new(crate::analysis::trace::CaptureLevel::All);
+    let logits = engine.forward_observed(x, &mut cap)?;
+    let a = cap
+        .get(layer)
+        .ok_or_else(|| Error::Input(format!("layer `{layer}` did not run")))?
+        .to_dtype(DType::F32)?;
+    let classes = classes_for(engine, &logits, class)?;
+    Ok((a, (), logits, classes))
+}
+
+/// Integrated Gradients with what checks it: the attribution, and per image the completeness
+/// gap `|Σ map − (logit_k(x) − logit_k(x′))|` beside `logit_k(x) − logit_k(x′)`.
+pub struct IgResult {
+    pub attribution: Attribution,
+    pub gap: Vec<f32>,
+    pub logit_difference: Vec<f32>,
+}
+
+/// Integrated Gradients by the trapezoid rule: `α_i = i/(n−1)`, weights `1/(n−1)` with the two
+/// ends halved, from the baseline `x′` (0, the dataset mean after normalising, unless given);
+/// `(x − x′) ⊙ Σ_i w_i ∇_x logit_k(x′ + α_i (x − x′))` summed over the colour channels. The
+/// points go through the model a few at a time; `progress` hears of each and may cancel.
+pub fn integrated_gradients(
+    engine: &Engine,
+    x: &Tensor,
+    baseline: Option<&Tensor>,
+    class: Option<usize>,
+    steps: usize,
+    progress: &mut dyn Progress,
+) -> Result<IgResult> {
+    if steps < 2 {
+        return Err(Error::Input(
+            "Integrated Gradients needs at least 2 steps".into(),
+        ));
+    }
+    let x = x.to_dtype(DType::F32)?;
+    let base = match baseline {
+        Some(b) => b.to_dtype(DType::F32)?,
+        None => x.zeros_like()?,
+    };
+    let diff = (&x - &base)?;
+    let logits = engine.forward(&x.to_dtype(engine.dtype)?)?;
+    let classes = classes_for(engine, &logits, class)?;
+    let mut total = x.zeros_like()?;
+    let mut ends = (Vec::new(), Vec::new());
+    for i in 0..steps {
+        progress.check("Integrated Gradients")?;
+        progress.update(i, steps, "points along the path");
+        let alpha = i as f64 / (steps - 1) as f64;
+        let weight = if i == 0 || i == steps - 1 { 0.5 } else { 1.0 } / (steps - 1) as f64;
+        let point = (&base + diff.affine(alpha, 0.0)?)?;
+        let var = Var::from_tensor(&point.to_dtype(engine.dtype)?)?;
+        let out = engine.forward(var.as_tensor())?;
+        if i == 0 {
+            ends.0 = class_logits(&out, &classes)?;
+        }
+        if i == steps - 1 {
+            ends.1 = class_logits(&out, &classes)?;
+        }
+        let grads = class_score(&out, &classes)?.backward()?;
+        let g = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| Error::Input("no gradient reaches the input".into()))?
+            .to_dtype(DType::F32)?;
+        total = (total + g.affine(weight, 0.0)?)?;
+    }
+    let map = (diff * total)?.sum(1)?;
+    let sums: Vec<f32> = map.flatten_from(1)?.sum(1)?.to_vec1()?;
+    let logit_difference: Vec<f32> = ends.1.iter().zip(&ends.0).map(|(a, b)| a - b).collect();
+    let gap = sums
+        .iter()
+        .zip(&logit_difference)
+        .map(|(s, d)| (s - d).abs())
+        .collect();
+    Ok(IgResult {
+        attribution: Attribution {
+            map,
+            raw: None,
+            logits: logits.detach(),
+            classes,
+            layer: LayerId::Stem,
+        },
+        gap,
+        logit_difference,
+    })
+}
+
+/// SmoothGrad's settings: `samples` noisy copies, noise σ (default 0.15 × the image's range),
+/// seeded.
+#[derive(Clone, Copy, Debug)]
+pub struct Smoothing {
+    pub samples: usize,
+    pub sigma: Option<f64>,
+    pub seed: u64,
+}
+
+/// SmoothGrad over any method: per image, the mean over `samples` of the method's map on
+/// `x + N(0, σ²)`, explaining the class of the clean image (given, or its top-1), so that
+/// every sample explains the same class. Seeded: the same seed gives the same map.
+pub fn smooth_grad(
+    engine: &Engine,
+    x: &Tensor,
+    (method, layer): (Method, LayerId),
+    class: Option<usize>,
+    s: Smoothing,
+    progress: &mut dyn Progress,
+) -> Result<Attribution> {
+    use rand::SeedableRng;
+    if s.samples == 0 {
+        return Err(Error::Input("SmoothGrad needs at least 1 sample".into()));
+    }
+    let logits = engine.forward(x)?;
+    let classes = classes_for(engine, &logits, class)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(s.seed);
+    let mut maps = Vec::with_capacity(classes.len());
+    for (i, &k) in classes.iter().enumerate() {
+        let image = x.narrow(0, i, 1)?.to_dtype(DType::F32)?;
+        let values: Vec<f32> = image.flatten_all()?.to_vec1()?;
+        let (lo, hi) = values
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                (l.min(v), h.max(v))
+            });
+        let sigma = s.sigma.unwrap_or(0.15 * (hi - lo) as f64) as f32;
+        let mut sum: Option<Tensor> = None;
+        for j in 0..s.samples {
+            progress.check("SmoothGrad")?;
+            progress.update(
+                i * s.samples + j,
+                classes.len() * s.samples,
+                "noisy samples",
+            );
+            let noise = gaussian(&mut rng, values.len(), sigma);
+            let noisy = (&image + Tensor::from_vec(noise, image.shape(), image.device())?)?;
+            let noisy = noisy.to_dtype(engine.dtype)?;
+            let m = attribute(engine, &noisy, method, layer, Some(k), progress)?.map;
+            sum = Some(match sum {
+                Some(t) => (t + m)?,
+                None => m,
+            });
+        }
+        let total = sum.ok_or_else(|| Error::Input("no samples".into()))?;
+        maps.push((total / s.samples as f64)?);
+    }
+    Ok(Attribution {
+        map: Tensor::cat(&maps, 0)?,
+        raw: None,
+        logits,
+        classes,
+        layer,
+    })
+}
+
+/// `n` draws of N(0, σ²) (Box–Muller), from `rng`.
+fn gaussian(rng: &mut rand::rngs::StdRng, n: usize, sigma: f32) -> Vec<f32> {
+    use rand::Rng;
+    (0..n)
+        .map(|_| {
+            let u1: f32 = rng.random::<f32>().max(1e-12);
+            let u2: f32 = rng.random();
+            sigma * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect()
 }

@@ -73,9 +73,7 @@ impl Default for AttributionTab {
 fn colours(method: Method, fm: &FeatureMap) -> (Colormap, (f32, f32)) {
     let (lo, hi) = fm.range();
     match method {
-        Method::GradCam | Method::GradCamPlusPlus => {
-            (Colormap::Magma, (0.0, hi.max(f32::MIN_POSITIVE)))
-        }
+        m if m.is_cam() => (Colormap::Magma, (0.0, hi.max(f32::MIN_POSITIVE))),
         _ => (Colormap::Diverging, Colormap::Diverging.range(lo, hi)),
     }
 }
@@ -176,7 +174,7 @@ impl AttributionTab {
                 );
             }
         });
-        let layer_matters = matches!(self.method, Method::GradCam | Method::GradCamPlusPlus);
+        let layer_matters = self.method.takes_layer();
         ui.add_enabled_ui(layer_matters, |ui| {
             ui.horizontal(|ui| {
                 ui.label("Layer");
@@ -289,9 +287,7 @@ impl AttributionTab {
     fn stale_note(&self, ui: &mut egui::Ui, a: &AttributionView) {
         let Some(p) = &self.pending else { return };
         let (method, layer) = (self.method, self.layer);
-        let same = a.method == method
-            && (method != Method::GradCam && method != Method::GradCamPlusPlus
-                || Some(a.layer) == layer);
+        let same = a.method == method && (!method.takes_layer() || Some(a.layer) == layer);
         if same {
             return;
         }
@@ -313,13 +309,14 @@ impl AttributionTab {
 /// Which end of the colours means "important".
 fn sign_note(method: Method) -> &'static str {
     match method {
-        Method::GradCam | Method::GradCamPlusPlus => {
-            "bright: drives the class most · dark: not at all"
+        m if m.is_cam() => "bright: drives the class most · dark: not at all",
+        Method::IntegratedGradients { .. } => {
+            "red: the pixel raises the class's score (relative to the mean image) · blue: lowers it"
         }
         Method::Occlusion { .. } => {
             "red: covering it lowers the class's score (important) · blue: raises it"
         }
-        Method::Evidence => "red: evidence for the class · blue: against it",
+        _ => "red: evidence for the class · blue: against it",
     }
 }
 

@@ -19,9 +19,20 @@ pub struct AttributeArgs {
     /// An NCHW f32 tensor named `input` (preprocessing skipped).
     #[arg(long)]
     tensor: Option<PathBuf>,
-    /// gradcam, gradcam++, occlusion or evidence.
+    /// gradcam, gradcam++, hirescam, layercam, xgradcam, scorecam, ig, occlusion, evidence, or
+    /// smoothgrad:<method> (SmoothGrad over any of them).
     #[arg(long)]
     method: String,
+    /// Integrated Gradients' number of points (the trapezoid rule).
+    #[arg(long, default_value_t = crate::analysis::attribution::IG_STEPS)]
+    steps: usize,
+    /// SmoothGrad's noisy samples.
+    #[arg(long, default_value_t = 16)]
+    samples: usize,
+    /// SmoothGrad's noise σ (default: 0.15 × the image's value range). `--seed` seeds the noise
+    /// (and a --variant's weights).
+    #[arg(long)]
+    sigma: Option<f64>,
     /// A layer name as the trace names it (`stages.2`, `stages.2.blocks.1.conv_dw`, …).
     #[arg(long)]
     layer: String,
@@ -49,22 +60,28 @@ pub fn run(ctx: &Context, a: &AttributeArgs) -> Result<()> {
         (None, Some(t)) => read_input_tensor(t)?,
         _ => bail!("give --image IMG or --tensor T.safetensors"),
     };
-    let method = match Method::parse(&a.method)? {
-        Method::Occlusion { .. } => Method::Occlusion {
-            window: a.window,
-            stride: a.stride,
-        },
-        m => m,
-    };
+    let (method, smooth) = parse_method(a)?;
     let layer = layer_by_name(&engine, &a.layer)?;
-    let attr = attribution::attribute(
-        &engine,
-        &x,
-        method,
-        layer,
-        a.class,
-        &mut crate::base::progress::Silent,
-    )?;
+    let progress = &mut crate::base::progress::Silent;
+    let mut gap = None;
+    let attr = match (smooth, method) {
+        (Some(s), _) => {
+            attribution::smooth_grad(&engine, &x, (method, layer), a.class, s, progress)?
+        }
+        (None, Method::IntegratedGradients { steps }) => {
+            let ig =
+                attribution::integrated_gradients(&engine, &x, None, a.class, steps, progress)?;
+            for (i, (g, d)) in ig.gap.iter().zip(&ig.logit_difference).enumerate() {
+                eprintln!(
+                    "image {i}: completeness gap {g:.4} against a logit difference of {d:.4} ({:.2}%)",
+                    100.0 * g / d.abs().max(1e-12)
+                );
+            }
+            gap = Some(ig.gap);
+            ig.attribution
+        }
+        (None, _) => attribution::attribute(&engine, &x, method, layer, a.class, progress)?,
+    };
     let host =
         |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?) };
     let mut out: HashMap<String, Tensor> = HashMap::new();
@@ -72,6 +89,9 @@ pub fn run(ctx: &Context, a: &AttributeArgs) -> Result<()> {
     out.insert("logits".into(), host(&attr.logits)?);
     let classes: Vec<f32> = attr.classes.iter().map(|&k| k as f32).collect();
     out.insert("classes".into(), Tensor::new(classes, &Device::Cpu)?);
+    if let Some(g) = gap {
+        out.insert("completeness_gap".into(), Tensor::new(g, &Device::Cpu)?);
+    }
     candle_core::safetensors::save(&out, &a.out)
         .with_context(|| format!("{}: cannot write", a.out.display()))?;
     let (n, h, w) = attr.map.dims3()?;
@@ -89,6 +109,34 @@ pub fn run(ctx: &Context, a: &AttributeArgs) -> Result<()> {
             .with_context(|| format!("{}: cannot write", png.display()))?;
     }
     Ok(())
+}
+
+/// The method asked for, with the command line's settings, and SmoothGrad's when it wraps it.
+pub fn parse_method(a: &AttributeArgs) -> Result<(Method, Option<attribution::Smoothing>)> {
+    let (name, smooth) = match a.method.strip_prefix("smoothgrad:") {
+        Some(inner) => (
+            inner,
+            Some(attribution::Smoothing {
+                samples: a.samples,
+                sigma: a.sigma,
+                seed: a.model.seed,
+            }),
+        ),
+        None => (a.method.as_str(), None),
+    };
+    Ok((
+        with_settings(Method::parse(name)?, a.window, a.stride, a.steps),
+        smooth,
+    ))
+}
+
+/// A parsed method with the command line's occlusion window and stride and IG's steps.
+pub fn with_settings(m: Method, window: usize, stride: usize, steps: usize) -> Method {
+    match m {
+        Method::Occlusion { .. } => Method::Occlusion { window, stride },
+        Method::IntegratedGradients { .. } => Method::IntegratedGradients { steps },
+        m => m,
+    }
 }
 
 /// The first image's map over the image the network saw.
@@ -110,7 +158,7 @@ fn overlay_first(
         });
     // Grad-CAM maps are non-negative; occlusion and evidence are signed.
     let cmap = match method {
-        Method::GradCam | Method::GradCamPlusPlus => Colormap::Magma,
+        m if m.is_cam() => Colormap::Magma,
         _ => Colormap::Diverging,
     };
     if hi <= 0.0 && cmap == Colormap::Magma {

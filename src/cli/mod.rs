@@ -10,6 +10,7 @@ mod download;
 mod erf;
 mod eval;
 mod export;
+mod faithfulness;
 mod inspect;
 mod roadmap;
 mod top_images;
@@ -76,6 +77,11 @@ pub enum Command {
     Cka(cka::CkaArgs),
     /// What changed between two checkpoints: per tensor, per block, in layer scale.
     Diff(cka::DiffArgs),
+    /// Deletion and insertion curves of a method's maps (or given maps); a folder ranks the
+    /// methods.
+    Faithfulness(faithfulness::FaithfulnessArgs),
+    /// The cascading model-randomisation sanity check of a method at a layer.
+    Sanity(faithfulness::SanityArgs),
 }
 
 /// Which model: `--weights` (global) or a named variant with seeded random weights.
@@ -191,5 +197,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::TopImages(a) => top_images::run(&ctx, a),
         Command::Cka(a) => cka::run(&ctx, a),
         Command::Diff(a) => cka::diff(a),
+        Command::Faithfulness(a) => faithfulness::run(&ctx, a),
+        Command::Sanity(a) => faithfulness::run_sanity(&ctx, a),
     }
 }

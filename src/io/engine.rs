@@ -267,6 +267,40 @@ impl Engine {
         })
     }
 
+    /// This model's weights by canonical name, read again from where they came from (the
+    /// checkpoint, or the seed): the engine itself keeps them only inside its layers.
+    pub fn weights(&self) -> Result<HashMap<String, Tensor>> {
+        match &self.source {
+            Source::Weights { path, .. } => Ok(Checkpoint::open(path)?.tensors),
+            Source::Random { seed, .. } => self.plan.random_weights(*seed),
+        }
+    }
+
+    /// The same architecture, preprocessing and labels with these weights (a model with some
+    /// of its parts re-initialised, for the randomisation sanity check).
+    pub fn with_weights(&self, tensors: HashMap<String, Tensor>, what: String) -> Result<Engine> {
+        let vb = taking_var_builder(tensors, self.dtype, &self.device);
+        let model = Network::new(vb, &self.plan)?;
+        let card = crate::io::card::ModelCard::random(
+            &self.labels,
+            self.label_source,
+            &self.preprocess,
+            what,
+        );
+        Ok(Engine {
+            card,
+            model,
+            plan: self.plan.clone(),
+            labels: self.labels.clone(),
+            label_source: self.label_source,
+            preprocess: self.preprocess.clone(),
+            source: self.source.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype,
+            num_params: self.num_params,
+        })
+    }
+
     pub fn is_random(&self) -> bool {
         matches!(self.source, Source::Random { .. })
     }
