@@ -507,3 +507,101 @@ fn the_receptive_field_tab_compares_trained_and_random_weights() {
         assert!(w[1] >= w[0] * 0.95, "{shown:?}");
     }
 }
+
+/// The Faithfulness tab: every method's map with its curves, a random map and the whole image
+/// for scale, the sanity check's strip, and the methods ranked over the samples.
+#[test]
+fn the_faithfulness_tab_compares_checks_and_ranks_the_methods() {
+    use convnext_explorer::analysis::faithfulness::{deletion_insertion, Map};
+    use convnext_explorer::app::FaithfulnessTab;
+    let mut h = shipped(Some("sneaker_9.png"));
+    h.get_by_label("Faithfulness").click();
+    h.run_steps(2);
+    h.get_by_label("Compare the methods at stages.1").click();
+    h.step();
+    settle(&mut h);
+    let tab = h.state().tab::<FaithfulnessTab>().unwrap();
+    let c = tab.comparison().expect("the comparison");
+    let names: Vec<&str> = c.rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "gradcam",
+            "gradcam++",
+            "hirescam",
+            "layercam",
+            "xgradcam",
+            "scorecam",
+            "ig",
+            "random map",
+            "whole image, reading order"
+        ]
+    );
+    // Each row's curves are the engine's for that map (16 steps: 17 points).
+    let engine = convnext_explorer::Engine::load(
+        &convnext_explorer::io::engine::default_weights().unwrap(),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let x = engine
+        .prepare_file(&sample("sneaker_9.png"))
+        .unwrap()
+        .tensor;
+    for r in &c.rows {
+        assert_eq!(r.curves.deletion.len(), 17);
+        let map = Map {
+            values: &r.map,
+            size: r.size,
+        };
+        let want = deletion_insertion(
+            &engine,
+            &x,
+            &[map],
+            None,
+            16,
+            &mut convnext_explorer::base::progress::Silent,
+        )
+        .unwrap()
+        .remove(0);
+        assert!(
+            (want.deletion_auc - r.curves.deletion_auc).abs() < 1e-5,
+            "{}",
+            r.name
+        );
+        assert!(
+            (want.insertion_auc - r.curves.insertion_auc).abs() < 1e-5,
+            "{}",
+            r.name
+        );
+    }
+    h.get_by_label_contains("the most faithful by deletion is");
+    snap(&mut h, "app_faithfulness");
+    // The sanity check of Grad-CAM: the trained map, then six parts destroyed in turn.
+    // Below the fold: through accesskit (kittest's pointer does not scroll).
+    h.get_by_label("Run the sanity check").click_accesskit();
+    h.step();
+    settle(&mut h);
+    let (method, steps) = h
+        .state()
+        .tab::<FaithfulnessTab>()
+        .unwrap()
+        .sanity()
+        .expect("the sanity check");
+    assert_eq!(method, "gradcam");
+    assert_eq!(steps.len(), 7);
+    assert!(steps.iter().skip(1).any(|s| s.spearman < 0.9));
+    h.get_by_label_contains("changes as the weights are destroyed");
+    // The ranking over the samples.
+    h.get_by_label("Rank").click_accesskit();
+    h.step();
+    settle(&mut h);
+    let (_, table) = h
+        .state()
+        .tab::<FaithfulnessTab>()
+        .unwrap()
+        .ranking()
+        .unwrap();
+    assert_eq!(table.len(), 7);
+    assert!(table.iter().all(|t| t.images == 12));
+}

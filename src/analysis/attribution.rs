@@ -587,6 +587,17 @@ impl ErfAccumulator {
     }
 }
 
+/// The methods a faithfulness comparison runs, by their command-line names.
+pub const COMPARED: [&str; 7] = [
+    "gradcam",
+    "gradcam++",
+    "hirescam",
+    "layercam",
+    "xgradcam",
+    "scorecam",
+    "ig",
+];
+
 /// Integrated Gradients' default number of points.
 pub const IG_STEPS: usize = 32;
 

@@ -8,12 +8,16 @@
 //! into a blurred copy of x (insertion: Gaussian, kernel 31, σ = 5 px, per channel, reflect
 //! padding, as torchvision's `gaussian_blur`); each curve holds the softmax probability of k.
 //! AUC is the trapezoid rule over i/n ∈ [0, 1]: (Σ_i v_i − (v_0 + v_n)/2) / n.
-use crate::analysis::attribution::{class_probs, classes_for, resize_bilinear_f64};
+use crate::analysis::attribution::{
+    attribute, class_probs, classes_for, resize_bilinear_f64, Method,
+};
 use crate::base::error::{Error, Result};
 use crate::base::progress::Progress;
 use crate::io::engine::Engine;
+use crate::model::layer_id::LayerId;
 use candle_core::{DType, Tensor};
 use serde::Serialize;
+use std::path::PathBuf;
 
 /// The number of steps when none is given.
 pub const STEPS: usize = 32;
@@ -203,6 +207,79 @@ fn probabilities(
         probs.extend(class_probs(&engine.forward(&t)?, &vec![class; m])?);
     }
     Ok(probs)
+}
+
+/// One method's deletion and insertion areas over a folder: mean and (population) spread.
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodScore {
+    pub method: String,
+    pub images: usize,
+    pub deletion_mean: f64,
+    pub deletion_std: f64,
+    pub insertion_mean: f64,
+    pub insertion_std: f64,
+}
+
+/// The first image's map of an attribution: values and size.
+pub fn first_map(map: &Tensor) -> Result<(Vec<f32>, (usize, usize))> {
+    let m = map.get(0)?.to_dtype(DType::F32)?;
+    let size = m.dims2()?;
+    Ok((m.flatten_all()?.to_vec1()?, size))
+}
+
+/// Each method's areas over `files`, one image at a time (memory stays one image's; files
+/// that do not decode are skipped), each image's top-1 explained at `layer`.
+pub fn rank_methods(
+    engine: &Engine,
+    files: &[PathBuf],
+    methods: &[Method],
+    layer: LayerId,
+    steps: usize,
+    progress: &mut dyn Progress,
+) -> Result<Vec<MethodScore>> {
+    let mut scores: Vec<(Vec<f64>, Vec<f64>)> = vec![Default::default(); methods.len()];
+    let quiet = &mut crate::base::progress::Silent;
+    for (i, f) in files.iter().enumerate() {
+        progress.check("the ranking")?;
+        progress.update(i, files.len(), &crate::base::text::file_label(f));
+        let Ok(p) = engine.prepare_file(f) else {
+            continue;
+        };
+        for (m, s) in methods.iter().zip(&mut scores) {
+            let (values, size) =
+                first_map(&attribute(engine, &p.tensor, *m, layer, None, quiet)?.map)?;
+            let map = Map {
+                values: &values,
+                size,
+            };
+            let c = deletion_insertion(engine, &p.tensor, &[map], None, steps, quiet)?.remove(0);
+            s.0.push(c.deletion_auc);
+            s.1.push(c.insertion_auc);
+        }
+    }
+    let stat = |v: &[f64]| {
+        let n = v.len().max(1) as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        (
+            mean,
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt(),
+        )
+    };
+    Ok(methods
+        .iter()
+        .zip(&scores)
+        .map(|(m, (d, ins))| {
+            let ((dm, ds), (im, is)) = (stat(d), stat(ins));
+            MethodScore {
+                method: m.name().to_string(),
+                images: d.len(),
+                deletion_mean: dm,
+                deletion_std: ds,
+                insertion_mean: im,
+                insertion_std: is,
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -28,6 +28,9 @@ pub struct SanityStep {
     /// The map after this step (first image), upsampled to the input and normalised.
     #[serde(skip)]
     pub map: Vec<f32>,
+    /// The input's height and width: the map's size.
+    #[serde(skip)]
+    pub size: (usize, usize),
 }
 
 /// The parts re-initialised in turn: `head`, `stages.S` from the last, `stem`.
@@ -64,6 +67,7 @@ pub fn cascade(
         spearman: 1.0,
         ssim: 1.0,
         map: original.clone(),
+        size: (h, w),
     }];
     let parts = cascade_parts(engine);
     for (i, part) in parts.iter().enumerate() {
@@ -85,6 +89,7 @@ pub fn cascade(
             spearman: spearman(&original, &map),
             ssim: ssim(&original, &map, (h, w)),
             map,
+            size: (h, w),
         });
     }
     progress.update(parts.len(), parts.len(), "done");

@@ -18,6 +18,7 @@ mod compare_diff;
 #[cfg(feature = "hub")]
 mod download;
 mod erf;
+mod faithfulness;
 mod features;
 mod folder;
 pub mod folder_jobs;
@@ -47,6 +48,7 @@ pub use compare::{CkaDone, CompareTab, CompareView, CompareWith};
 pub use compare_cka::CkaOutcome;
 pub use compare_diff::DiffOutcome;
 pub use erf::{ErfTab, ErfView};
+pub use faithfulness::FaithfulnessTab;
 pub use features::FeaturesTab;
 pub use folder::{FolderResults, FolderTab};
 pub use profile::{ProfileTab, ProfileView};
@@ -74,6 +76,7 @@ fn tabs() -> Vec<Box<dyn Tab>> {
         Box::new(profile::ProfileTab::default()),
         Box::new(architecture::ArchitectureTab::default()),
         Box::new(roadmap::RoadmapTab::default()),
+        Box::new(faithfulness::FaithfulnessTab::default()),
     ]
 }
 

@@ -154,70 +154,25 @@ fn measure(
     )?)
 }
 
-/// The methods a folder ranking compares, at the layer given (default: the last stage).
-const RANKED: [&str; 7] = [
-    "gradcam",
-    "gradcam++",
-    "hirescam",
-    "layercam",
-    "xgradcam",
-    "scorecam",
-    "ig",
-];
-
-#[derive(Serialize)]
-struct MethodScore {
-    method: String,
-    images: usize,
-    deletion_mean: f64,
-    deletion_std: f64,
-    insertion_mean: f64,
-    insertion_std: f64,
-}
-
 /// Every method's mean and spread of deletion and insertion AUC over a folder, one image at a
 /// time (memory stays one image's).
 fn rank_folder(engine: &Engine, dir: &PathBuf, a: &FaithfulnessArgs) -> Result<()> {
     let files = crate::io::listing::list_images(dir, a.limit)?;
     let last = format!("stages.{}", engine.plan.stages.len() - 1);
     let layer = a.layer.clone().unwrap_or(last);
-    let mut scores: Vec<(Vec<f64>, Vec<f64>)> = vec![Default::default(); RANKED.len()];
-    for f in &files {
-        let x = match engine.prepare_file(f) {
-            Ok(p) => p.tensor,
-            Err(e) => {
-                eprintln!("skipped {}: {e}", f.display());
-                continue;
-            }
-        };
-        for (m, s) in RANKED.iter().zip(&mut scores) {
-            let maps = method_maps(engine, &x, m, &layer, a.class)?;
-            let c = measure(engine, &x, &maps, a.class, a.steps)?.remove(0);
-            s.0.push(c.deletion_auc);
-            s.1.push(c.insertion_auc);
-        }
-    }
-    let stat = |v: &[f64]| {
-        let n = v.len().max(1) as f64;
-        let mean = v.iter().sum::<f64>() / n;
-        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
-        (mean, var.sqrt())
-    };
-    let table: Vec<MethodScore> = RANKED
+    let id = layer_by_name(engine, &layer)?;
+    let methods = attribution::COMPARED
         .iter()
-        .zip(&scores)
-        .map(|(m, (d, i))| {
-            let ((dm, ds), (im, is)) = (stat(d), stat(i));
-            MethodScore {
-                method: m.to_string(),
-                images: d.len(),
-                deletion_mean: dm,
-                deletion_std: ds,
-                insertion_mean: im,
-                insertion_std: is,
-            }
-        })
-        .collect();
+        .map(|m| Method::parse(m))
+        .collect::<crate::Result<Vec<_>>>()?;
+    let table = faithfulness::rank_methods(
+        engine,
+        &files,
+        &methods,
+        id,
+        a.steps,
+        &mut super::eval::Terminal,
+    )?;
     if a.json {
         println!(
             "{}",
