@@ -67,6 +67,10 @@ unset XDG_DATA_HOME
 app_shot 1400x900 assets/samples/sneaker_9.png \
   "click 1041 43; sleep 1; click 330 731; sleep 1; click 373 754; sleep 75; xdotool mousemove 800 600; for i in \$(seq 15); do xdotool click 5; sleep 0.1; done; sleep 2" \
   roadmap_erf
+# Faithfulness: every method's map and curves for sneaker_9 at stages.1.
+app_shot 1400x900 assets/samples/sneaker_9.png \
+  "click 1128 43; sleep 1; click 426 132; sleep 15; xdotool mousemove 1300 800" \
+  faithfulness
 # A laptop-sized window: the tab bar wraps; the first picture is Grad-CAM at stages.1.
 app_shot 1024x640 assets/samples/sneaker_9.png "sleep 1" small_window
 ls -l "$out"

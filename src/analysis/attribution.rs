@@ -782,28 +782,41 @@ pub fn integrated_gradients(
     let diff = (&x - &base)?;
     let logits = engine.forward(&x.to_dtype(engine.dtype)?)?;
     let classes = classes_for(engine, &logits, class)?;
+    let (n, c, h, w) = x.dims4()?;
+    // Several points per pass: a batch amortises the weights' traffic (bounded like ScoreCAM's).
+    let per_pass = (score_cam_batch(h * w) / n).clamp(1, steps);
     let mut total = x.zeros_like()?;
     let mut ends = (Vec::new(), Vec::new());
-    for i in 0..steps {
+    for first in (0..steps).step_by(per_pass) {
         progress.check("Integrated Gradients")?;
-        progress.update(i, steps, "points along the path");
-        let alpha = i as f64 / (steps - 1) as f64;
-        let weight = if i == 0 || i == steps - 1 { 0.5 } else { 1.0 } / (steps - 1) as f64;
-        let point = (&base + diff.affine(alpha, 0.0)?)?;
-        let var = Var::from_tensor(&point.to_dtype(engine.dtype)?)?;
+        progress.update(first, steps, "points along the path");
+        let idx: Vec<usize> = (first..(first + per_pass).min(steps)).collect();
+        let points = idx
+            .iter()
+            .map(|&i| &base + diff.affine(i as f64 / (steps - 1) as f64, 0.0)?)
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let var = Var::from_tensor(&Tensor::cat(&points, 0)?.to_dtype(engine.dtype)?)?;
         let out = engine.forward(var.as_tensor())?;
-        if i == 0 {
-            ends.0 = class_logits(&out, &classes)?;
+        let rows: Vec<usize> = idx.iter().flat_map(|_| classes.iter().copied()).collect();
+        let values = class_logits(&out, &rows)?;
+        for (j, &i) in idx.iter().enumerate() {
+            if i == 0 {
+                ends.0 = values[j * n..(j + 1) * n].to_vec();
+            }
+            if i == steps - 1 {
+                ends.1 = values[j * n..(j + 1) * n].to_vec();
+            }
         }
-        if i == steps - 1 {
-            ends.1 = class_logits(&out, &classes)?;
-        }
-        let grads = class_score(&out, &classes)?.backward()?;
+        let grads = class_score(&out, &rows)?.backward()?;
         let g = grads
             .get(var.as_tensor())
             .ok_or_else(|| Error::Input("no gradient reaches the input".into()))?
-            .to_dtype(DType::F32)?;
-        total = (total + g.affine(weight, 0.0)?)?;
+            .to_dtype(DType::F32)?
+            .reshape((idx.len(), n, c, h, w))?;
+        for (j, &i) in idx.iter().enumerate() {
+            let weight = if i == 0 || i == steps - 1 { 0.5 } else { 1.0 } / (steps - 1) as f64;
+            total = (total + g.get(j)?.affine(weight, 0.0)?)?;
+        }
     }
     let map = (diff * total)?.sum(1)?;
     let sums: Vec<f32> = map.flatten_from(1)?.sum(1)?.to_vec1()?;

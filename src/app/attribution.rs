@@ -32,9 +32,19 @@ pub struct AttributionView {
     pub elapsed: Duration,
 }
 
-const METHODS: [(Method, &str); 4] = [
+const METHODS: [(Method, &str); 9] = [
     (Method::GradCam, "Grad-CAM"),
     (Method::GradCamPlusPlus, "Grad-CAM++"),
+    (Method::HiResCam, "HiResCAM"),
+    (Method::LayerCam, "LayerCAM"),
+    (Method::XGradCam, "XGradCAM"),
+    (Method::ScoreCam, "ScoreCAM"),
+    (
+        Method::IntegratedGradients {
+            steps: crate::analysis::attribution::IG_STEPS,
+        },
+        "IG",
+    ),
     (
         Method::Occlusion {
             window: 32,
@@ -199,6 +209,7 @@ impl AttributionTab {
         });
         let note = match self.method {
             Method::Occlusion { window, stride } => format!("occlusion works on the input: {window}×{window} windows every {stride} px, set to the mean"),
+            Method::IntegratedGradients { steps } => format!("Integrated Gradients work on the input: {steps} points from the mean image; the Faithfulness tab compares every method"),
             Method::Evidence => "the evidence map is exact at the last stage".into(),
             _ => "click a prediction on the left to explain another class".into(),
         };
@@ -227,7 +238,9 @@ impl AttributionTab {
         let (ecmap, erange) = colours(Method::Evidence, &a.evidence);
         self.stale_note(ui, a);
         let place = match a.method {
-            Method::Occlusion { .. } => "on the input".to_string(),
+            Method::Occlusion { .. } | Method::IntegratedGradients { .. } => {
+                "on the input".to_string()
+            }
             _ => format!("at {}", a.layer),
         };
         let title = format!(

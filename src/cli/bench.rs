@@ -47,6 +47,12 @@ pub struct BenchArgs {
     /// over the same images.
     #[arg(long)]
     cka: Option<usize>,
+    /// Also time issue 22's costs against plain forwards, interleaved: ScoreCAM at the last
+    /// stage against as many forwards as it has channels (batched as it batches them), IG at
+    /// 32 steps and a deletion + insertion pair at n = 32 against one forward. Give any of
+    /// `scorecam,ig,deletion`.
+    #[arg(long, value_delimiter = ',')]
+    faithfulness: Vec<String>,
     #[arg(long)]
     json: bool,
 }
@@ -73,6 +79,20 @@ struct BenchReport {
     gradcam: Option<GradCamCost>,
     #[serde(flatten)]
     cka: Option<CkaCost>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    faithfulness: Option<Vec<FaithCost>>,
+}
+
+/// One of issue 22's costs against plain forwards, same run.
+#[derive(Serialize, Debug)]
+struct FaithCost {
+    what: String,
+    /// How many single-image forwards the time is compared with.
+    forwards: usize,
+    median_ms: f64,
+    /// Median over the rounds of the time / the forwards' time, and the rounds' range.
+    ratio: f64,
+    ratio_range: [f64; 2],
 }
 
 /// CKA against the forwards it needs, same run.
@@ -147,6 +167,7 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
         ms_per_kind: None,
         gradcam: None,
         cka: None,
+        faithfulness: None,
     };
     if a.layers {
         report.tracing = Some(tracing_cost(a, &engine, &x, report.median_ms)?);
@@ -166,6 +187,9 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
             layer,
             (rss_before, forward_peak_kb),
         )?);
+    }
+    if !a.faithfulness.is_empty() {
+        report.faithfulness = Some(faithfulness_cost(a, &engine, &x)?);
     }
     if let Some(n) = a.cka {
         report.cka = Some(cka_cost(ctx, a, &engine, (h, w), n)?);
@@ -332,6 +356,93 @@ fn cka_cost(
     })
 }
 
+/// ScoreCAM, IG and deletion + insertion, each against the plain forwards it should cost at
+/// most a multiple of, in interleaved rounds (at least 5); ratios as medians with their range.
+fn faithfulness_cost(a: &BenchArgs, engine: &Engine, x: &Tensor) -> Result<Vec<FaithCost>> {
+    use crate::analysis::attribution::{integrated_gradients, score_cam};
+    use crate::analysis::faithfulness::{deletion_insertion, Map};
+    let x = x.narrow(0, 0, 1)?;
+    let dev = &engine.device;
+    let last = crate::model::layer_id::LayerId::Stage(engine.plan.stages.len() - 1);
+    let channels = engine
+        .layers(1)
+        .iter()
+        .find(|l| l.id == last)
+        .map_or(1, |l| l.out_shape[1]);
+    let (_, _, h, w) = x.dims4()?;
+    let map = vec![0.5f32; 49];
+    let batch = (16 * 224 * 224 / (h * w)).clamp(1, 256);
+    let timed = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let t = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let forwards = |n: usize| -> Result<()> {
+        for start in (0..n).step_by(batch) {
+            let m = batch.min(n - start);
+            engine.forward(&x.repeat((m, 1, 1, 1))?)?;
+        }
+        Ok(())
+    };
+    let cases: [(&str, &str, usize); 3] = [
+        ("scorecam", "ScoreCAM at the last stage", channels),
+        ("ig", "Integrated Gradients, 32 steps", 1),
+        ("deletion", "deletion + insertion, n = 32", 1),
+    ];
+    for f in &a.faithfulness {
+        if !cases.iter().any(|c| c.0 == f) {
+            bail!("--faithfulness takes scorecam, ig or deletion, not `{f}`");
+        }
+    }
+    let chosen = |i: usize| a.faithfulness.iter().any(|f| f == cases[i].0);
+    let mut ratios = vec![Vec::new(); 3];
+    let mut times = vec![Vec::new(); 3];
+    for _ in 0..a.iters.clamp(5, 7) {
+        for (i, (_, _, n)) in cases.iter().enumerate() {
+            if !chosen(i) {
+                continue;
+            }
+            let base = timed(&mut || forwards(*n))?;
+            let t = timed(&mut || {
+                match i {
+                    0 => drop(score_cam(engine, &x, last, None, &mut Silent)?),
+                    1 => drop(integrated_gradients(
+                        engine,
+                        &x,
+                        None,
+                        None,
+                        32,
+                        &mut Silent,
+                    )?),
+                    _ => {
+                        let m = Map {
+                            values: &map,
+                            size: (7, 7),
+                        };
+                        drop(deletion_insertion(engine, &x, &[m], None, 32, &mut Silent)?)
+                    }
+                }
+                Ok(())
+            })?;
+            ratios[i].push(t / base);
+            times[i].push(t * 1e3);
+        }
+    }
+    Ok(cases
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| chosen(*i))
+        .map(|(i, (_, what, n))| FaithCost {
+            what: what.to_string(),
+            forwards: *n,
+            median_ms: median(&times[i]),
+            ratio: median(&ratios[i]),
+            ratio_range: min_max(&ratios[i]),
+        })
+        .collect())
+}
+
 fn min_max(v: &[f64]) -> [f64; 2] {
     v.iter()
         .fold([f64::INFINITY, f64::NEG_INFINITY], |[l, h], &x| {
@@ -418,6 +529,12 @@ fn print_report(r: &BenchReport) {
             c.cka_rounds,
             c.cka_time_ratio_range[0],
             c.cka_time_ratio_range[1]
+        );
+    }
+    for f in r.faithfulness.iter().flatten() {
+        println!(
+            "{}: median {:.0} ms, {:.2}× the time of {} forward(s) (median of interleaved rounds, range {:.2}–{:.2})",
+            f.what, f.median_ms, f.ratio, f.forwards, f.ratio_range[0], f.ratio_range[1]
         );
     }
     if let Some(kinds) = &r.ms_per_kind {
