@@ -310,7 +310,7 @@ fn attribute_writes_maps_at_the_layers_resolution() {
     );
     bad(
         &["--method", "lime", "--layer", "stem"],
-        "gradcam, gradcam++, occlusion or evidence",
+        "unknown method `lime` (gradcam, gradcam++, hirescam, layercam, xgradcam, scorecam, ig, occlusion or evidence)",
     );
     bad(
         &["--method", "evidence", "--layer", "stem"],

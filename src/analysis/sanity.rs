@@ -111,7 +111,7 @@ fn normalised(map: &Tensor, (h, w): (usize, usize)) -> Result<Vec<f32>> {
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
             (l.min(v), h.max(v))
         });
-    if !(hi > lo) {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return Ok(vec![0.0; up.len()]);
     }
     Ok(up.iter().map(|v| (v - lo) / (hi - lo)).collect())

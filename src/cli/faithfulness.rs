@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct FaithfulnessArgs {
@@ -113,7 +113,7 @@ fn method_maps(
     to_host(&attr.map)
 }
 
-fn read_maps(path: &PathBuf) -> Result<HostMaps> {
+fn read_maps(path: &Path) -> Result<HostMaps> {
     let bytes = crate::base::files::read_capped(path, 1 << 30, "a map file")?;
     let t = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)
         .with_context(|| format!("{}: cannot read safetensors", path.display()))?;
@@ -156,7 +156,7 @@ fn measure(
 
 /// Every method's mean and spread of deletion and insertion AUC over a folder, one image at a
 /// time (memory stays one image's).
-fn rank_folder(engine: &Engine, dir: &PathBuf, a: &FaithfulnessArgs) -> Result<()> {
+fn rank_folder(engine: &Engine, dir: &Path, a: &FaithfulnessArgs) -> Result<()> {
     let files = crate::io::listing::list_images(dir, a.limit)?;
     let last = format!("stages.{}", engine.plan.stages.len() - 1);
     let layer = a.layer.clone().unwrap_or(last);
