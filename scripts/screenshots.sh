@@ -72,5 +72,6 @@ app_shot 1400x900 assets/samples/sneaker_9.png \
   "click 1128 43; sleep 1; click 426 132; sleep 15; xdotool mousemove 1300 800" \
   faithfulness
 # A laptop-sized window: the tab bar wraps; the first picture is Grad-CAM at stages.1.
-app_shot 1024x640 assets/samples/sneaker_9.png "sleep 1" small_window
+# (Fresh settings: it opens on Feature maps, not on the tab the shots above left.)
+HOME=$(mktemp -d) app_shot 1024x640 assets/samples/sneaker_9.png "sleep 1" small_window
 ls -l "$out"
