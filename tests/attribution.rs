@@ -3,31 +3,10 @@
 //! differences, and occlusion against running the occluded inputs.
 mod common;
 use candle_core::{DType, Device, Tensor, Var};
-use common::{fixture, load_ref};
+use common::{fixture, load_ref, rel_l2};
 use convnext_explorer::analysis::attribution::{self, area_ratios, layer_by_name, Method};
 use convnext_explorer::base::progress::Silent;
 use convnext_explorer::Engine;
-
-/// ‖a − b‖₂ / ‖b‖₂.
-fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let d: f32 = (&a - &b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let n: f32 = b.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
-    assert!(
-        n > 0.0,
-        "the reference map is all zeros: the comparison would prove nothing"
-    );
-    (d / n).sqrt()
-}
 
 const MODELS: [(&str, &str); 3] = [
     ("v1", "checkpoints/timm_v1.safetensors"),

@@ -5,7 +5,7 @@
 //! SmoothGrad's seeding, and the randomisation sanity check.
 mod common;
 use candle_core::{DType, Device, Tensor};
-use common::{cli, fixture, load_ref};
+use common::{cli, fixture, load_ref, rel_l2};
 use convnext_explorer::analysis::attribution::{self, layer_by_name, Method, Smoothing};
 use convnext_explorer::analysis::sanity;
 use convnext_explorer::base::progress::Silent;
@@ -21,24 +21,6 @@ const MODELS: [(&str, &str); 3] = [
 fn refs() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("faithfulness.ref.safetensors"), &Device::Cpu)
         .expect("tests/fixtures/faithfulness.ref.safetensors (make_fixtures.py faithfulness)")
-}
-
-/// ‖a − b‖₂ / ‖b‖₂, refusing an all-zero reference (it would prove nothing).
-fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let d: f32 = (&a - &b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let n: f32 = b.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
-    assert!(n > 0.0, "an all-zero reference proves nothing");
-    (d / n).sqrt()
 }
 
 fn engine(ck: &str) -> Engine {

@@ -176,6 +176,16 @@ pub(crate) fn class_score(logits: &Tensor, classes: &[usize]) -> Result<Tensor> 
     Ok(logits.gather(&idx, 1)?.sum_all()?)
 }
 
+/// Refuses a layer with no spatial map: a CAM needs positions.
+fn check_spatial(layer: LayerId) -> Result<()> {
+    if layer.is_spatial() {
+        return Ok(());
+    }
+    Err(Error::Input(format!(
+        "`{layer}` has no spatial map (the head pools it away): pick a stem, stage, block or block part"
+    )))
+}
+
 /// A layer's output `A` and the gradient of the chosen classes' logits at it, channels-last
 /// `[N, H, W, C]` f32, with the logits.
 pub fn gradient_at(
@@ -184,11 +194,7 @@ pub fn gradient_at(
     layer: LayerId,
     class: Option<usize>,
 ) -> Result<(Tensor, Tensor, Tensor, Vec<usize>)> {
-    if !layer.is_spatial() {
-        return Err(Error::Input(format!(
-            "`{layer}` has no spatial map (the head pools it away): pick a stem, stage, block or block part"
-        )));
-    }
+    check_spatial(layer)?;
     let mut obs = GradientAt { layer, var: None };
     let logits = engine.forward_observed(x, &mut obs)?;
     let var = obs
@@ -733,11 +739,7 @@ fn layer_output(
     layer: LayerId,
     class: Option<usize>,
 ) -> Result<(Tensor, (), Tensor, Vec<usize>)> {
-    if !layer.is_spatial() {
-        return Err(Error::Input(format!(
-            "`{layer}` has no spatial map (the head pools it away): pick a stem, stage, block or block part"
-        )));
-    }
+    check_spatial(layer)?;
     let mut cap =
         crate::analysis::trace::CaptureObserver::new(crate::analysis::trace::CaptureLevel::All);
     let logits = engine.forward_observed(x, &mut cap)?;
@@ -884,7 +886,7 @@ pub fn smooth_grad(
                 classes.len() * s.samples,
                 "noisy samples",
             );
-            let noise = gaussian(&mut rng, values.len(), sigma);
+            let noise = crate::model::plan::normal(&mut rng, values.len(), sigma);
             let noisy = (&image + Tensor::from_vec(noise, image.shape(), image.device())?)?;
             let noisy = noisy.to_dtype(engine.dtype)?;
             let m = attribute(engine, &noisy, method, layer, Some(k), progress)?.map;
@@ -903,16 +905,4 @@ pub fn smooth_grad(
         classes,
         layer,
     })
-}
-
-/// `n` draws of N(0, σ²) (Box–Muller), from `rng`.
-fn gaussian(rng: &mut rand::rngs::StdRng, n: usize, sigma: f32) -> Vec<f32> {
-    use rand::Rng;
-    (0..n)
-        .map(|_| {
-            let u1: f32 = rng.random::<f32>().max(1e-12);
-            let u2: f32 = rng.random();
-            sigma * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-        })
-        .collect()
 }

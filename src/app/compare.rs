@@ -210,7 +210,7 @@ impl CompareTab {
     }
 
     fn similarity(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
-        let folder = image_set(ctx.shared);
+        let folder = super::widgets::image_set(ctx.shared);
         let mut other = None;
         ui.horizontal_wrapped(|ui| {
             ui.checkbox(&mut self.itself, "this model against itself");
@@ -464,17 +464,6 @@ fn cka_job(
         None => None,
     };
     Ok(CkaDone { outcome, other })
-}
-
-/// The images CKA runs over: the folder the Folder tab ran, else the last folder opened, else
-/// the samples.
-fn image_set(shared: &Shared) -> PathBuf {
-    shared
-        .folder_run
-        .as_ref()
-        .map(|f| f.root.clone())
-        .or_else(|| shared.settings.last_folder.clone())
-        .unwrap_or_else(|| crate::io::engine::project_dir("assets/samples"))
 }
 
 /// What the left side shows: the run and the model.

@@ -237,7 +237,7 @@ impl FaithfulnessTab {
     }
 
     fn ranking_ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx, layer: LayerId) {
-        let folder = ranking_folder(ctx.shared);
+        let folder = super::widgets::image_set(ctx.shared);
         ui.strong("The methods ranked over a folder");
         ui.horizontal_wrapped(|ui| {
             ui.label(format!(
@@ -368,16 +368,6 @@ fn sanity_map(
         || textures::rgba(&grid::map_image(&s.map, size, (0.0, 1.0), Colormap::Magma)),
     );
     ui.image((t.id(), Vec2::splat(96.0)));
-}
-
-/// The images a folder ranking runs over: the Folder tab's folder, else the samples.
-fn ranking_folder(shared: &Shared) -> PathBuf {
-    shared
-        .folder_run
-        .as_ref()
-        .map(|f| f.root.clone())
-        .or_else(|| shared.settings.last_folder.clone())
-        .unwrap_or_else(|| crate::io::engine::project_dir("assets/samples"))
 }
 
 /// Every method's map and curves for the current image, then a random map's and the whole

@@ -102,3 +102,14 @@ fn roadmap_neighbours(name: &str) -> Vec<String> {
         .map(|j| format!("roadmap:{}", STEPS[j].name))
         .collect()
 }
+
+/// The images a measurement over many runs on: the folder the Folder tab ran, else the last
+/// folder opened, else the samples.
+pub fn image_set(shared: &Shared) -> std::path::PathBuf {
+    shared
+        .folder_run
+        .as_ref()
+        .map(|f| f.root.clone())
+        .or_else(|| shared.settings.last_folder.clone())
+        .unwrap_or_else(|| crate::io::engine::project_dir("assets/samples"))
+}

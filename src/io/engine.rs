@@ -237,34 +237,16 @@ impl Engine {
     /// The same architecture with seeded random weights (the untrained baseline an ERF is
     /// compared with), keeping this model's preprocessing and labels.
     pub fn random_like(&self, seed: u64) -> Result<Engine> {
-        let tensors = self.plan.random_weights(seed)?;
-        let vb = taking_var_builder(tensors, self.dtype, &self.device);
-        let model = Network::new(vb, &self.plan)?;
         let origin = format!(
             "{} with seeded random weights (seed {seed})",
             self.plan.name
         );
-        let card = crate::io::card::ModelCard::random(
-            &self.labels,
-            self.label_source,
-            &self.preprocess,
-            origin,
-        );
-        Ok(Engine {
-            card,
-            model,
-            plan: self.plan.clone(),
-            labels: self.labels.clone(),
-            label_source: self.label_source,
-            preprocess: self.preprocess.clone(),
-            source: Source::Random {
-                variant: self.plan.name.clone(),
-                seed,
-            },
-            device: self.device.clone(),
-            dtype: self.dtype,
-            num_params: self.num_params,
-        })
+        let mut e = self.with_weights(self.plan.random_weights(seed)?, origin)?;
+        e.source = Source::Random {
+            variant: self.plan.name.clone(),
+            seed,
+        };
+        Ok(e)
     }
 
     /// This model's weights by canonical name, read again from where they came from (the

@@ -505,7 +505,8 @@ fn truncated_normal(rng: &mut rand::rngs::StdRng, n: usize, std: f32) -> Vec<f32
         .collect()
 }
 
-fn normal(rng: &mut rand::rngs::StdRng, n: usize, std: f32) -> Vec<f32> {
+/// `n` draws of N(0, std²) (Box–Muller), from `rng`.
+pub fn normal(rng: &mut rand::rngs::StdRng, n: usize, std: f32) -> Vec<f32> {
     use rand::Rng;
     (0..n)
         .map(|_| {

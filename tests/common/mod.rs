@@ -77,3 +77,24 @@ pub fn dwconv_problem((n, h, w, c, k): (usize, usize, usize, usize, usize)) -> [
     let r = |shape: &[usize]| Tensor::randn(0f32, 1., shape, &Device::Cpu).unwrap();
     [r(&[n, h, w, c]), r(&[k, k, c]), r(&[c])]
 }
+
+/// ‖a − b‖₂ / ‖b‖₂, refusing an all-zero reference (the comparison would prove nothing).
+pub fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let d: f32 = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let n: f32 = b.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+    assert!(
+        n > 0.0,
+        "the reference map is all zeros: the comparison would prove nothing"
+    );
+    (d / n).sqrt()
+}
