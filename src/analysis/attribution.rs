@@ -218,24 +218,16 @@ pub fn grad_cam(
     class: Option<usize>,
     plus_plus: bool,
 ) -> Result<Attribution> {
-    let (a, g, logits, classes) = gradient_at(engine, x, layer, class)?;
-    let weights = if plus_plus {
-        grad_cam_pp_weights(&a, &g)?
+    let method = if plus_plus {
+        Method::GradCamPlusPlus
     } else {
-        g.mean_keepdim((1, 2))? // [N, 1, 1, C]
+        Method::GradCam
     };
-    let raw = a.broadcast_mul(&weights)?.sum(3)?;
-    Ok(Attribution {
-        map: raw.relu()?,
-        raw: Some(raw),
-        logits,
-        classes,
-        layer,
-    })
+    gradient_cam(engine, x, layer, class, method)
 }
 
-/// HiResCAM, LayerCAM or XGradCAM at `layer`: maps from the layer's output and its gradient
-/// (pytorch-grad-cam's definitions), raw, at the layer's resolution.
+/// A CAM from the layer's output and its gradient (pytorch-grad-cam's definitions of Grad-CAM,
+/// Grad-CAM++, HiResCAM, LayerCAM and XGradCAM), raw, at the layer's resolution.
 pub fn gradient_cam(
     engine: &Engine,
     x: &Tensor,
@@ -245,6 +237,8 @@ pub fn gradient_cam(
 ) -> Result<Attribution> {
     let (a, g, logits, classes) = gradient_at(engine, x, layer, class)?;
     let raw = match method {
+        Method::GradCam => a.broadcast_mul(&g.mean_keepdim((1, 2))?)?.sum(3)?,
+        Method::GradCamPlusPlus => a.broadcast_mul(&grad_cam_pp_weights(&a, &g)?)?.sum(3)?,
         Method::HiResCam => (&a * &g)?.sum(3)?,
         Method::LayerCam => (&a * g.relu()?)?.sum(3)?,
         Method::XGradCam => {
@@ -254,6 +248,11 @@ pub fn gradient_cam(
         }
         m => return Err(Error::Input(format!("{} is not a gradient CAM", m.name()))),
     };
+    cam(raw, logits, classes, layer)
+}
+
+/// A CAM's attribution: the map is its weighted sum of channels after a ReLU.
+fn cam(raw: Tensor, logits: Tensor, classes: Vec<usize>, layer: LayerId) -> Result<Attribution> {
     Ok(Attribution {
         map: raw.relu()?,
         raw: Some(raw),
@@ -393,11 +392,11 @@ pub fn attribute(
     progress: &mut dyn Progress,
 ) -> Result<Attribution> {
     match method {
-        Method::GradCam => grad_cam(engine, x, layer, class, false),
-        Method::GradCamPlusPlus => grad_cam(engine, x, layer, class, true),
-        Method::HiResCam | Method::LayerCam | Method::XGradCam => {
-            gradient_cam(engine, x, layer, class, method)
-        }
+        Method::GradCam
+        | Method::GradCamPlusPlus
+        | Method::HiResCam
+        | Method::LayerCam
+        | Method::XGradCam => gradient_cam(engine, x, layer, class, method),
         Method::ScoreCam => score_cam(engine, x, layer, class, progress),
         Method::IntegratedGradients { steps } => {
             integrated_gradients(engine, x, None, class, steps, progress).map(|ig| ig.attribution)
@@ -701,14 +700,7 @@ pub fn score_cam(
         }
     }
     let wt = Tensor::from_vec(weights, (n, 1, 1, c), x.device())?;
-    let raw = a.broadcast_mul(&wt)?.sum(3)?;
-    Ok(Attribution {
-        map: raw.relu()?,
-        raw: Some(raw),
-        logits,
-        classes,
-        layer,
-    })
+    cam(a.broadcast_mul(&wt)?.sum(3)?, logits, classes, layer)
 }
 
 /// How many masked inputs of `pixels` each go through the model at once: about 16 of
