@@ -232,6 +232,16 @@ mod tests {
     }
 
     #[test]
+    fn tiny_maps_are_drawn_on_the_shared_scale_whatever_is_chosen() {
+        let tiny = map();
+        assert_eq!(Scale::PerChannel.for_map(&tiny), Scale::Shared);
+        let mut larger = map();
+        (larger.height, larger.width) = (3, 2);
+        assert_eq!(Scale::PerChannel.for_map(&larger), Scale::PerChannel);
+        assert_eq!(Scale::Shared.for_map(&larger), Scale::Shared);
+    }
+
+    #[test]
     fn orders() {
         let fm = map();
         assert_eq!(order(&fm, SortBy::Index), vec![0, 1, 2]);
