@@ -1,12 +1,12 @@
 //! `attribute`: Grad-CAM, Grad-CAM++, occlusion or the evidence map of an image or a tensor, at
 //! any layer, as a safetensors file (and a PNG over the image).
-use super::export::read_input_tensor;
+use super::export::image_or_tensor;
 use super::{Context, ModelArgs};
 use crate::analysis::attribution::{self, layer_by_name, Method};
 use crate::analysis::colormap::Colormap;
 use crate::analysis::grid;
 use crate::io::preprocess::denormalise;
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use std::collections::HashMap;
@@ -55,11 +55,7 @@ pub struct AttributeArgs {
 
 pub fn run(ctx: &Context, a: &AttributeArgs) -> Result<()> {
     let engine = ctx.engine(Some(&a.model), DType::F32)?;
-    let x = match (&a.image, &a.tensor) {
-        (Some(img), None) => engine.prepare_file(img)?.tensor,
-        (None, Some(t)) => read_input_tensor(t)?,
-        _ => bail!("give --image IMG or --tensor T.safetensors"),
-    };
+    let x = image_or_tensor(&engine, a.image.as_deref(), a.tensor.as_deref())?;
     let (method, smooth) = parse_method(a)?;
     let layer = layer_by_name(&engine, &a.layer)?;
     let progress = &mut crate::base::progress::Silent;

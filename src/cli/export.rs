@@ -24,13 +24,22 @@ pub struct ExportArgs {
     model: ModelArgs,
 }
 
+/// The network input from `--image` (preprocessed as the model takes it) or `--tensor`.
+pub fn image_or_tensor(
+    engine: &crate::io::engine::Engine,
+    image: Option<&Path>,
+    tensor: Option<&Path>,
+) -> Result<Tensor> {
+    match (image, tensor) {
+        (Some(img), None) => Ok(engine.prepare_file(img)?.tensor),
+        (None, Some(t)) => read_input_tensor(t),
+        _ => bail!("give --image IMG or --tensor T.safetensors"),
+    }
+}
+
 pub fn run(ctx: &Context, a: &ExportArgs) -> Result<()> {
     let engine = ctx.engine(Some(&a.model), DType::F32)?;
-    let input = match (&a.image, &a.tensor) {
-        (Some(img), None) => engine.prepare_file(img)?.tensor,
-        (None, Some(t)) => read_input_tensor(t)?,
-        _ => bail!("give --image IMG or --tensor T.safetensors"),
-    };
+    let input = image_or_tensor(&engine, a.image.as_deref(), a.tensor.as_deref())?;
     let level = if a.blocks {
         CaptureLevel::Blocks
     } else {

@@ -2,7 +2,7 @@
 //! images or a tensor, or the methods ranked over a folder; `sanity`: the cascading
 //! model-randomisation check of a method.
 use super::attribute::with_settings;
-use super::export::read_input_tensor;
+use super::export::{image_or_tensor, read_input_tensor};
 use super::{Context, ModelArgs};
 use crate::analysis::attribution::{self, layer_by_name, Method};
 use crate::analysis::faithfulness::{self, deletion_insertion, Curves, Map};
@@ -214,11 +214,7 @@ pub struct SanityArgs {
 
 pub fn run_sanity(ctx: &Context, a: &SanityArgs) -> Result<()> {
     let engine = ctx.engine(Some(&a.model), DType::F32)?;
-    let x = match (&a.image, &a.tensor) {
-        (Some(img), None) => engine.prepare_file(img)?.tensor,
-        (None, Some(t)) => read_input_tensor(t)?,
-        _ => bail!("give --image IMG or --tensor T.safetensors"),
-    };
+    let x = image_or_tensor(&engine, a.image.as_deref(), a.tensor.as_deref())?;
     let m = with_settings(Method::parse(&a.method)?, 32, 16, attribution::IG_STEPS);
     sanity::check_method(m)?;
     let layer = layer_by_name(&engine, &a.layer)?;
