@@ -425,7 +425,11 @@ pub fn erf_maps(engine: &Engine, x: &Tensor, layer: LayerId) -> Result<Tensor> {
         )));
     }
     let input = Var::from_tensor(&x.to_dtype(DType::F32)?.to_device(&engine.device)?)?;
-    let mut keep = KeepTracked { layer, out: None };
+    let mut keep = KeepTracked {
+        layer,
+        out: None,
+        stop: true,
+    };
     // The forward stops at the layer (nothing after it matters): that error is expected.
     let run = engine.forward_observed(input.as_tensor(), &mut keep);
     let out = match (keep.out, run) {
@@ -446,17 +450,21 @@ pub fn erf_maps(engine: &Engine, x: &Tensor, layer: LayerId) -> Result<Tensor> {
     Ok(g.relu()?.sum(1)?.to_dtype(DType::F32)?)
 }
 
-/// Keeps one layer's output as it flows (tracked), and stops the forward there.
+/// Keeps one layer's output as it flows (tracked, when the input is), and stops the forward
+/// there when nothing after it matters.
 struct KeepTracked {
     layer: LayerId,
     out: Option<Tensor>,
+    stop: bool,
 }
 
 impl Observer for KeepTracked {
     fn layer(&mut self, id: LayerId, out: &Tensor) -> candle_core::Result<()> {
         if id == self.layer {
             self.out = Some(out.clone());
-            candle_core::bail!("stop: layer reached");
+            if self.stop {
+                candle_core::bail!("stop: layer reached");
+            }
         }
         Ok(())
     }
@@ -666,7 +674,7 @@ pub fn score_cam(
     class: Option<usize>,
     progress: &mut dyn Progress,
 ) -> Result<Attribution> {
-    let (a, _, logits, classes) = layer_output(engine, x, layer, class)?;
+    let (a, logits, classes) = layer_output(engine, x, layer, class)?;
     let (n, lh, lw, c) = a.dims4()?;
     let (_, _, h, w) = x.dims4()?;
     let a_chw: Vec<f32> = a.permute((0, 3, 1, 2))?.flatten_all()?.to_vec1()?;
@@ -724,23 +732,26 @@ fn min_max(v: &[f32]) -> Vec<f32> {
 }
 
 /// A layer's output (channels-last, f32), the logits and the classes to explain, with no
-/// gradient.
+/// gradient. Only that layer's output is kept, not every layer's.
 fn layer_output(
     engine: &Engine,
     x: &Tensor,
     layer: LayerId,
     class: Option<usize>,
-) -> Result<(Tensor, (), Tensor, Vec<usize>)> {
+) -> Result<(Tensor, Tensor, Vec<usize>)> {
     check_spatial(layer)?;
-    let mut cap =
-        crate::analysis::trace::CaptureObserver::new(crate::analysis::trace::CaptureLevel::All);
-    let logits = engine.forward_observed(x, &mut cap)?;
-    let a = cap
-        .get(layer)
+    let mut keep = KeepTracked {
+        layer,
+        out: None,
+        stop: false,
+    };
+    let logits = engine.forward_observed(x, &mut keep)?;
+    let a = keep
+        .out
         .ok_or_else(|| Error::Input(format!("layer `{layer}` did not run")))?
         .to_dtype(DType::F32)?;
     let classes = classes_for(engine, &logits, class)?;
-    Ok((a, (), logits, classes))
+    Ok((a, logits, classes))
 }
 
 /// Integrated Gradients with what checks it: the attribution, and per image the completeness
