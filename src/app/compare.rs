@@ -275,10 +275,7 @@ impl CompareTab {
 
     /// CKA of the current model with `other` (itself when `None`) over `folder`.
     pub fn ask_cka(&mut self, ctx: &mut TabCtx, other: Option<ModelSpec>, folder: PathBuf) {
-        let on = (
-            ctx.shared.settings.device.clone(),
-            ctx.shared.settings.dtype.clone(),
-        );
+        let on = ctx.shared.settings.device_and_dtype();
         let job = move |w: &mut WorkerCtx, p: &mut dyn Progress| cka_job(w, other, on, &folder, p);
         self.cka_pending = Some(ctx.jobs.submit("CKA", job));
     }
@@ -365,8 +362,7 @@ impl CompareTab {
     pub fn ask(&mut self, ctx: &mut TabCtx, with: CompareWith) {
         self.seen = Some(left_side(ctx.shared));
         self.with = Some(with.clone());
-        let (device, dtype) = (&ctx.shared.settings.device, &ctx.shared.settings.dtype);
-        let on = (device.clone(), dtype.clone());
+        let on = ctx.shared.settings.device_and_dtype();
         let job = move |w: &mut WorkerCtx, _: &mut dyn Progress| compare(w, with, on);
         self.pending = Some(ctx.jobs.submit("The comparison", job));
     }

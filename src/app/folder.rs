@@ -221,11 +221,8 @@ impl FolderTab {
         }
         ui.separator();
         if let Some(spec) = self.collapse_controls(ui, shared) {
-            let on = (
-                spec,
-                shared.settings.device.clone(),
-                shared.settings.dtype.clone(),
-            );
+            let (device, dtype) = shared.settings.device_and_dtype();
+            let on = (spec, device, dtype);
             let job = move |w: &mut WorkerCtx, p: &mut dyn Progress| {
                 folder_jobs::other_collapse_job(w, on, p)
             };

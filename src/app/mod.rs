@@ -116,6 +116,13 @@ pub struct Settings {
     pub last_folder: Option<PathBuf>,
 }
 
+impl Settings {
+    /// The device and dtype a second model is built on: the ones chosen for the first.
+    pub fn device_and_dtype(&self) -> (String, String) {
+        (self.device.clone(), self.dtype.clone())
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
