@@ -223,7 +223,7 @@ pub fn fashion_config() -> Config {
 
 /// A batch of `idx` images as `[B, 3, side, side]`, with augmentation when `rng` is given:
 /// a horizontal flip and a shift of up to 2 of Fashion-MNIST's 28 pixels.
-fn batch_tensor(
+pub fn batch_tensor(
     data: &Prepared,
     idx: &[usize],
     rng: Option<&mut rand::rngs::StdRng>,

@@ -8,6 +8,7 @@ pub mod colormap;
 pub mod diff;
 pub mod evaluation;
 pub mod faithfulness;
+pub mod feature_vis;
 pub mod folder_run;
 pub mod grid;
 pub mod profile;

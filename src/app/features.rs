@@ -1,17 +1,17 @@
 //! Feature maps: pick a layer on the architecture strip, page through its channels, hover for
 //! statistics, click one to see it large over the input; histogram and channel means below.
-use super::folder_jobs::{self, TopPatches};
+use super::folder_jobs::TopPatches;
 use super::plots::histogram_bars;
 use super::tab::{Tab, TabCtx};
 use super::views::ModelView;
-use super::worker::{JobSender, Pending, SaveContent, WorkerCtx};
+use super::widgets::TopImages;
+use super::worker::{JobSender, SaveContent};
 use super::{heatmap, save_as, strip, textures, Shared};
 use crate::analysis::colormap::Colormap;
 use crate::analysis::grid::{self, GridLayout, Scale, SortBy};
 use crate::analysis::stats::FeatureMap;
-use crate::base::progress::Progress;
 use crate::model::layer_id::LayerId;
-use egui::{Color32, Rect, RichText, Sense, Stroke, TextureOptions, Vec2};
+use egui::{Color32, Rect, Sense, Stroke, TextureOptions, Vec2};
 use egui_plot::{BarChart, Line, Plot, VLine};
 use image::RgbaImage;
 use std::sync::Arc;
@@ -144,10 +144,7 @@ impl Tab for FeaturesTab {
     }
 
     fn poll(&mut self, ctx: &mut TabCtx) {
-        if let Some(p) = ctx.take(&mut self.top.pending) {
-            ctx.shared.textures.clear();
-            self.top.patches = Some(p);
-        }
+        self.top.poll(ctx);
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
@@ -162,7 +159,7 @@ impl Tab for FeaturesTab {
 impl FeaturesTab {
     /// The folder run's top images of the channel shown large, once they have come.
     pub fn top_patches(&self) -> Option<&TopPatches> {
-        self.top.patches.as_ref()
+        self.top.patches()
     }
 }
 
@@ -178,16 +175,6 @@ pub fn save_overlay(shared: &mut Shared) {
     let img = overlay_image(shared).ok_or_else(|| "select a channel (or class) first".into());
     let content = img.map(SaveContent::Png);
     save_as(shared, "overlay.png", ("PNG", "png"), content);
-}
-
-/// The folder run's top images of the channel shown large, asked of the worker when the
-/// channel (or the folder run) changes.
-#[derive(Default)]
-struct TopImages {
-    /// `(layer, channel, folder run)` last asked for; `patches` are its answer once it comes.
-    asked: Option<(LayerId, usize, u64)>,
-    pending: Option<Pending<TopPatches>>,
-    patches: Option<TopPatches>,
 }
 
 fn show(shared: &mut Shared, ui: &mut egui::Ui, top: &mut TopImages, jobs: &JobSender) {
@@ -484,62 +471,8 @@ fn large_view(shared: &mut Shared, ui: &mut egui::Ui, top: &mut TopImages, jobs:
     let shown = current_map(shared).map(|(layer, _)| layer);
     if let (Some(layer), Some(channel)) = (shown, shared.selection.channel) {
         ui.add_space(6.0);
-        top_images_strip(ui, shared, (top, jobs), layer, channel);
+        top.ui(ui, shared, jobs, (layer, channel));
     }
-}
-
-/// Under the channel shown large: its top images in the folder run, if there is one.
-fn top_images_strip(
-    ui: &mut egui::Ui,
-    shared: &mut Shared,
-    (top, jobs): (&mut TopImages, &JobSender),
-    layer: LayerId,
-    channel: usize,
-) {
-    let Some(run) = &shared.folder_run else {
-        return;
-    };
-    if !run.top_layers.contains(&layer) {
-        return;
-    }
-    ui.label(
-        RichText::new(format!(
-            "Top images of channel {channel} in {}",
-            crate::base::text::file_label(&run.root)
-        ))
-        .strong(),
-    );
-    let key = (layer, channel, run.serial);
-    if top.asked != Some(key) {
-        if !shared.busy() {
-            top.asked = Some(key);
-            top.patches = None;
-            let job = move |w: &mut WorkerCtx, _: &mut dyn Progress| {
-                folder_jobs::patches_job(w, layer, channel)
-            };
-            top.pending = Some(jobs.submit(folder_jobs::JOB, job));
-        }
-        ui.spinner();
-        return;
-    }
-    let Some(p) = &top.patches else {
-        if top.pending.is_some() {
-            ui.spinner();
-        }
-        return;
-    };
-    ui.horizontal_wrapped(|ui| {
-        for (i, (patch, score, path)) in p.patches.iter().enumerate() {
-            let t = shared.textures.get(
-                ui.ctx(),
-                &format!("patch:{i}"),
-                TextureOptions::NEAREST,
-                || textures::rgb(patch),
-            );
-            ui.add(egui::Image::new((t.id(), Vec2::splat(48.0))))
-                .on_hover_text(format!("{}\nmax {score:.3}", path.display()));
-        }
-    });
 }
 
 fn plots(shared: &mut Shared, ui: &mut egui::Ui, fm: &FeatureMap) {

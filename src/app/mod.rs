@@ -12,6 +12,7 @@
 //! line to [`tabs`]. The tab bar, the View menu and the remembered tab follow from the list.
 mod architecture;
 mod attribution;
+pub mod channel;
 mod compare;
 mod compare_cka;
 mod compare_diff;
@@ -77,6 +78,7 @@ fn tabs() -> Vec<Box<dyn Tab>> {
         Box::new(architecture::ArchitectureTab::default()),
         Box::new(roadmap::RoadmapTab::default()),
         Box::new(faithfulness::FaithfulnessTab::default()),
+        Box::new(channel::ChannelTab::default()),
     ]
 }
 

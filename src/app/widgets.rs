@@ -1,7 +1,12 @@
 //! Widgets more than one tab uses.
-use super::worker::Pending;
-use super::Shared;
+use super::folder_jobs::{self, TopPatches};
+use super::tab::TabCtx;
+use super::worker::{JobSender, Pending, WorkerCtx};
+use super::{textures, Shared};
+use crate::base::progress::Progress;
 use crate::io::engine::ModelSpec;
+use crate::model::layer_id::LayerId;
+use egui::{RichText, TextureOptions, Vec2};
 
 /// A running job: a spinner, "k/N: what" once it reports, and a Cancel button.
 pub fn job_progress<T: 'static>(ui: &mut egui::Ui, pending: &Pending<T>) {
@@ -112,4 +117,84 @@ pub fn image_set(shared: &Shared) -> std::path::PathBuf {
         .map(|f| f.root.clone())
         .or_else(|| shared.settings.last_folder.clone())
         .unwrap_or_else(|| crate::io::engine::project_dir("assets/samples"))
+}
+
+/// A folder run's top images of one channel, asked of the worker when the channel (or the
+/// folder run) changes: the strip under a channel shown large (Feature maps, Channel).
+#[derive(Default)]
+pub struct TopImages {
+    /// `(layer, channel, folder run)` last asked for; `patches` are its answer once it comes.
+    asked: Option<(LayerId, usize, u64)>,
+    pending: Option<Pending<TopPatches>>,
+    patches: Option<TopPatches>,
+}
+
+impl TopImages {
+    /// Takes in the worker's answer (from the owning tab's `poll`).
+    pub fn poll(&mut self, ctx: &mut TabCtx) {
+        if let Some(p) = ctx.take(&mut self.pending) {
+            ctx.shared.textures.clear();
+            self.patches = Some(p);
+        }
+    }
+
+    /// The top images on show, once they have come.
+    pub fn patches(&self) -> Option<&TopPatches> {
+        self.patches.as_ref()
+    }
+
+    /// The strip: the channel's top images in the folder run, if there is one that kept the
+    /// layer.
+    pub fn ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        shared: &mut Shared,
+        jobs: &JobSender,
+        (layer, channel): (LayerId, usize),
+    ) {
+        let Some(run) = &shared.folder_run else {
+            return;
+        };
+        if !run.top_layers.contains(&layer) {
+            return;
+        }
+        ui.label(
+            RichText::new(format!(
+                "Top images of channel {channel} in {}",
+                crate::base::text::file_label(&run.root)
+            ))
+            .strong(),
+        );
+        let key = (layer, channel, run.serial);
+        if self.asked != Some(key) {
+            if !shared.busy() {
+                self.asked = Some(key);
+                self.patches = None;
+                let job = move |w: &mut WorkerCtx, _: &mut dyn Progress| {
+                    folder_jobs::patches_job(w, layer, channel)
+                };
+                self.pending = Some(jobs.submit(folder_jobs::JOB, job));
+            }
+            ui.spinner();
+            return;
+        }
+        let Some(p) = &self.patches else {
+            if self.pending.is_some() {
+                ui.spinner();
+            }
+            return;
+        };
+        ui.horizontal_wrapped(|ui| {
+            for (i, (patch, score, path)) in p.patches.iter().enumerate() {
+                let t = shared.textures.get(
+                    ui.ctx(),
+                    &format!("patch:{i}"),
+                    TextureOptions::NEAREST,
+                    || textures::rgb(patch),
+                );
+                ui.add(egui::Image::new((t.id(), Vec2::splat(48.0))))
+                    .on_hover_text(format!("{}\nmax {score:.3}", path.display()));
+            }
+        });
+    }
 }

@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// `scorecam,ig,deletion`.
     #[arg(long, value_delimiter = ',')]
     faithfulness: Vec<String>,
+    /// Also time feature visualisation at this layer (e.g. `stages.2`): one optimisation step
+    /// of `--batch` channels (one image each) against a forward up to the layer at that batch.
+    #[arg(long)]
+    visualize: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -81,6 +85,20 @@ struct BenchReport {
     cka: Option<CkaCost>,
     #[serde(skip_serializing_if = "Option::is_none")]
     faithfulness: Option<Vec<FaithCost>>,
+    #[serde(flatten)]
+    visualize: Option<VisCost>,
+}
+
+/// One feature-visualisation step against the forward up to its layer, same run.
+#[derive(Serialize, Debug)]
+struct VisCost {
+    visualize_layer: String,
+    visualize_rounds: usize,
+    visualize_step_median_ms: f64,
+    visualize_forward_median_ms: f64,
+    /// Median over the rounds of a step's time / the forward's, and the rounds' range.
+    visualize_step_ratio: f64,
+    visualize_step_ratio_range: [f64; 2],
 }
 
 /// One of issue 22's costs against plain forwards, same run.
@@ -168,6 +186,7 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
         gradcam: None,
         cka: None,
         faithfulness: None,
+        visualize: None,
     };
     if a.layers {
         report.tracing = Some(tracing_cost(a, &engine, &x, report.median_ms)?);
@@ -190,6 +209,9 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
     }
     if !a.faithfulness.is_empty() {
         report.faithfulness = Some(faithfulness_cost(a, &engine, &x)?);
+    }
+    if let Some(layer) = &a.visualize {
+        report.visualize = Some(visualize_cost(a, &engine, h, layer)?);
     }
     if let Some(n) = a.cka {
         report.cka = Some(cka_cost(ctx, a, &engine, (h, w), n)?);
@@ -353,6 +375,54 @@ fn cka_cost(
         forwards_median_ms: median(&fwd),
         cka_time_ratio: median(&ratios),
         cka_time_ratio_range: min_max(&ratios),
+    })
+}
+
+/// One optimisation step of feature visualisation (a batch of `--batch` channels at `layer`,
+/// transforms on) against the forward up to that layer at the same batch, interleaved over at
+/// least 5 rounds.
+fn visualize_cost(a: &BenchArgs, engine: &Engine, size: usize, layer: &str) -> Result<VisCost> {
+    use crate::analysis::attribution::layer_by_name;
+    use crate::analysis::feature_vis::{measure, Objective, Run, Settings};
+    let layer = layer_by_name(engine, layer)?;
+    let channels = engine
+        .layers(1)
+        .iter()
+        .find(|l| l.id == layer)
+        .map_or(1, |l| l.out_shape[1]);
+    let objectives: Vec<Objective> = (0..a.batch)
+        .map(|c| Objective::Channel {
+            layer,
+            channel: c % channels,
+        })
+        .collect();
+    let mut s = Settings::for_model(engine);
+    s.size = size;
+    let mut run = Run::new(engine, objectives.clone(), None, &s)?;
+    let x = Tensor::randn(0f32, 1f32, (a.batch, 3, size, size), &engine.device)?;
+    run.step(true)?;
+    measure(engine, &x, &objectives)?;
+    let (mut ratios, mut steps, mut fwd) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..a.iters.clamp(5, 7) {
+        let t = Instant::now();
+        measure(engine, &x, &objectives)?;
+        engine.device.synchronize()?;
+        let f = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        run.step(true)?;
+        engine.device.synchronize()?;
+        let st = t.elapsed().as_secs_f64();
+        ratios.push(st / f);
+        steps.push(st * 1e3);
+        fwd.push(f * 1e3);
+    }
+    Ok(VisCost {
+        visualize_layer: layer.name(),
+        visualize_rounds: ratios.len(),
+        visualize_step_median_ms: median(&steps),
+        visualize_forward_median_ms: median(&fwd),
+        visualize_step_ratio: median(&ratios),
+        visualize_step_ratio_range: min_max(&ratios),
     })
 }
 
@@ -529,6 +599,19 @@ fn print_report(r: &BenchReport) {
             c.cka_rounds,
             c.cka_time_ratio_range[0],
             c.cka_time_ratio_range[1]
+        );
+    }
+    if let Some(v) = &r.visualize {
+        println!(
+            "feature visualisation at {}, batch {}: one step median {:.1} ms, {:.2}× the forward up to the layer ({:.1} ms; median of {} interleaved rounds, range {:.2}–{:.2})",
+            v.visualize_layer,
+            r.batch,
+            v.visualize_step_median_ms,
+            v.visualize_step_ratio,
+            v.visualize_forward_median_ms,
+            v.visualize_rounds,
+            v.visualize_step_ratio_range[0],
+            v.visualize_step_ratio_range[1]
         );
     }
     for f in r.faithfulness.iter().flatten() {

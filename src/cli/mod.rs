@@ -15,6 +15,7 @@ mod inspect;
 mod roadmap;
 mod top_images;
 mod train;
+mod visualize;
 
 use crate::base::device::{parse_device, parse_dtype, set_threads};
 use crate::io::engine::{default_weights, Engine, ModelSpec};
@@ -82,6 +83,9 @@ pub enum Command {
     Faithfulness(faithfulness::FaithfulnessArgs),
     /// The cascading model-randomisation sanity check of a method at a layer.
     Sanity(faithfulness::SanityArgs),
+    /// The image a channel, a neuron or a class would most like to see, optimised from noise
+    /// (Lucid's recipe).
+    Visualize(visualize::VisualizeArgs),
 }
 
 /// Which model: `--weights` (global) or a named variant with seeded random weights.
@@ -199,5 +203,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Diff(a) => cka::diff(a),
         Command::Faithfulness(a) => faithfulness::run(&ctx, a),
         Command::Sanity(a) => faithfulness::run_sanity(&ctx, a),
+        Command::Visualize(a) => visualize::run(&ctx, a),
     }
 }
