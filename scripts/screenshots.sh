@@ -71,6 +71,18 @@ app_shot 1400x900 assets/samples/sneaker_9.png \
 app_shot 1400x900 assets/samples/sneaker_9.png \
   "click 1128 43; sleep 1; click 426 132; sleep 15; xdotool mousemove 1300 800" \
   faithfulness
+# Channel: what stages.1 channel 0 looks for (optimised on opening), then the layer's atlas.
+# (A private cache folder: the atlas is made, not read from an earlier run's cache.)
+CONVNEXT_CACHE_DIR=$(mktemp -d) app_shot 1400x900 assets/samples/bag_18.png \
+  "click 1210 43; sleep 15; click 451 481; sleep 60; xdotool mousemove 1300 880" \
+  channel
+# A random-weights ConvNeXt-T's optimised images (noise) beside the shipped model's.
+vis=$(mktemp -d)
+./target/release/convnext-explorer visualize --variant convnext_tiny --layer stages.2 --channel 0,1,2,3 --out "$vis/t" >/dev/null
+./target/release/convnext-explorer visualize --layer stages.2 --channel 0,1,2,3 --out "$vis/s" >/dev/null
+convert \( "$vis"/t/stages.2_{0,1,2,3}.png +append \) \
+  \( "$vis"/s/stages.2_{0,1,2,3}.png -filter point -resize 224x224 +append \) \
+  -append "$out/visualize_random_tiny.png"
 # A laptop-sized window: the tab bar wraps; the first picture is Grad-CAM at stages.1.
 # (Fresh settings: it opens on Feature maps, not on the tab the shots above left.)
 HOME=$(mktemp -d) app_shot 1024x640 assets/samples/sneaker_9.png "sleep 1" small_window

@@ -285,3 +285,57 @@ fn bad_requests_say_what_is_wrong() {
     ]);
     assert!(!ok && err.contains("out of range"), "{err}");
 }
+
+/// The other objectives climb too: a neuron, a class logit, a direction, a weighted sum (each
+/// against a mid-grey image, after 64 steps).
+#[test]
+fn every_kind_of_objective_climbs() {
+    let e = shipped();
+    let l1 = layer_by_name(&e, "stages.1").unwrap();
+    let l2 = layer_by_name(&e, "stages.2").unwrap();
+    let direction: Vec<f32> = (0..128)
+        .map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0)
+        .collect();
+    let objectives = vec![
+        Objective::Neuron {
+            layer: l2,
+            channel: 3,
+        },
+        Objective::Class(8),
+        Objective::Direction {
+            layer: l2,
+            vector: direction,
+        },
+        Objective::Sum(vec![
+            (
+                1.0,
+                Objective::Channel {
+                    layer: l1,
+                    channel: 2,
+                },
+            ),
+            (0.5, Objective::Class(1)),
+        ]),
+    ];
+    let mut s = Settings::for_model(&e);
+    s.steps = 64;
+    let v = visualize(&e, &objectives, &s, &mut Silent).unwrap();
+    let grey = (Tensor::full(0.5f32, (4, 3, 64, 64), &Device::Cpu).unwrap()
+        - e.preprocess.mean[0] as f64)
+        .unwrap()
+        / e.preprocess.std[0] as f64;
+    let before = measure(&e, &grey.unwrap(), &objectives).unwrap();
+    for ((o, v), b) in objectives.iter().zip(&v).zip(before) {
+        eprintln!(
+            "{}: {b:.3} on grey, {:.3} optimised",
+            o.describe(),
+            v.objective
+        );
+        assert!(
+            v.objective > b + 0.5,
+            "{}: {} from {b}",
+            o.describe(),
+            v.objective
+        );
+    }
+}

@@ -470,10 +470,15 @@ impl Observer for KeepTracked {
     }
 }
 
-/// RepLKNet's scale for showing an ERF map: `log10(map + 1)`, value by value. (The summary
-/// below takes the same logarithm in f64, as its sums run over the whole map.)
+/// RepLKNet's scale for an ERF value: `log10(v + 1)`, in f64 (the summary's sums run over the
+/// whole map).
+fn erf_log_value(v: f32) -> f64 {
+    (v as f64 + 1.0).log10()
+}
+
+/// [`erf_log_value`] of a whole map, for showing it.
 pub fn erf_log(map: &[f32]) -> Vec<f32> {
-    map.iter().map(|v| (v + 1.0).log10()).collect()
+    map.iter().map(|&v| erf_log_value(v) as f32).collect()
 }
 
 /// The share of an ERF picture's values below the one it is scaled to: the brightest 1 %
@@ -509,7 +514,7 @@ pub fn erf_display(map: &[f32]) -> Vec<f32> {
 /// area ratio of the smallest centred square (side 2i+1, i ≥ 1) holding more than that share of
 /// Σm; `None` where no square below the map's half-size does.
 pub fn area_ratios(map: &[f32], (h, w): (usize, usize), thresholds: &[f64]) -> Vec<Option<f64>> {
-    let m: Vec<f64> = map.iter().map(|&v| (v as f64 + 1.0).log10()).collect();
+    let m: Vec<f64> = map.iter().map(|&v| erf_log_value(v)).collect();
     let max = m.iter().cloned().fold(0.0, f64::max);
     let m: Vec<f64> = m
         .iter()
