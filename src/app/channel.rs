@@ -77,7 +77,7 @@ impl Tab for ChannelTab {
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
-        ui.label("What a channel looks for: the image it would most like to see, optimised from noise (Lucid's recipe: a 1/f spectrum in decorrelated colour, jittered, scaled and rotated each step), beside what it does on the current image and the images of your folder that excite it most.");
+        ui.label("What a channel looks for: the image it would most like to see, optimised from noise (Lucid's recipe: a 1/f spectrum in decorrelated colour, grey for a grey model, jittered, scaled and rotated each step), beside what it does on the current image and the images of your folder that excite it most.");
         let Some(model) = &ctx.shared.model else {
             ui.label("Load a model first.");
             return;

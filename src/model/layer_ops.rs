@@ -287,6 +287,9 @@ fn subsample(x: &Tensor, stride: usize) -> Result<Tensor> {
 
 /// k×k max-pooling with padding that never wins (as PyTorch pads it), channels-last.
 fn max_pool(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    if x.track_op() {
+        return max_pool_composed(x, k, stride, pad);
+    }
     let mut x = x.permute((0, 3, 1, 2))?.contiguous()?;
     if pad > 0 {
         let (n, c, h, w) = x.dims4()?;
@@ -301,4 +304,67 @@ fn max_pool(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
     x.max_pool2d_with_stride(k, stride)?
         .permute((0, 2, 3, 1))?
         .contiguous()
+}
+
+/// The same max-pooling from ops that have a backward pass (candle's pooling op has none for
+/// a window wider than its stride, as ResNet's 3×3 stride-2 stem pool is): the maximum of the
+/// k² strided views of the padded input. Where two positions tie, both get the gradient.
+fn max_pool_composed(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    let (n, h, w, c) = x.dims4()?;
+    let (dev, dt) = (x.device().clone(), x.dtype());
+    let low =
+        |shape: (usize, usize, usize, usize)| Tensor::full(f32::MIN, shape, &dev)?.to_dtype(dt);
+    let rows = low((n, pad, w, c))?;
+    let x = Tensor::cat(&[&rows, x, &rows], 1)?;
+    let cols = low((n, h + 2 * pad, pad, c))?;
+    let x = Tensor::cat(&[&cols, &x, &cols], 2)?;
+    let (ho, wo) = (
+        (h + 2 * pad - k) / stride + 1,
+        (w + 2 * pad - k) / stride + 1,
+    );
+    let ids = |start: usize, len: usize| -> Result<Tensor> {
+        let v: Vec<u32> = (0..len).map(|i| (start + i * stride) as u32).collect();
+        Tensor::from_vec(v, len, &dev)
+    };
+    let mut out: Option<Tensor> = None;
+    for dy in 0..k {
+        let r = x.index_select(&ids(dy, ho)?, 1)?;
+        for dx in 0..k {
+            let v = r.index_select(&ids(dx, wo)?, 2)?;
+            out = Some(match out {
+                Some(o) => o.maximum(&v)?,
+                None => v,
+            });
+        }
+    }
+    out.ok_or_else(|| candle_core::Error::Msg("an empty pooling window".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The composed pooling (taken when a gradient is wanted) equals candle's, and its gradient
+    /// reaches each window's maximum.
+    #[test]
+    fn composed_max_pool_equals_candles_and_has_a_gradient() {
+        let x = Tensor::randn(0f32, 1f32, (2, 9, 10, 3), &Device::Cpu).unwrap();
+        let plain = max_pool(&x, 3, 2, 1).unwrap();
+        let v = Var::from_tensor(&x).unwrap();
+        let tracked = max_pool(v.as_tensor(), 3, 2, 1).unwrap();
+        assert_eq!(plain.dims(), &[2, 5, 5, 3]);
+        let d = (&plain - &tracked)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        let g = tracked.sum_all().unwrap().backward().unwrap();
+        let g = g.get(v.as_tensor()).unwrap();
+        // Every output takes its gradient from one input (random values do not tie).
+        let total = g.sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(total, (2 * 5 * 5 * 3) as f32);
+    }
 }
