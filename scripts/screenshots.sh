@@ -74,7 +74,7 @@ app_shot 1400x900 assets/samples/sneaker_9.png \
 # Channel: what stages.1 channel 0 looks for (optimised on opening), then the layer's atlas.
 # (A private cache folder: the atlas is made, not read from an earlier run's cache.)
 CONVNEXT_CACHE_DIR=$(mktemp -d) app_shot 1400x900 assets/samples/bag_18.png \
-  "click 1210 43; sleep 2; click 502 108; sleep 15; click 462 481; sleep 60; xdotool mousemove 1300 880" \
+  "click 1210 43; sleep 2; click 502 108; sleep 15; click 462 481; sleep 150; xdotool mousemove 1300 880" \
   channel
 # A random-weights ConvNeXt-T's optimised images (noise) beside the shipped model's.
 vis=$(mktemp -d)

@@ -63,6 +63,13 @@ fn the_channel_view_shows_what_the_selected_channel_looks_for() {
     let imgs = h.state().tab::<ChannelTab>().unwrap().images().unwrap();
     assert_eq!(imgs.pictures.len(), 4);
     assert_ne!(imgs.pictures[0].rgb, imgs.pictures[1].rgb);
+    // Another layer picked on the strip: the selection follows and its channel is optimised.
+    h.get_by_label("stage 2").click();
+    h.run_steps(2);
+    settle(&mut h);
+    assert_eq!(h.state().shared().selection.layer, Some(LayerId::Stage(2)));
+    let imgs = h.state().tab::<ChannelTab>().unwrap().images().unwrap();
+    assert_eq!((imgs.layer, imgs.channel), (LayerId::Stage(2), 0));
 }
 
 #[test]

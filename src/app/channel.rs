@@ -82,13 +82,12 @@ impl Tab for ChannelTab {
             ui.label("Load a model first.");
             return;
         };
-        let (layer, channel) = selected(ctx.shared, model);
-        let channels = channels_of(model, layer);
+        let (mut layer, mut channel) = selected(ctx.shared, model);
         let depths = model.plan.depths();
         if let Some(id) = strip::layer_strip(ui, &depths, Some(layer), |id| id.name()) {
-            ctx.shared.selection.layer = Some(id);
-            ctx.shared.selection.channel = Some(0);
+            (layer, channel) = (id, 0);
         }
+        let channels = channels_of(model, layer);
         let mut c = channel.min(channels.saturating_sub(1));
         ui.horizontal(|ui| {
             ui.label(format!("Channel of {layer} ({channels} channels):"));
