@@ -649,8 +649,8 @@ impl ImageParam {
         Ok(Var::from_tensor(&Tensor::from_vec(v, shape, dev)?)?)
     }
 
-    /// The pixels (`[B, 3, S, S]`, in (0, 1)) a spectrum stands for.
-    fn pixels(&self, spectrum: &Tensor) -> Result<Tensor> {
+    /// numpy's `irfft2` of the scaled spectrum (`[B, ch, 2, S, K]` → `[B, ch, S, S]`).
+    fn inverse(&self, spectrum: &Tensor) -> Result<Tensor> {
         let re = spectrum.narrow(2, 0, 1)?.squeeze(2)?;
         let im = spectrum.narrow(2, 1, 1)?.squeeze(2)?;
         let re = re.broadcast_mul(&self.scale)?;
@@ -658,8 +658,12 @@ impl ImageParam {
         // Along the rows, a complex inverse transform; along the columns, the real one.
         let yre = (self.cy.broadcast_matmul(&re)? - self.sy.broadcast_matmul(&im)?)?;
         let yim = (self.sy.broadcast_matmul(&re)? + self.cy.broadcast_matmul(&im)?)?;
-        let img = (yre.broadcast_matmul(&self.cxt)? - yim.broadcast_matmul(&self.sxt)?)?;
-        let img = (img / 4.0)?;
+        Ok((yre.broadcast_matmul(&self.cxt)? - yim.broadcast_matmul(&self.sxt)?)?)
+    }
+
+    /// The pixels (`[B, 3, S, S]`, in (0, 1)) a spectrum stands for.
+    fn pixels(&self, spectrum: &Tensor) -> Result<Tensor> {
+        let img = (self.inverse(spectrum)? / 4.0)?;
         let (b, c, h, w) = img.dims4()?;
         let img = if c == 3 {
             self.colour
@@ -798,7 +802,8 @@ fn transform(pixels: &Tensor, rngs: &mut [StdRng]) -> Result<Tensor> {
 mod tests {
     use super::*;
 
-    /// A single frequency in the spectrum becomes the cosine numpy's `irfft2` makes of it.
+    /// A single frequency in the spectrum becomes the wave numpy's `irfft2` makes of it: a real
+    /// coefficient 1 a cosine, an imaginary one minus a sine (inner columns count twice).
     #[test]
     fn the_spectrum_inverts_like_irfft2() {
         let dev = Device::Cpu;
@@ -806,20 +811,30 @@ mod tests {
         let p = ImageParam::new(s, true, &dev).unwrap();
         let k = s / 2 + 1;
         let (ky, kx) = (1usize, 2usize);
-        let mut v = vec![0f32; 2 * s * k];
-        // Undo the 1/f scale so that the coefficient is exactly 1.
-        v[ky * k + kx] = 1.0 / p.scale.to_vec2::<f32>().unwrap()[ky][kx];
-        let spec = Tensor::from_vec(v, (1, 1, 2, s, k), &dev).unwrap();
-        let re = spec.narrow(2, 0, 1).unwrap().squeeze(2).unwrap();
-        let re = re.broadcast_mul(&p.scale).unwrap();
-        let yre = p.cy.broadcast_matmul(&re).unwrap();
-        let img = yre.broadcast_matmul(&p.cxt).unwrap();
-        let img: Vec<f32> = img.flatten_all().unwrap().to_vec1().unwrap();
-        for y in 0..s {
-            for x in 0..s {
-                let phase = std::f64::consts::TAU * ((ky * y) as f64 + (kx * x) as f64) / s as f64;
-                let want = 2.0 * phase.cos() / (s * s) as f64;
-                assert!((img[y * s + x] as f64 - want).abs() < 1e-6, "({y}, {x})");
+        let scale = p.scale.to_vec2::<f32>().unwrap()[ky][kx];
+        for part in 0..2 {
+            let mut v = vec![0f32; 2 * s * k];
+            // Undo the 1/f scale so that the coefficient is exactly 1.
+            v[part * s * k + ky * k + kx] = 1.0 / scale;
+            let spec = Tensor::from_vec(v, (1, 1, 2, s, k), &dev).unwrap();
+            let img: Vec<f32> = p
+                .inverse(&spec)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for y in 0..s {
+                for x in 0..s {
+                    let phase =
+                        std::f64::consts::TAU * ((ky * y) as f64 + (kx * x) as f64) / s as f64;
+                    let wave = if part == 0 { phase.cos() } else { -phase.sin() };
+                    let want = 2.0 * wave / (s * s) as f64;
+                    assert!(
+                        (img[y * s + x] as f64 - want).abs() < 1e-6,
+                        "{part}: ({y}, {x})"
+                    );
+                }
             }
         }
     }

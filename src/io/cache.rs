@@ -54,13 +54,10 @@ pub fn file_name(key: &str, ext: &str) -> String {
 /// Reads back tensors written by [`write`], each checked against the shape and dtype wanted;
 /// `Ok(None)` when the file is absent.
 pub fn read(path: &Path, wanted: &[(&str, DType, &[usize])]) -> Result<Option<Vec<Tensor>>> {
-    let Ok(meta) = std::fs::metadata(path) else {
+    if std::fs::symlink_metadata(path).is_err() {
         return Ok(None);
-    };
-    if !meta.is_file() || meta.len() > MAX_BYTES {
-        return Err(Error::file(path, "not a cache file of a plausible size"));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+    let bytes = crate::base::files::read_capped(path, MAX_BYTES, "a cache file")?;
     let mut tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .map_err(|e| Error::file(path, e))?;
     let mut out = Vec::with_capacity(wanted.len());
