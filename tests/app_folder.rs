@@ -2,6 +2,7 @@
 //! confusions; the mistakes open in the Feature maps tab; a channel shows its top images; a
 //! second model joins the collapse plot; a folder without labels gives predictions.
 #![cfg(feature = "app")]
+use convnext_explorer::app::channel::ChannelTab;
 use convnext_explorer::app::{FeaturesTab, FolderTab, Request};
 use convnext_explorer::model::layer_id::LayerId;
 use egui_kittest::kittest::Queryable;
@@ -171,6 +172,25 @@ fn a_channel_shows_its_top_images_and_a_second_model_joins_the_collapse_plot() {
     let scores: Vec<f32> = p.patches.iter().map(|x| x.1).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
     h.get_by_label_contains("Top images of channel");
+    // The Channel tab shows the same channel's top images beside its optimised image.
+    let channel = h.state().shared().selection.channel;
+    h.state_mut().shared_mut().settings.tab = "Channel".into();
+    h.run_steps(2);
+    settle(&mut h);
+    h.run_steps(2);
+    settle(&mut h);
+    let t = h.state().tab::<ChannelTab>().unwrap();
+    let q = t.top_patches().expect("top patches in the Channel tab");
+    assert_eq!(
+        (q.layer, Some(q.channel), q.patches.len()),
+        (LayerId::Stage(1), channel, 9)
+    );
+    let imgs = t.images().expect("the optimised image");
+    assert_eq!(
+        (imgs.layer, Some(imgs.channel)),
+        (LayerId::Stage(1), channel)
+    );
+    assert!(h.query_by_label("Run a folder (Folder tab) to see the images of your data that excite this channel most, beside its optimised image.").is_none());
 }
 
 #[test]

@@ -114,6 +114,11 @@ impl ChannelTab {
         self.images.as_ref()
     }
 
+    /// The folder run's top images of the channel, once they have come.
+    pub fn top_patches(&self) -> Option<&super::folder_jobs::TopPatches> {
+        self.top.patches()
+    }
+
     /// The atlas on show, once it has come.
     pub fn atlas(&self) -> Option<&Atlas> {
         self.atlas.as_ref()
