@@ -6,6 +6,7 @@
 //! carries the gradient back through the kernels' own backward passes (the packed GEMM, GELU,
 //! the depthwise conv) and the composed LayerNorm. Definitions follow
 //! pytorch-grad-cam's, so results can be compared with it.
+use super::trace::forward_keeping;
 use crate::base::error::{Error, Result};
 use crate::base::progress::Progress;
 use crate::io::engine::Engine;
@@ -425,18 +426,9 @@ pub fn erf_maps(engine: &Engine, x: &Tensor, layer: LayerId) -> Result<Tensor> {
         )));
     }
     let input = Var::from_tensor(&x.to_dtype(DType::F32)?.to_device(&engine.device)?)?;
-    let mut keep = KeepTracked {
-        layer,
-        out: None,
-        stop: true,
-    };
-    // The forward stops at the layer (nothing after it matters): that error is expected.
-    let run = engine.forward_observed(input.as_tensor(), &mut keep);
-    let out = match (keep.out, run) {
-        (Some(out), _) => out,
-        (None, Err(e)) => return Err(e),
-        (None, Ok(_)) => return Err(Error::Input(format!("layer `{layer}` did not run"))),
-    };
+    // The forward stops at the layer: nothing after it matters.
+    let (mut kept, _) = forward_keeping(engine, input.as_tensor(), vec![layer], true)?;
+    let out = kept.remove(0).1;
     let (_, hl, wl, _) = out.dims4()?;
     let s = out
         .narrow(1, hl / 2, 1)?
@@ -448,26 +440,6 @@ pub fn erf_maps(engine: &Engine, x: &Tensor, layer: LayerId) -> Result<Tensor> {
         .get(input.as_tensor())
         .ok_or_else(|| Error::Input(format!("no gradient reaches the input from `{layer}`")))?;
     Ok(g.relu()?.sum(1)?.to_dtype(DType::F32)?)
-}
-
-/// Keeps one layer's output as it flows (tracked, when the input is), and stops the forward
-/// there when nothing after it matters.
-struct KeepTracked {
-    layer: LayerId,
-    out: Option<Tensor>,
-    stop: bool,
-}
-
-impl Observer for KeepTracked {
-    fn layer(&mut self, id: LayerId, out: &Tensor) -> candle_core::Result<()> {
-        if id == self.layer {
-            self.out = Some(out.clone());
-            if self.stop {
-                candle_core::bail!("stop: layer reached");
-            }
-        }
-        Ok(())
-    }
 }
 
 /// RepLKNet's scale for an ERF value: `log10(v + 1)`, in f64 (the summary's sums run over the
@@ -745,16 +717,9 @@ fn layer_output(
     class: Option<usize>,
 ) -> Result<(Tensor, Tensor, Vec<usize>)> {
     check_spatial(layer)?;
-    let mut keep = KeepTracked {
-        layer,
-        out: None,
-        stop: false,
-    };
-    let logits = engine.forward_observed(x, &mut keep)?;
-    let a = keep
-        .out
-        .ok_or_else(|| Error::Input(format!("layer `{layer}` did not run")))?
-        .to_dtype(DType::F32)?;
+    let (mut kept, logits) = forward_keeping(engine, x, vec![layer], false)?;
+    let logits = logits.ok_or_else(|| Error::Input("the forward stopped early".into()))?;
+    let a = kept.remove(0).1.to_dtype(DType::F32)?;
     let classes = classes_for(engine, &logits, class)?;
     Ok((a, logits, classes))
 }

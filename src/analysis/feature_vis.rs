@@ -8,12 +8,12 @@
 //! Every image of a batch has its own objective, its own seed and its own random transforms, so
 //! a channel's picture does not depend on which other channels were optimised beside it (the
 //! layer atlas and a single channel agree).
+use super::trace::forward_keeping;
 use crate::base::error::{Error, Result};
 use crate::base::progress::Progress;
 use crate::io::engine::Engine;
 use crate::io::preprocess::PreprocessConfig;
 use crate::model::layer_id::LayerId;
-use crate::model::observer::Observer;
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::Optimizer;
 use rand::rngs::StdRng;
@@ -175,47 +175,11 @@ impl Outputs {
     }
 }
 
-/// Keeps the wanted layers' outputs as they flow and, when the logits are not needed, stops
-/// the forward once it has them all (nothing after them changes the objective).
-struct Keep {
-    wanted: Vec<LayerId>,
-    got: Vec<(LayerId, Tensor)>,
-    stop: bool,
-}
-
-impl Observer for Keep {
-    fn layer(&mut self, id: LayerId, out: &Tensor) -> candle_core::Result<()> {
-        if self.wanted.contains(&id) && !self.got.iter().any(|(l, _)| *l == id) {
-            self.got.push((id, out.clone()));
-            if self.stop && self.got.len() == self.wanted.len() {
-                candle_core::bail!("stop: every wanted layer reached");
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Runs `x` through the model as far as the objectives (and the diversity layer) need.
 fn run(engine: &Engine, x: &Tensor, wanted: Vec<LayerId>, logits: bool) -> Result<Outputs> {
-    let want = wanted.len();
-    let mut keep = Keep {
-        wanted,
-        got: Vec::new(),
-        stop: !logits,
-    };
-    let result = engine.forward_observed(&x.to_dtype(engine.dtype)?, &mut keep);
-    match result {
-        Ok(l) => Ok(Outputs {
-            layers: keep.got,
-            logits: Some(l),
-        }),
-        // The stop above is expected; any other failure is not.
-        Err(_) if !logits && keep.got.len() == want => Ok(Outputs {
-            layers: keep.got,
-            logits: None,
-        }),
-        Err(e) => Err(e),
-    }
+    let x = x.to_dtype(engine.dtype)?;
+    let (layers, logits) = forward_keeping(engine, &x, wanted, !logits)?;
+    Ok(Outputs { layers, logits })
 }
 
 /// The layers a batch of objectives reads, the diversity layer included.

@@ -133,3 +133,59 @@ impl<A: Observer, B: Observer> Observer for Both<'_, A, B> {
         }
     }
 }
+
+/// Keeps some layers' outputs as they flow (still tracked when the input is, so a gradient can
+/// be taken from them) and, with `stop`, ends the forward once it has them all: nothing after
+/// them matters to the caller.
+struct KeepLayers {
+    wanted: Vec<LayerId>,
+    got: Vec<(LayerId, Tensor)>,
+    stop: bool,
+}
+
+impl Observer for KeepLayers {
+    fn layer(&mut self, id: LayerId, out: &Tensor) -> Result<()> {
+        if self.wanted.contains(&id) && !self.got.iter().any(|(l, _)| *l == id) {
+            self.got.push((id, out.clone()));
+            if self.stop && self.got.len() == self.wanted.len() {
+                candle_core::bail!("stop: every wanted layer reached");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Layers' outputs in the order they ran, and the logits if the forward got that far.
+pub type Kept = (Vec<(LayerId, Tensor)>, Option<Tensor>);
+
+/// Runs `x` through the model keeping the `wanted` layers' outputs (in the order they ran),
+/// and the logits unless `stop` ended the forward at the last wanted layer. A wanted layer that
+/// never ran is an error naming it.
+pub fn forward_keeping(
+    engine: &crate::io::engine::Engine,
+    x: &Tensor,
+    wanted: Vec<LayerId>,
+    stop: bool,
+) -> crate::base::error::Result<Kept> {
+    let mut keep = KeepLayers {
+        wanted,
+        got: Vec::new(),
+        stop,
+    };
+    let logits = match engine.forward_observed(x, &mut keep) {
+        Ok(l) => Some(l),
+        // The stop above is expected; any other failure is not.
+        Err(_) if stop && keep.got.len() == keep.wanted.len() => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(missing) = keep
+        .wanted
+        .iter()
+        .find(|w| !keep.got.iter().any(|(l, _)| l == *w))
+    {
+        return Err(crate::base::error::Error::Input(format!(
+            "layer `{missing}` did not run"
+        )));
+    }
+    Ok((keep.got, logits))
+}
