@@ -6,8 +6,8 @@
 //! [0, 1], preprocessed as the model's own images are.
 //!
 //! Every image of a batch has its own objective, its own seed and its own random transforms, so
-//! a channel's picture does not depend on which other channels were optimised beside it (the
-//! layer atlas and a single channel agree).
+//! a channel's picture does not depend on which other channels were optimised beside it
+//! (`--channel 3,5` and `--channel 5` give channel 5 the same image).
 use super::trace::forward_keeping;
 use crate::base::error::{Error, Result};
 use crate::base::progress::Progress;
