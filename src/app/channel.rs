@@ -170,7 +170,12 @@ impl ChannelTab {
             .as_ref()
             .filter(|i| (i.layer, i.channel) == (layer, c))
         else {
-            ui.label("Optimising the image …");
+            let asked = self.asked.is_some_and(|a| (a.0, a.1) == (layer, c));
+            ui.label(if asked {
+                "Optimising the image …"
+            } else {
+                "Waiting for the job under way to finish …"
+            });
             return;
         };
         ui.strong(format!("What {layer} channel {c} looks for"));
