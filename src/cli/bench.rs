@@ -385,11 +385,7 @@ fn visualize_cost(a: &BenchArgs, engine: &Engine, size: usize, layer: &str) -> R
     use crate::analysis::attribution::layer_by_name;
     use crate::analysis::feature_vis::{measure, Objective, Run, Settings};
     let layer = layer_by_name(engine, layer)?;
-    let channels = engine
-        .layers(1)
-        .iter()
-        .find(|l| l.id == layer)
-        .map_or(1, |l| l.out_shape[1]);
+    let channels = crate::model::flops::channels(&engine.layers(1), layer).unwrap_or(1);
     let objectives: Vec<Objective> = (0..a.batch)
         .map(|c| Objective::Channel {
             layer,
@@ -434,11 +430,7 @@ fn faithfulness_cost(a: &BenchArgs, engine: &Engine, x: &Tensor) -> Result<Vec<F
     let x = x.narrow(0, 0, 1)?;
     let dev = &engine.device;
     let last = crate::model::layer_id::LayerId::Stage(engine.plan.stages.len() - 1);
-    let channels = engine
-        .layers(1)
-        .iter()
-        .find(|l| l.id == last)
-        .map_or(1, |l| l.out_shape[1]);
+    let channels = crate::model::flops::channels(&engine.layers(1), last).unwrap_or(1);
     let (_, _, h, w) = x.dims4()?;
     let map = vec![0.5f32; 49];
     let batch = (16 * 224 * 224 / (h * w)).clamp(1, 256);

@@ -149,6 +149,15 @@ fn numel(s: &[usize]) -> u64 {
 
 /// Roughly the most memory a forward holds at once: the weights and the two largest
 /// activations (a layer's input and output), in bytes of `dtype_bytes` per element.
+/// How many channels `id` outputs (NCHW's C, or the features of a head layer), if it is
+/// in the list.
+pub fn channels(layers: &[LayerInfo], id: crate::model::layer_id::LayerId) -> Option<usize> {
+    layers
+        .iter()
+        .find(|l| l.id == id)
+        .and_then(|l| l.out_shape.get(1).copied())
+}
+
 pub fn working_set_bytes(layers: &[LayerInfo], params: usize, dtype_bytes: usize) -> u64 {
     let mut acts: Vec<u64> = layers.iter().map(|l| numel(&l.out_shape)).collect();
     acts.sort_unstable_by(|a, b| b.cmp(a));
