@@ -156,7 +156,7 @@ fn the_same_seed_gives_the_same_image_and_another_seed_another() {
     let differ = a[0]
         .rgb
         .iter()
-        .zip(&c[0].rgb)
+        .zip(c[0].rgb.iter())
         .filter(|(x, y)| x != y)
         .count();
     assert!(

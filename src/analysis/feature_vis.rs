@@ -276,11 +276,10 @@ impl Settings {
     }
 }
 
-/// One optimised image: its pixels (RGB, `size`² × 3, row-major), what the model sees
-/// (`[1, 3, size, size]`, those pixels preprocessed) and the objective measured on it.
+/// One optimised image: its 8-bit pixels, what the model sees (`[1, 3, S, S]`, those pixels
+/// preprocessed) and the objective measured on it.
 pub struct Visual {
-    pub size: usize,
-    pub rgb: Vec<u8>,
+    pub rgb: image::RgbImage,
     /// A grey model's image is grey (its three channels equal).
     pub grey: bool,
     pub input: Tensor,
@@ -464,13 +463,12 @@ fn finish(
         .collect();
     let mut inputs = Vec::with_capacity(n);
     let mut rgbs = Vec::with_capacity(n);
-    for i in 0..n {
-        let rgb = bytes[i * h * w * 3..(i + 1) * h * w * 3].to_vec();
-        let img = image::RgbImage::from_raw(w as u32, h as u32, rgb.clone())
+    for plane in bytes.chunks(h * w * 3) {
+        let img = image::RgbImage::from_raw(w as u32, h as u32, plane.to_vec())
             .ok_or_else(|| Error::Input("pixel buffer of the wrong size".into()))?;
         let chw = crate::io::preprocess::normalise(&img, &engine.preprocess);
         inputs.push(Tensor::from_vec(chw, (1, 3, h, w), &engine.device)?);
-        rgbs.push(rgb);
+        rgbs.push(img);
     }
     let input = Tensor::cat(&inputs, 0)?;
     let values = measure(engine, &input, objectives)?;
@@ -479,7 +477,6 @@ fn finish(
         .zip(inputs)
         .zip(values)
         .map(|((rgb, input), objective)| Visual {
-            size: h,
             rgb,
             grey,
             input,

@@ -12,6 +12,7 @@ use crate::analysis::grid;
 use crate::base::progress::Progress;
 use crate::io::cache;
 use crate::io::engine::ModelSpec;
+use crate::model::flops;
 use crate::model::layer_id::LayerId;
 use candle_core::{DType, Tensor};
 use egui::{RichText, TextureOptions, Vec2};
@@ -246,12 +247,7 @@ fn selected(shared: &Shared, model: &ModelView) -> (LayerId, usize) {
 }
 
 fn channels_of(model: &ModelView, layer: LayerId) -> usize {
-    model
-        .layers
-        .iter()
-        .find(|l| l.id == layer)
-        .and_then(|l| l.out_shape.get(1).copied())
-        .unwrap_or(1)
+    flops::channels(&model.layers, layer).unwrap_or(1)
 }
 
 /// The channel's map on the current image, over it, with its mean beside the optimised one's.
@@ -317,17 +313,12 @@ fn atlas_grid(ui: &mut egui::Ui, shared: &mut Shared, atlas: &Atlas, serial: u64
     clicked
 }
 
-fn pictures_of(visuals: Vec<Visual>) -> anyhow::Result<Vec<Picture>> {
+fn pictures_of(visuals: Vec<Visual>) -> Vec<Picture> {
     visuals
         .into_iter()
-        .map(|v| {
-            let s = v.size as u32;
-            let rgb = image::RgbImage::from_raw(s, s, v.rgb)
-                .ok_or_else(|| anyhow::anyhow!("pixel buffer of the wrong size"))?;
-            Ok(Picture {
-                rgb,
-                objective: v.objective,
-            })
+        .map(|v| Picture {
+            rgb: v.rgb,
+            objective: v.objective,
         })
         .collect()
 }
@@ -350,7 +341,7 @@ fn channel_job(
     Ok(ChannelImages {
         layer,
         channel,
-        pictures: pictures_of(visuals)?,
+        pictures: pictures_of(visuals),
     })
 }
 
@@ -380,11 +371,7 @@ fn atlas_path(spec: &ModelSpec, layer: LayerId, s: &Settings) -> Option<std::pat
 fn atlas_job(w: &WorkerCtx, layer: LayerId, progress: &mut dyn Progress) -> anyhow::Result<Atlas> {
     let engine = w.engine()?;
     let s = atlas_settings(engine);
-    let channels = engine
-        .layers(1)
-        .iter()
-        .find(|l| l.id == layer)
-        .and_then(|l| l.out_shape.get(1).copied())
+    let channels = flops::channels(&engine.layers(1), layer)
         .ok_or_else(|| anyhow::anyhow!("`{layer}` has no channels to visualise"))?;
     let path = atlas_path(&w.spec()?, layer, &s);
     if let Some(p) = &path {
@@ -399,7 +386,7 @@ fn atlas_job(w: &WorkerCtx, layer: LayerId, progress: &mut dyn Progress) -> anyh
     let visuals = feature_vis::visualize(engine, &objectives, &s, progress)?;
     let atlas = Atlas {
         layer,
-        pictures: pictures_of(visuals)?,
+        pictures: pictures_of(visuals),
         cached: false,
     };
     if let Some(p) = &path {

@@ -204,16 +204,14 @@ fn objectives(engine: &Engine, a: &VisualizeArgs) -> Result<(String, Vec<Wanted>
 /// Writes `DIR/<stem>.png` (grey for a grey model) and `DIR/<stem>.safetensors` (`input`).
 fn save(v: &Visual, dir: &Path, stem: &str) -> Result<(PathBuf, PathBuf)> {
     let png = dir.join(format!("{stem}.png"));
-    let s = v.size as u32;
     let written = if v.grey {
-        let g: Vec<u8> = v.rgb.chunks(3).map(|p| p[0]).collect();
-        image::GrayImage::from_raw(s, s, g).map(|i| i.save(&png))
+        // The three channels are equal: the red one is the grey.
+        let (w, h) = v.rgb.dimensions();
+        image::GrayImage::from_fn(w, h, |x, y| image::Luma([v.rgb.get_pixel(x, y)[0]])).save(&png)
     } else {
-        image::RgbImage::from_raw(s, s, v.rgb.clone()).map(|i| i.save(&png))
+        v.rgb.save(&png)
     };
-    written
-        .context("pixel buffer of the wrong size")?
-        .with_context(|| format!("{}: cannot write", png.display()))?;
+    written.with_context(|| format!("{}: cannot write", png.display()))?;
     let tensor = dir.join(format!("{stem}.safetensors"));
     let input = v.input.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
     candle_core::safetensors::save(&HashMap::from([("input".to_string(), input)]), &tensor)
