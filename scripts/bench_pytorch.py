@@ -7,6 +7,7 @@ the faster one's median, as a user who tries both would see it.
 Run by scripts/bench_vs_pytorch.sh, which runs our bench in the same session and prints ratios.
 """
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -32,7 +33,10 @@ def main():
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     model = model.to(dtype)
     x = x.to(dtype)
-    models = {"nchw": model, "channels_last": model.to(memory_format=torch.channels_last)}
+    # Module.to converts in place and returns the same module: the channels_last one is a copy, so
+    # "nchw" keeps NCHW weights (with channels_last weights PyTorch runs NCHW input channels_last).
+    models = {"nchw": model,
+              "channels_last": copy.deepcopy(model).to(memory_format=torch.channels_last)}
     inputs = {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last)}
     times = {k: [] for k in models}
     with torch.inference_mode():
