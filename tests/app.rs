@@ -130,6 +130,17 @@ fn tabs_show_layer_scale_profile_and_architecture() {
     assert_eq!(p.runs, 2);
     assert!(p.total > Duration::ZERO);
     h.get_by_label_contains("median of 2 runs");
+    // The roofline: the machine's limits (measured with the first profile) and the layers'
+    // share of them in the table.
+    h.get_by_label_contains("compute roof");
+    h.get_by_label("% of limit");
+    let limits = *h.state().tab::<ProfileTab>().unwrap().limits().unwrap();
+    assert!(limits.peak_gflops > 0.0 && limits.memory_gbs > 0.0);
+    // Kept for the next launch on this machine.
+    assert_eq!(
+        convnext_explorer::analysis::roofline::cached(),
+        Some(limits)
+    );
 }
 
 #[test]

@@ -6,25 +6,13 @@ use convnext_explorer::app::channel::ChannelTab;
 use convnext_explorer::model::layer_id::LayerId;
 use egui_kittest::kittest::Queryable;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 mod common;
 use common::gui::*;
 
-/// One cache folder for this test binary (the tests run in parallel; the variable is global).
-fn cache() -> PathBuf {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR
-        .get_or_init(|| tempfile::tempdir().unwrap())
-        .path()
-        .to_path_buf();
-    std::env::set_var("CONVNEXT_CACHE_DIR", &dir);
-    dir
-}
-
 #[test]
 fn the_channel_view_shows_what_the_selected_channel_looks_for() {
-    cache();
+    cache_dir();
     let mut h = shipped(Some("bag_18.png"));
     let shared = h.state_mut().shared_mut();
     shared.selection.layer = Some(LayerId::Stage(1));
@@ -74,7 +62,7 @@ fn the_channel_view_shows_what_the_selected_channel_looks_for() {
 
 #[test]
 fn the_atlas_is_kept_on_disk_and_opens_a_channel() {
-    let dir = cache();
+    let dir = cache_dir();
     let mut h = shipped(Some("sneaker_9.png"));
     let shared = h.state_mut().shared_mut();
     shared.selection.layer = Some(LayerId::Stem);

@@ -155,6 +155,72 @@ fn bench_json_fields() {
     assert_eq!(v["dtype"], "f32");
 }
 
+/// `bench --roofline --json`: the machine's limits (measured into the cache named by
+/// `CONVNEXT_CACHE_DIR`, then read back by a second run) and every timed layer under them.
+#[test]
+fn bench_roofline_places_every_layer_under_the_limits() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_str().unwrap();
+    let run = || {
+        let args = [
+            "bench",
+            "--variant",
+            "atto",
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--size",
+            "64",
+            "--roofline",
+            "--json",
+        ];
+        let env = [
+            ("CONVNEXT_WEIGHTS_DIR", "/nonexistent"),
+            ("CONVNEXT_CACHE_DIR", dir),
+        ];
+        let (ok, out, err) = common::cli_with_env(&args, &env);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let v = run();
+    let r = &v["roofline"];
+    let limits = &r["limits"];
+    for k in ["peak_gflops", "gemm_gflops", "memory_gbs", "cache_gbs"] {
+        assert!(limits[k].as_f64().unwrap() > 0.0, "{k}");
+    }
+    let peak = limits["peak_gflops"].as_f64().unwrap();
+    let bw = limits["memory_gbs"].as_f64().unwrap();
+    assert!((r["ridge"].as_f64().unwrap() - peak / bw).abs() < 1e-9 * peak / bw);
+    assert!(
+        std::fs::read_dir(cache.path().join("machine"))
+            .unwrap()
+            .count()
+            == 1
+    );
+    // The second run reads the limits back rather than measuring them again.
+    assert_eq!(run()["roofline"]["limits"], *limits);
+    let layers = r["layers"].as_array().unwrap();
+    let kinds: Vec<&str> = layers.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    for kind in ["Linear", "DwConv 7×7", "LayerNorm", "GELU", "Add"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    for l in layers {
+        let f = |k: &str| l[k].as_f64().unwrap();
+        assert!((f("intensity") - f("flops") / f("bytes")).abs() < 1e-9 * f("intensity"));
+        let roof = peak.min(f("intensity") * bw);
+        assert!((f("roof_gflops") - roof).abs() < 1e-9 * roof, "{l}");
+        let pct = 100.0 * f("gflops") / roof;
+        assert!((f("percent_of_limit") - pct).abs() < 1e-6 * pct, "{l}");
+        let bound = if f("intensity") < peak / bw {
+            "memory"
+        } else {
+            "compute"
+        };
+        assert_eq!(l["bound"], bound, "{l}");
+    }
+}
+
 #[test]
 fn errors_are_one_clear_line() {
     let cases: Vec<Vec<String>> = vec![

@@ -12,6 +12,7 @@ pub mod feature_vis;
 pub mod folder_run;
 pub mod grid;
 pub mod profile;
+pub mod roofline;
 pub mod sanity;
 pub mod stats;
 pub mod top_images;

@@ -25,12 +25,20 @@ pub struct ProfileRow {
     pub out_shape: Vec<usize>,
     pub params: usize,
     pub macs: u64,
+    /// Operations fvcore's MACs leave out (GELU, layer scale, adds, GRN, max-pooling).
+    pub elementwise: u64,
+    /// Elements read and written at least (the roofline's bytes, per element of the dtype).
+    pub traffic: u64,
     /// Median wall time in milliseconds (absent when the layer was not timed).
     pub ms: Option<f64>,
     /// Share of the whole forward's time, in percent (leaves sum to about 100).
     pub percent: Option<f64>,
     /// Achieved GFLOP/s (2 × MACs per second).
     pub gflops: Option<f64>,
+    /// Achieved rate ÷ the roofline's limit at the layer's intensity, in percent (when the
+    /// machine's limits are known: `roofline::annotate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent_of_limit: Option<f64>,
 }
 
 /// Joins the layer list with per-layer times; `total` is the forward's time the percentages
@@ -56,11 +64,14 @@ pub fn rows(
                 out_shape: l.out_shape.clone(),
                 params: l.params,
                 macs: l.macs,
+                elementwise: l.elementwise,
+                traffic: l.traffic,
                 ms,
                 percent: ms.filter(|_| total_ms > 0.0).map(|m| 100.0 * m / total_ms),
                 gflops: ms
                     .filter(|&m| m > 0.0 && l.macs > 0)
                     .map(|m| 2.0 * l.macs as f64 / (m * 1e-3) / 1e9),
+                percent_of_limit: None,
             }
         })
         .collect()
@@ -196,13 +207,14 @@ pub fn group_totals(rows: &[ProfileRow]) -> Vec<GroupTotal> {
 
 /// CSV with a header row; shapes as `1x96x56x56`, empty cells for untimed layers.
 pub fn to_csv(rows: &[ProfileRow]) -> String {
-    let mut s =
-        String::from("name,kind,container,in_shape,out_shape,params,macs,ms,percent,gflops\n");
+    let mut s = String::from(
+        "name,kind,container,in_shape,out_shape,params,macs,ms,percent,gflops,percent_of_limit\n",
+    );
     let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{}",
             r.name,
             r.kind,
             r.container,
@@ -212,7 +224,8 @@ pub fn to_csv(rows: &[ProfileRow]) -> String {
             r.macs,
             opt(r.ms),
             opt(r.percent),
-            opt(r.gflops)
+            opt(r.gflops),
+            opt(r.percent_of_limit)
         );
     }
     s

@@ -28,6 +28,7 @@ impl LayerTable {
     /// `mult` turns MACs into the unit shown (2 for FLOPs); time columns show when `timed`.
     pub fn ui(&mut self, ui: &mut egui::Ui, mut rows: Vec<ProfileRow>, unit: &str, mult: f64) {
         let timed = rows.iter().any(|r| r.ms.is_some());
+        let limited = rows.iter().any(|r| r.percent_of_limit.is_some());
         self.sort(&mut rows);
         if self.key != SortKey::Order && ui.small_button("forward order").clicked() {
             self.key = SortKey::Order;
@@ -44,6 +45,9 @@ impl LayerTable {
             .column(Column::initial(80.0));
         if timed {
             table = table.columns(Column::initial(70.0), 3);
+        }
+        if limited {
+            table = table.column(Column::initial(80.0));
         }
         table
             .column(Column::remainder())
@@ -66,6 +70,12 @@ impl LayerTable {
                         ui.add(
                             egui::Label::new(RichText::new(format!("G{unit}/s")).strong()).extend(),
                         );
+                    });
+                }
+                if limited {
+                    h.col(|ui| {
+                        ui.add(egui::Label::new(RichText::new("% of limit").strong()).extend())
+                            .on_hover_text("Achieved rate ÷ the roofline's limit at the layer's intensity (over 100: its data came from the caches, faster than the memory roof)");
                     });
                 }
                 h.col(|_| {});
@@ -104,6 +114,12 @@ impl LayerTable {
                         // Achieved rate in the unit shown (GFLOP/s is twice GMAC/s).
                         row.col(|ui| {
                             ui.label(cell(r.gflops.map(|g| g / 2.0 * mult), 1));
+                        });
+                    }
+                    if limited {
+                        row.col(|ui| {
+                            let text = r.percent_of_limit.map(|p| format!("{p:.0}"));
+                            ui.label(text.unwrap_or_default());
                         });
                     }
                     row.col(|_| {});

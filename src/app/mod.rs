@@ -30,6 +30,7 @@ pub mod path_prompt;
 mod plots;
 mod profile;
 mod roadmap;
+mod roofline;
 mod sidebar;
 mod strip;
 mod tab;

@@ -7,6 +7,7 @@ use super::widgets::job_progress;
 use super::worker::{Pending, SaveContent, WorkerCtx};
 use super::{save_as, Shared};
 use crate::analysis::profile::{group_totals, rows, to_csv, to_json, ProfileRow};
+use crate::analysis::roofline::{self, Limits};
 use crate::base::progress::Progress;
 use crate::base::text::human;
 use crate::model::flops::{totals, Totals};
@@ -26,6 +27,8 @@ pub struct ProfileView {
     /// Median of the same forward with no observer (what the observer costs shows as the gap).
     pub plain: Duration,
     pub input_size: (usize, usize),
+    /// Bytes per element of the model's dtype (the roofline's bytes moved).
+    pub dtype_bytes: usize,
 }
 
 #[derive(Default)]
@@ -33,7 +36,10 @@ pub struct ProfileTab {
     table: LayerTable,
     /// The last profile; it stays while a new one runs.
     profile: Option<ProfileView>,
-    pending: Option<Pending<ProfileView>>,
+    pending: Option<Pending<(ProfileView, Option<Limits>)>>,
+    /// The CPU's limits (measured with the first profile on the CPU, or read from the cache).
+    limits: Option<Limits>,
+    remeasuring: Option<Pending<Limits>>,
 }
 
 /// The rows the table shows (with times once profiled).
@@ -53,8 +59,12 @@ impl Tab for ProfileTab {
     }
 
     fn poll(&mut self, ctx: &mut TabCtx) {
-        if let Some(p) = ctx.take(&mut self.pending) {
+        if let Some((p, l)) = ctx.take(&mut self.pending) {
             self.profile = Some(p);
+            self.limits = l;
+        }
+        if let Some(l) = ctx.take(&mut self.remeasuring) {
+            self.limits = Some(l);
         }
     }
 
@@ -70,12 +80,18 @@ impl Tab for ProfileTab {
         let profile = self.profile.as_ref();
         let (unit, mult) = unit(shared);
         ui.label(summary(profile, &t, (h, w), unit, mult));
-        let all = current_rows(shared, profile);
+        let mut all = current_rows(shared, profile);
         charts(ui, shared, profile.is_some(), &all, &t);
+        let show_containers = shared.settings.show_containers;
+        if let (Some(p), Some(l)) = (profile, self.limits) {
+            let points = roofline::points(&all, &l, p.dtype_bytes);
+            roofline::annotate(&mut all, &points);
+            roofline_section(ui, ctx, &l, &mut self.remeasuring, &points);
+        }
         ui.separator();
         let shown = all
             .into_iter()
-            .filter(|r| shared.settings.show_containers || !r.container)
+            .filter(|r| show_containers || !r.container)
             .collect();
         self.table.ui(ui, shown, unit, mult);
     }
@@ -85,10 +101,49 @@ impl Tab for ProfileTab {
     }
 }
 
+/// The roofline under its heading, with the limits it is drawn against and a button that
+/// measures them again.
+fn roofline_section(
+    ui: &mut egui::Ui,
+    ctx: &mut TabCtx,
+    l: &Limits,
+    remeasuring: &mut Option<Pending<Limits>>,
+    points: &[roofline::Point],
+) {
+    egui::CollapsingHeader::new("Roofline: each layer against this machine's limits")
+        .default_open(true)
+        .show(ui, |ui| {
+            ui.horizontal_wrapped(|ui| {
+                ui.label(format!(
+                    "{} threads: compute roof {:.0} GFLOP/s (an FMA loop; our GEMM reaches {:.0}), memory roof {:.1} GB/s (a streaming copy; {:.0} GB/s within the caches). Layers left of the ridge ({:.1} FLOP/byte) can go no faster than memory feeds them, whatever their FLOPs.",
+                    l.threads, l.peak_gflops, l.gemm_gflops, l.memory_gbs, l.cache_gbs, l.ridge()
+                ));
+                if let Some(p) = remeasuring {
+                    job_progress(ui, p);
+                } else if ui
+                    .add_enabled(!ctx.shared.busy(), egui::Button::new("Measure again"))
+                    .on_hover_text("The limits were measured once on this machine and kept; measure them again (a few seconds)")
+                    .clicked()
+                {
+                    let job = |_: &mut WorkerCtx, p: &mut dyn Progress| {
+                        Ok(crate::analysis::roofline::limits(true, p)?)
+                    };
+                    *remeasuring = Some(ctx.jobs.submit("Measuring the machine", job));
+                }
+            });
+            super::roofline::plot(ui, points, l, 230.0);
+        });
+}
+
 impl ProfileTab {
     /// The last profile taken.
     pub fn profile(&self) -> Option<&ProfileView> {
         self.profile.as_ref()
+    }
+
+    /// The machine's limits, once measured or read from the cache.
+    pub fn limits(&self) -> Option<&Limits> {
+        self.limits.as_ref()
     }
 
     /// Times every layer over the settings' number of runs, on the current image.
@@ -140,7 +195,12 @@ impl ProfileTab {
 }
 
 /// Times `runs` forwards of the current image (or of zeros, with no image), layer by layer.
-fn profile(w: &WorkerCtx, runs: usize, progress: &mut dyn Progress) -> anyhow::Result<ProfileView> {
+/// On the CPU the machine's limits come first (read from the cache, or measured once).
+fn profile(
+    w: &WorkerCtx,
+    runs: usize,
+    progress: &mut dyn Progress,
+) -> anyhow::Result<(ProfileView, Option<Limits>)> {
     let engine = w.engine()?;
     let x = match w.image() {
         Some((_, img)) => {
@@ -152,17 +212,24 @@ fn profile(w: &WorkerCtx, runs: usize, progress: &mut dyn Progress) -> anyhow::R
         }
     };
     let runs = runs.clamp(1, 1000);
+    // The roofline is the CPU's: a GPU's profile has none.
+    let limits = match engine.device.is_cpu() {
+        true => Some(crate::analysis::roofline::limits(false, progress)?),
+        false => None,
+    };
     // One warm-up so that first-touch allocation and kernel compilation stay out.
     engine.forward(&x)?;
     let baseline = crate::analysis::profile::PlainBaseline::Interleaved;
     let measured = crate::analysis::profile::time_layers(engine, &x, runs, baseline, progress)?;
-    Ok(ProfileView {
+    let view = ProfileView {
         runs,
         times: measured.times,
         total: measured.total,
         plain: measured.plain.unwrap_or_default(),
         input_size: (x.dim(2)?, x.dim(3)?),
-    })
+        dtype_bytes: engine.dtype.size_in_bytes(),
+    };
+    Ok((view, limits))
 }
 
 fn unit(shared: &Shared) -> (&'static str, f64) {

@@ -2,6 +2,7 @@
 //! memory, and the per-layer profile.
 use super::{batch_arg, dtype_arg, parse_size, Context, ModelArgs};
 use crate::analysis::profile::{self, PlainBaseline};
+use crate::analysis::roofline;
 use crate::analysis::stats::median;
 use crate::analysis::trace::{CaptureLevel, CaptureObserver, TimingObserver};
 use crate::base::device::{device_name, dtype_name};
@@ -57,6 +58,14 @@ pub struct BenchArgs {
     /// of `--batch` channels (one image each) against a forward up to the layer at that batch.
     #[arg(long)]
     visualize: Option<String>,
+    /// Place every layer on the roofline: the machine's limits (an FMA loop, the project's
+    /// GEMM, a streaming copy; measured once per machine and thread count, then read from the
+    /// cache) and per layer its intensity, achieved GFLOP/s and % of its roof (CPU only).
+    #[arg(long)]
+    roofline: bool,
+    /// With `--roofline`: measure the machine again rather than read the cache.
+    #[arg(long, requires = "roofline")]
+    remeasure: bool,
     #[arg(long)]
     json: bool,
 }
@@ -87,6 +96,18 @@ struct BenchReport {
     faithfulness: Option<Vec<FaithCost>>,
     #[serde(flatten)]
     visualize: Option<VisCost>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roofline: Option<Roofline>,
+}
+
+/// The machine's limits and every timed layer under them.
+#[derive(Serialize, Debug)]
+struct Roofline {
+    cpu: Option<String>,
+    limits: roofline::Limits,
+    /// The intensity (FLOP/byte) where the memory roof meets the compute roof.
+    ridge: f64,
+    layers: Vec<roofline::Point>,
 }
 
 /// One feature-visualisation step against the forward up to its layer, same run.
@@ -187,6 +208,7 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
         cka: None,
         faithfulness: None,
         visualize: None,
+        roofline: None,
     };
     if a.layers {
         report.tracing = Some(tracing_cost(a, &engine, &x, report.median_ms)?);
@@ -215,6 +237,9 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
     }
     if let Some(n) = a.cka {
         report.cka = Some(cka_cost(ctx, a, &engine, (h, w), n)?);
+    }
+    if a.roofline {
+        report.roofline = Some(roofline_report(a, &engine, &x)?);
     }
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -549,6 +574,51 @@ fn profile_csv(
     Ok(by_kind)
 }
 
+/// The limits (cached or measured) and the layers timed over `--iters` runs under them.
+fn roofline_report(a: &BenchArgs, engine: &Engine, x: &Tensor) -> Result<Roofline> {
+    if !engine.device.is_cpu() {
+        bail!("--roofline measures this machine's CPU; run it with --device cpu");
+    }
+    let limits = roofline::limits(a.remeasure, &mut Silent)?;
+    let measured = profile::time_layers(engine, x, a.iters, PlainBaseline::Skip, &mut Silent)?;
+    let (n, _, h, w) = x.dims4()?;
+    let rows = profile::rows(
+        &flops::layers(&engine.plan, n, h, w),
+        &measured.times,
+        measured.total,
+    );
+    Ok(Roofline {
+        cpu: roofline::cpu_name(),
+        ridge: limits.ridge(),
+        layers: roofline::points(&rows, &limits, a.dtype.size_in_bytes()),
+        limits,
+    })
+}
+
+fn print_roofline(r: &Roofline) {
+    let l = &r.limits;
+    println!(
+        "{} on {} threads: compute roof {:.0} GFLOP/s (FMA loop; our GEMM reaches {:.0}), memory roof {:.1} GB/s (streaming copy; {:.0} GB/s within the caches), ridge at {:.1} FLOP/byte",
+        r.cpu.as_deref().unwrap_or("this CPU"),
+        l.threads,
+        l.peak_gflops,
+        l.gemm_gflops,
+        l.memory_gbs,
+        l.cache_gbs,
+        r.ridge
+    );
+    println!(
+        "{:<34} {:<14} {:>9} {:>8} {:>9} {:>9} {:>8}  bound",
+        "layer", "kind", "FLOP/byte", "ms", "GFLOP/s", "roof", "% limit"
+    );
+    for p in &r.layers {
+        println!(
+            "{:<34} {:<14} {:>9.2} {:>8.3} {:>9.1} {:>9.1} {:>8.1}  {:?}",
+            p.name, p.kind, p.intensity, p.ms, p.gflops, p.roof_gflops, p.percent_of_limit, p.bound
+        );
+    }
+}
+
 fn print_report(r: &BenchReport) {
     println!(
         "{} batch {} {}×{} on {} {}: median {:.2} ms, min {:.2} ms over {} runs",
@@ -611,6 +681,9 @@ fn print_report(r: &BenchReport) {
             "{}: median {:.0} ms, {:.2}× the time of {} forward(s) (median of interleaved rounds, range {:.2}–{:.2})",
             f.what, f.median_ms, f.ratio, f.forwards, f.ratio_range[0], f.ratio_range[1]
         );
+    }
+    if let Some(roof) = &r.roofline {
+        print_roofline(roof);
     }
     if let Some(kinds) = &r.ms_per_kind {
         let mut v: Vec<(&String, &f64)> = kinds.iter().collect();

@@ -81,6 +81,16 @@ fn bias_gelu_rows_generic(out: &mut [f32], x: &[f32], b: &[f32]) {
 
 simd_dispatch!(fn bias_gelu_rows => bias_gelu_rows_generic(out: &mut [f32], x: &[f32], b: &[f32]));
 
+#[inline(always)]
+fn gelu_in_place_generic(v: &mut [f32]) {
+    for x in v.iter_mut() {
+        let u = *x;
+        *x = 0.5 * u * (1.0 + erf(u * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+simd_dispatch!(pub fn gelu_in_place => gelu_in_place_generic(v: &mut [f32]));
+
 /// `e^x` for `x ≤ 0` (clamped below at -87): `2^(x·log2 e)` split into an integer power (set
 /// in the exponent bits) and a fraction (a degree-8 polynomial), branch-free so that it
 /// vectorises. Relative error below 3e-6 (the f32 rounding of `x·log2 e` dominates; where

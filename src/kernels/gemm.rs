@@ -9,7 +9,7 @@
 //! FMA ([`available`]); elsewhere (other CPUs, devices, dtypes) it uses candle's matmul. A
 //! portable version of the same tile runs where AVX2 is missing, so the packing and the tiling
 //! are tested on every machine.
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -87,16 +87,27 @@ impl PackedLinear {
 
     /// `out[m, n] = x[m, k] · Wᵀ + b` (`with_bias` false leaves the bias out).
     pub fn forward(&self, x: &[f32], with_bias: bool) -> Vec<f32> {
+        self.forward_with(x, with_bias, Epilogue::None)
+    }
+
+    /// [`forward`](Self::forward), then `epilogue` on each finished tile while it is still in
+    /// the cache.
+    ///
+    /// The work is split into tasks of (a block of rows × a group of panels), so that a few
+    /// rows (the late stages at batch 1) still spread over every thread. A task packs its
+    /// rows once, then runs K in passes of at most [`KC`]: within a pass the panel's block
+    /// (`KC × 16` floats) stays in L1 while the row tiles stream past it, and the row block
+    /// (at most [`A_BLOCK`] floats per pass) stays in L2 across the panels.
+    pub fn forward_with(&self, x: &[f32], with_bias: bool, epilogue: Epilogue) -> Vec<f32> {
         let (k, n) = (self.k, self.n);
         let m = x.len() / k.max(1);
         let mut out = vec![0f32; m * n];
+        if m == 0 || n == 0 {
+            return out;
+        }
         let np = n.div_ceil(NR);
-        // Tasks: blocks of rows × groups of panels, so that a few rows (the late stages at
-        // batch 1) still spread over every thread. A row block's x stays in L2 across panels.
         let mr = mr();
-        let rows_per = (mr * (131_072 / (k * mr).max(1)).max(1))
-            .min(m.div_ceil(mr) * mr)
-            .max(mr);
+        let rows_per = (mr * (A_BLOCK / (k.min(KC) * mr).max(1)).max(1)).min(m);
         let row_blocks = m.div_ceil(rows_per);
         let threads = rayon::current_num_threads().max(1);
         let panel_groups = if row_blocks >= 2 * threads {
@@ -110,59 +121,157 @@ impl PackedLinear {
             .into_par_iter()
             .for_each(|t| {
                 let (rb, pg) = (t / panel_groups, t % panel_groups);
-                let r0 = rb * rows_per;
-                let r1 = (r0 + rows_per).min(m);
-                let p0 = pg * panels_per;
-                let p1 = (p0 + panels_per).min(np);
+                let rows = rb * rows_per..((rb + 1) * rows_per).min(m);
+                let panels = pg * panels_per..((pg + 1) * panels_per).min(np);
                 let out = out_ptr;
-                let packed = pack_rows(&x[r0 * k..r1 * k], k, mr);
-                for p in p0..p1 {
-                    let panel = &self.panels[p * k * NR..(p + 1) * k * NR];
-                    let cols = NR.min(n - p * NR);
-                    let bias = with_bias.then(|| &self.bias[p * NR..(p + 1) * NR]);
-                    let mut r = r0;
-                    while r < r1 {
-                        let rows = mr.min(r1 - r);
-                        // SAFETY: tasks write disjoint (row range × panel) regions of `out`, all
-                        // inside it: rows r..r+rows < m, columns p·16..p·16+cols ≤ n; `packed`
-                        // holds these rows' k × rows values from offset (r − r0)·k; the panel
-                        // holds k·16 values.
-                        unsafe {
-                            kernel(
-                                rows,
-                                k,
-                                packed.as_ptr().add((r - r0) * k),
-                                panel.as_ptr(),
-                                bias,
-                                out.0.add(r * n + p * NR),
-                                n,
-                                cols,
-                            );
-                        }
-                        r += rows;
-                    }
-                }
+                self.task(x, rows, panels, with_bias, &epilogue, out);
             });
         out
     }
-}
 
-/// Rows of `x` (`[rows, k]`) regrouped tile by tile, `mr` rows at a time (fewer in the last),
-/// each tile `[k][rows]`: the kernel's broadcasts of x then read consecutive memory instead of
-/// one stream per row. Tile `t` starts at `t·mr·k`.
-fn pack_rows(x: &[f32], k: usize, mr: usize) -> Vec<f32> {
-    let m = x.len() / k.max(1);
-    let mut out = vec![0f32; m * k];
-    let mut r = 0;
-    while r < m {
-        let rows = mr.min(m - r);
-        let tile = &mut out[r * k..(r + rows) * k];
-        for i in 0..rows {
-            for (kk, &v) in x[(r + i) * k..(r + i + 1) * k].iter().enumerate() {
-                tile[kk * rows + i] = v;
+    /// One task of [`forward_with`](Self::forward_with): `rows` × the columns of `panels`.
+    fn task(
+        &self,
+        x: &[f32],
+        rows: std::ops::Range<usize>,
+        panels: std::ops::Range<usize>,
+        with_bias: bool,
+        epilogue: &Epilogue,
+        out: SendPtr,
+    ) {
+        let (k, n) = (self.k, self.n);
+        let r0 = rows.start;
+        let tiles = tile_rows(rows.len(), mr());
+        let packed = pack_rows(&x[r0 * k..rows.end * k], k, &tiles);
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            let last = k0 + kc == k;
+            for p in panels.clone() {
+                let panel = &self.panels[p * k * NR + k0 * NR..(p + 1) * k * NR];
+                let cols = NR.min(n - p * NR);
+                let init = match (k0, with_bias) {
+                    (0, true) => Init::Bias(&self.bias[p * NR..(p + 1) * NR]),
+                    (0, false) => Init::Zero,
+                    _ => Init::Load,
+                };
+                for &(t0, h) in &tiles {
+                    let r = r0 + t0;
+                    // SAFETY: tasks write disjoint (row range × panel) regions of `out`, all
+                    // inside it: rows r..r+h ≤ m, columns p·16..p·16+cols ≤ n; `packed` holds
+                    // this tile's k × h values from offset t0·k, of which this pass reads kc × h
+                    // from (t0·k + k0·h); the panel slice holds (k − k0)·16 ≥ kc·16 values.
+                    unsafe {
+                        let c = out.0.add(r * n + p * NR);
+                        let a = packed.as_ptr().add(t0 * k + k0 * h);
+                        kernel(h, kc, a, panel.as_ptr(), init, c, n, cols);
+                        if last {
+                            epilogue.apply(c, r * n + p * NR, (h, cols), n);
+                        }
+                    }
+                }
             }
         }
-        r += rows;
+    }
+}
+
+/// K per pass of a task: a panel's `KC × 16` block (24 KB) stays in L1 across the row tiles.
+const KC: usize = 384;
+/// Floats of x per pass of a task's row block (192 KB): it stays in L2 across the panels.
+const A_BLOCK: usize = 48 * 1024;
+
+/// What a tile's accumulators start from.
+#[derive(Clone, Copy)]
+enum Init<'a> {
+    Zero,
+    /// The panel's 16 bias values.
+    Bias(&'a [f32]),
+    /// What the output already holds (a later pass over K).
+    Load,
+}
+
+/// What happens to each finished output tile before the next: the layers that follow a Linear
+/// in a ConvNeXt block, applied while the tile is in L1 instead of in a pass over memory.
+pub enum Epilogue<'a> {
+    None,
+    /// The exact (erf) GELU: fc1 and the activation.
+    Gelu,
+    /// `residual + γ ⊙ out` (`γ` absent: `residual + out`): fc2, the layer scale and the
+    /// block's add. `residual` is `[m, n]` and `gamma` `[n]`.
+    ScaleAdd {
+        gamma: Option<&'a [f32]>,
+        residual: &'a [f32],
+    },
+}
+
+impl Epilogue<'_> {
+    /// Applies to the `h × cols` tile at `c`, element `offset` of the `[m, ldc]` output.
+    ///
+    /// # Safety
+    /// `c` must point at `h` rows of `cols` writable floats, `ldc` apart, at element `offset`
+    /// of the output; a `ScaleAdd` residual has the output's shape.
+    unsafe fn apply(&self, c: *mut f32, offset: usize, (h, cols): (usize, usize), ldc: usize) {
+        for i in 0..h {
+            let row = std::slice::from_raw_parts_mut(c.add(i * ldc), cols);
+            match self {
+                Epilogue::None => return,
+                Epilogue::Gelu => crate::kernels::gelu::gelu_in_place(row),
+                Epilogue::ScaleAdd { gamma, residual } => {
+                    let col = offset % ldc;
+                    let res = &residual[offset + i * ldc..offset + i * ldc + cols];
+                    let g = gamma.map(|g| &g[col..col + cols]);
+                    scale_add(row, g, res);
+                }
+            }
+        }
+    }
+}
+
+/// `out = res + g ⊙ out` (`g` absent: `res + out`), rounded after the product as the separate
+/// ops round it: the plain forward and the observed one (a layer at a time) agree to the bit.
+fn scale_add(out: &mut [f32], g: Option<&[f32]>, res: &[f32]) {
+    match g {
+        Some(g) => {
+            for ((o, &g), &r) in out.iter_mut().zip(g).zip(res) {
+                *o = r + *o * g;
+            }
+        }
+        None => {
+            for (o, &r) in out.iter_mut().zip(res) {
+                *o += r;
+            }
+        }
+    }
+}
+
+/// A block of `m` rows cut into tiles of at most `mr`, as even as possible (49 rows at 12:
+/// 10, 10, 10, 10, 9, not 12, 12, 12, 12, 1, whose last tile would run at a twelfth of the
+/// rate): `(first row, rows)` of each.
+fn tile_rows(m: usize, mr: usize) -> Vec<(usize, usize)> {
+    let count = m.div_ceil(mr.max(1));
+    let (base, extra) = (m / count.max(1), m % count.max(1));
+    let mut start = 0;
+    (0..count)
+        .map(|i| {
+            let h = base + usize::from(i < extra);
+            let t = (start, h);
+            start += h;
+            t
+        })
+        .collect()
+}
+
+/// Rows of x (`[rows, k]`) regrouped tile by tile, each tile `[k][h]`: the kernel's broadcasts
+/// of x then read consecutive memory instead of one stream per row. Tile `(t0, h)` starts at
+/// `t0·k`.
+fn pack_rows(x: &[f32], k: usize, tiles: &[(usize, usize)]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for &(t0, h) in tiles {
+        let tile = &mut out[t0 * k..(t0 + h) * k];
+        for i in 0..h {
+            for (kk, &v) in x[(t0 + i) * k..(t0 + i + 1) * k].iter().enumerate() {
+                tile[kk * h + i] = v;
+            }
+        }
     }
     out
 }
@@ -224,20 +333,20 @@ macro_rules! tile_by_height {
     };
 }
 
-/// `rows` (1–6, or 1–12 with AVX-512) rows × one panel of `c = a · panel (+ bias)`, with the
+/// `rows` (1–6, or 1–12 with AVX-512) rows × one panel of `c = init + a · panel`, with the
 /// AVX-512 or AVX2 tile where the CPU has it and the portable one elsewhere.
 ///
 /// # Safety
 /// `a` must point at `k × rows` readable f32 (a tile of [`pack_rows`]: row `r`'s value `kk` at
-/// `kk·rows + r`), `b` at `k × 16`, `c` at `rows` rows of `cols ≤ 16` writable f32, `ldc` apart;
-/// `bias`, if given, holds 16 values.
+/// `kk·rows + r`), `b` at `k × 16`, `c` at `rows` rows of `cols ≤ 16` writable (and, for
+/// `Init::Load`, initialised) f32, `ldc` apart; a bias holds 16 values.
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel(
     rows: usize,
     k: usize,
     a: *const f32,
     b: *const f32,
-    bias: Option<&[f32]>,
+    init: Init,
     c: *mut f32,
     ldc: usize,
     cols: usize,
@@ -248,7 +357,7 @@ unsafe fn kernel(
         tile_by_height!(
             rows,
             x86::tile512,
-            (k, a, b, bias, c, ldc, cols),
+            (k, a, b, init, c, ldc, cols),
             [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2]
         );
         return;
@@ -259,7 +368,7 @@ unsafe fn kernel(
         tile_by_height!(
             rows,
             x86::tile,
-            (k, a, b, bias, c, ldc, cols),
+            (k, a, b, init, c, ldc, cols),
             [6, 5, 4, 3, 2]
         );
         return;
@@ -270,21 +379,18 @@ unsafe fn kernel(
     let b = std::slice::from_raw_parts(b, k * NR);
     for r in 0..rows {
         let dst = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
-        tile_portable(a.iter().skip(r).step_by(rows).copied(), b, bias, dst);
+        tile_portable(a.iter().skip(r).step_by(rows).copied(), b, init, dst);
     }
 }
 
 /// One row (its `k` values in order) × one panel, in plain Rust: the reference the SIMD tiles
 /// must match.
-fn tile_portable(
-    a: impl Iterator<Item = f32>,
-    panel: &[f32],
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-) {
+fn tile_portable(a: impl Iterator<Item = f32>, panel: &[f32], init: Init, out: &mut [f32]) {
     let mut acc = [0f32; NR];
-    if let Some(b) = bias {
-        acc.copy_from_slice(&b[..NR]);
+    match init {
+        Init::Zero => {}
+        Init::Bias(b) => acc.copy_from_slice(&b[..NR]),
+        Init::Load => acc[..out.len()].copy_from_slice(out),
     }
     for (kk, av) in a.enumerate() {
         for (j, acc) in acc.iter_mut().enumerate() {
@@ -297,6 +403,7 @@ fn tile_portable(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::Init;
     use std::arch::x86_64::*;
 
     /// `R` rows × 16 columns of `c = a · panel (+ bias)`; `a` is packed `[k][R]`. Twelve
@@ -309,20 +416,28 @@ mod x86 {
         k: usize,
         a: *const f32,
         b: *const f32,
-        bias: Option<&[f32]>,
+        init: Init,
         c: *mut f32,
         ldc: usize,
         cols: usize,
     ) {
-        let (lo, hi) = match bias {
-            Some(bv) => (
+        let (lo, hi) = match init {
+            Init::Bias(bv) => (
                 _mm256_loadu_ps(bv.as_ptr()),
                 _mm256_loadu_ps(bv.as_ptr().add(8)),
             ),
-            None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+            _ => (_mm256_setzero_ps(), _mm256_setzero_ps()),
         };
         let mut acc0 = [lo; R];
         let mut acc1 = [hi; R];
+        if let Init::Load = init {
+            for r in 0..R {
+                let mut tmp = [0f32; 16];
+                std::ptr::copy_nonoverlapping(c.add(r * ldc), tmp.as_mut_ptr(), cols);
+                acc0[r] = _mm256_loadu_ps(tmp.as_ptr());
+                acc1[r] = _mm256_loadu_ps(tmp.as_ptr().add(8));
+            }
+        }
         for kk in 0..k {
             let b0 = _mm256_loadu_ps(b.add(kk * 16));
             let b1 = _mm256_loadu_ps(b.add(kk * 16 + 8));
@@ -357,16 +472,27 @@ mod x86 {
         k: usize,
         a: *const f32,
         b: *const f32,
-        bias: Option<&[f32]>,
+        init: Init,
         c: *mut f32,
         ldc: usize,
         cols: usize,
     ) {
-        let init = match bias {
-            Some(bv) => _mm512_loadu_ps(bv.as_ptr()),
-            None => _mm512_setzero_ps(),
+        // The last panel of a width that is no multiple of 16 loads and stores only its columns.
+        let mask: __mmask16 = if cols >= 16 {
+            0xffff
+        } else {
+            (1u16 << cols) - 1
         };
-        let mut acc = [init; R];
+        let start = match init {
+            Init::Bias(bv) => _mm512_loadu_ps(bv.as_ptr()),
+            _ => _mm512_setzero_ps(),
+        };
+        let mut acc = [start; R];
+        if let Init::Load = init {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_maskz_loadu_ps(mask, c.add(r * ldc));
+            }
+        }
         for kk in 0..k {
             let bv = _mm512_loadu_ps(b.add(kk * 16));
             for (r, acc) in acc.iter_mut().enumerate() {
@@ -374,12 +500,6 @@ mod x86 {
                 *acc = _mm512_fmadd_ps(av, bv, *acc);
             }
         }
-        // The last panel of a width that is no multiple of 16 stores only its columns.
-        let mask: __mmask16 = if cols >= 16 {
-            0xffff
-        } else {
-            (1u16 << cols) - 1
-        };
         for (r, acc) in acc.iter().enumerate() {
             _mm512_mask_storeu_ps(c.add(r * ldc), mask, *acc);
         }
@@ -400,14 +520,9 @@ impl CustomOp1 for PackedLinearOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = super::storage::contiguous_f32(s, l, "packed linear")?;
-        let dims = l.shape().dims();
-        let lin = &self.linear;
-        let Some((_, batch)) = dims.split_last().filter(|(k, _)| **k == lin.k) else {
-            candle_core::bail!("packed linear: input {dims:?}, want last dim {}", lin.k)
-        };
-        let out = lin.forward(x, self.add_bias);
-        let od: Vec<usize> = batch.iter().copied().chain([lin.n]).collect();
-        Ok((CpuStorage::F32(out), Shape::from(od)))
+        let shape = out_shape(&self.linear, l)?;
+        let out = self.linear.forward(x, self.add_bias);
+        Ok((CpuStorage::F32(out), shape))
     }
 
     /// The input's gradient (the weight is a constant here: attribution, not training).
@@ -416,6 +531,74 @@ impl CustomOp1 for PackedLinearOp {
         let grad = self.linear.backward_input(&g);
         Ok(Some(Tensor::from_vec(grad, arg.shape(), arg.device())?))
     }
+}
+
+/// fc1 and the GELU after it as one candle op (`gelu(x Wᵀ + b)`, the GELU applied to each
+/// tile in the cache). Inference only: it has no backward, and the block takes it only where
+/// no gradient flows.
+pub struct PackedLinearGeluOp {
+    pub linear: Arc<PackedLinear>,
+}
+
+impl CustomOp1 for PackedLinearGeluOp {
+    fn name(&self) -> &'static str {
+        "packed-linear-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = super::storage::contiguous_f32(s, l, "packed linear + GELU")?;
+        let shape = out_shape(&self.linear, l)?;
+        let out = self.linear.forward_with(x, true, Epilogue::Gelu);
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// fc2, the layer scale and the block's residual add as one candle op on `(x, residual)`:
+/// `residual + γ ⊙ (x Wᵀ + b)` (`γ` absent: `residual + x Wᵀ + b`). Inference only, as
+/// [`PackedLinearGeluOp`].
+pub struct PackedLinearScaleAddOp {
+    pub linear: Arc<PackedLinear>,
+    pub gamma: Option<Arc<Vec<f32>>>,
+}
+
+impl CustomOp2 for PackedLinearScaleAddOp {
+    fn name(&self) -> &'static str {
+        "packed-linear-scale-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = super::storage::contiguous_f32(s, l, "packed linear + scale + add")?;
+        let residual = super::storage::contiguous_f32(rs, rl, "packed linear + scale + add")?;
+        let shape = out_shape(&self.linear, l)?;
+        let gamma = self.gamma.as_deref().map(|g| g.as_slice());
+        if residual.len() != shape.elem_count() || gamma.is_some_and(|g| g.len() != self.linear.n) {
+            candle_core::bail!(
+                "packed linear + scale + add: residual {:?} or scale for output {shape:?}",
+                rl.shape()
+            )
+        }
+        let out = self
+            .linear
+            .forward_with(x, true, Epilogue::ScaleAdd { gamma, residual });
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// The output shape of the packed Linear on an input of layout `l` (`[..., K]` → `[..., N]`).
+fn out_shape(lin: &PackedLinear, l: &Layout) -> Result<Shape> {
+    let dims = l.shape().dims();
+    let Some((_, batch)) = dims.split_last().filter(|(k, _)| **k == lin.k) else {
+        candle_core::bail!("packed linear: input {dims:?}, want last dim {}", lin.k)
+    };
+    Ok(Shape::from(
+        batch.iter().copied().chain([lin.n]).collect::<Vec<_>>(),
+    ))
 }
 
 #[cfg(test)]
@@ -463,6 +646,65 @@ mod tests {
         }
     }
 
+    /// The fused epilogues against candle's own ops: `gelu_erf(x Wᵀ + b)` and
+    /// `r + γ ⊙ (x Wᵀ + b)` (and without γ), over one pass of K and several, and partial panels.
+    #[test]
+    fn fused_epilogues_equal_candles_ops() {
+        let dev = Device::Cpu;
+        for &(m, k, n) in &[(7, 96, 384), (49, 768, 40), (13, 1000, 33), (3, 5, 16)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 0.05, (n, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
+            let g = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+            let lin = Arc::new(PackedLinear::new(&flat(&w), n, k, &flat(&b)));
+            let y = x
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
+                let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+                d.max(0).unwrap().to_scalar().unwrap()
+            };
+            let gelu = PackedLinearGeluOp {
+                linear: lin.clone(),
+            };
+            let got = x.apply_op1(gelu).unwrap();
+            let d = max_diff(&got, &y.gelu_erf().unwrap());
+            assert!(d <= 1e-4 * (k as f32).sqrt(), "gelu {m}x{k}x{n}: {d}");
+            for gamma in [Some(&g), None] {
+                let op = PackedLinearScaleAddOp {
+                    linear: lin.clone(),
+                    gamma: gamma.map(|g| Arc::new(flat(g))),
+                };
+                let got = x.apply_op2(&r, op).unwrap();
+                let scaled = match gamma {
+                    Some(g) => y.broadcast_mul(g).unwrap(),
+                    None => y.clone(),
+                };
+                let d = max_diff(&got, &(scaled + &r).unwrap());
+                assert!(d <= 1e-4 * (k as f32).sqrt(), "scale-add {m}x{k}x{n}: {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn tiles_cover_the_rows_evenly() {
+        assert_eq!(
+            tile_rows(49, 12),
+            [(0, 10), (10, 10), (20, 10), (30, 10), (40, 9)]
+        );
+        assert_eq!(tile_rows(12, 12), [(0, 12)]);
+        assert_eq!(tile_rows(1, 6), [(0, 1)]);
+        for m in 1..100 {
+            let t = tile_rows(m, 12);
+            assert_eq!(t.iter().map(|t| t.1).sum::<usize>(), m);
+            assert!(t.iter().all(|h| h.1 <= 12 && h.1 + 1 >= t[0].1));
+        }
+    }
+
     /// Runs the AVX2 tile where the CPU has it and the portable tile elsewhere: both are held
     /// to candle's matmul.
     #[test]
@@ -486,6 +728,9 @@ mod tests {
             (11, 24, 20),
             (12, 24, 20),
             (25, 24, 47),
+            // K in several passes, the last one short; balanced tiles of 49 and 13 rows.
+            (13, 800, 20),
+            (49, 1000, 33),
         ] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();

@@ -24,6 +24,8 @@ pub struct ConvNeXtBlock {
     grn: Option<Grn>,
     fc2: Linear,
     gamma: Option<Tensor>,
+    /// `gamma`'s values for fc2's fused epilogue, where fc2 is packed.
+    gamma_packed: Option<std::sync::Arc<Vec<f32>>>,
     /// Whether unobserved runs fuse fc1's bias into the GELU and fc2's into the layer scale
     /// (off for [`TrainOptions::generic_ops`]).
     fused: bool,
@@ -106,6 +108,12 @@ impl ConvNeXtBlock {
         let dw_kkc = (!t.differentiable)
             .then(|| dw_kernel_kkc(&dw_weight))
             .transpose()?;
+        let fc2_linear = linear(fc2.id, fc2.channels_in, c)?;
+        let gamma_t = gamma.map(|l| vb.get(c, &l.id.name())).transpose()?;
+        let gamma_packed = match &gamma_t {
+            Some(g) => fc2_linear.packed_scale(g)?,
+            None => None,
+        };
         Ok(Self {
             ids: Ids {
                 dw: dw.id,
@@ -129,8 +137,9 @@ impl ConvNeXtBlock {
             grn: grn
                 .map(|l| Grn::new(vb.pp(l.id.name()), l.channels_out))
                 .transpose()?,
-            fc2: linear(fc2.id, fc2.channels_in, c)?,
-            gamma: gamma.map(|l| vb.get(c, &l.id.name())).transpose()?,
+            fc2: fc2_linear,
+            gamma: gamma_t,
+            gamma_packed,
         })
     }
 
@@ -151,6 +160,12 @@ impl ConvNeXtBlock {
         };
         let y = step(obs, ids.dw, &|| depthwise_conv_nhwc(x, &kkc, &self.dw_bias))?;
         let y = step(obs, ids.norm, &|| self.norm.forward(&y))?;
+        if self.fused && !obs.sees_outputs() && keep.is_none() && !x.track_op() {
+            if let Some(out) = self.mlp_fused(&y, x)? {
+                obs.enter(ids.add)?;
+                return report(obs, ids.add, out);
+            }
+        }
         let y = if self.fused && !obs.sees_outputs() && !self.fc1.is_packed() {
             // Nobody looks at fc1's output on its own: add its bias inside the GELU pass (the
             // packed kernel adds it inside the matmul already). Training takes this path too:
@@ -184,6 +199,27 @@ impl ConvNeXtBlock {
             None => y,
         };
         step(obs, ids.add, &|| x + &y)
+    }
+
+    /// fc1 + GELU (+ GRN) + fc2 + layer scale + the residual add with the GEMM's epilogues
+    /// (two passes over memory fewer than one op per layer), where both Linears are packed and
+    /// no gradient flows; `None` elsewhere.
+    fn mlp_fused(&self, y: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+        if !self.fc1.is_packed() || !self.fc2.is_packed() {
+            return Ok(None);
+        }
+        if self.gamma.is_some() && self.gamma_packed.is_none() {
+            return Ok(None);
+        }
+        let Some(h) = self.fc1.forward_gelu_fused(y)? else {
+            return Ok(None);
+        };
+        let h = match &self.grn {
+            Some(grn) => grn.forward(&h)?,
+            None => h,
+        };
+        self.fc2
+            .forward_scale_add_fused(&h, self.gamma_packed.as_ref(), x)
     }
 
     pub fn gamma(&self) -> Option<&Tensor> {

@@ -31,6 +31,9 @@ pub struct LayerInfo {
     #[serde(skip)]
     pub conv_or_linear: bool,
     pub elementwise: u64,
+    /// Elements read and written at least (input, output, parameters; summed over a
+    /// container's layers): the roofline's bytes moved, per element of the dtype.
+    pub traffic: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -61,6 +64,7 @@ impl Builder {
             macs: 0,
             conv_or_linear: false,
             elementwise: 0,
+            traffic: 0,
         });
         self.open.push(self.layers.len() - 1);
     }
@@ -68,15 +72,21 @@ impl Builder {
     fn close(&mut self, out_shape: Vec<usize>) {
         // Every close follows an open in this file.
         let Some(i) = self.open.pop() else { return };
-        let (p, m, e) = self.layers[i + 1..]
-            .iter()
-            .filter(|l| !l.container)
-            .fold((0, 0, 0), |a, l| {
-                (a.0 + l.params, a.1 + l.macs, a.2 + l.elementwise)
-            });
+        let (p, m, e, t) =
+            self.layers[i + 1..]
+                .iter()
+                .filter(|l| !l.container)
+                .fold((0, 0, 0, 0), |a, l| {
+                    (
+                        a.0 + l.params,
+                        a.1 + l.macs,
+                        a.2 + l.elementwise,
+                        a.3 + l.traffic,
+                    )
+                });
         let l = &mut self.layers[i];
         l.out_shape = out_shape;
-        (l.params, l.macs, l.elementwise) = (p, m, e);
+        (l.params, l.macs, l.elementwise, l.traffic) = (p, m, e, t);
     }
 
     /// A layer on input `x`; returns its output shape.
@@ -101,6 +111,7 @@ impl Builder {
             macs,
             conv_or_linear: spec.is_conv_or_linear(),
             elementwise,
+            traffic: spec.traffic(x, &out, params),
         });
         out
     }
@@ -147,8 +158,6 @@ fn numel(s: &[usize]) -> u64 {
     s.iter().map(|&d| d as u64).product()
 }
 
-/// Roughly the most memory a forward holds at once: the weights and the two largest
-/// activations (a layer's input and output), in bytes of `dtype_bytes` per element.
 /// How many channels `id` outputs (NCHW's C, or the features of a head layer), if it is
 /// in the list.
 pub fn channels(layers: &[LayerInfo], id: crate::model::layer_id::LayerId) -> Option<usize> {
@@ -158,6 +167,8 @@ pub fn channels(layers: &[LayerInfo], id: crate::model::layer_id::LayerId) -> Op
         .and_then(|l| l.out_shape.get(1).copied())
 }
 
+/// Roughly the most memory a forward holds at once: the weights and the two largest
+/// activations (a layer's input and output), in bytes of `dtype_bytes` per element.
 pub fn working_set_bytes(layers: &[LayerInfo], params: usize, dtype_bytes: usize) -> u64 {
     let mut acts: Vec<u64> = layers.iter().map(|l| numel(&l.out_shape)).collect();
     acts.sort_unstable_by(|a, b| b.cmp(a));

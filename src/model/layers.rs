@@ -141,6 +141,48 @@ impl Linear {
 }
 
 impl Linear {
+    /// `gelu(x Wᵀ + b)` in one pass where the packed kernel runs (`None` elsewhere). No
+    /// gradient flows through it.
+    pub fn forward_gelu_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let Some(linear) = self.packed(x) else {
+            return Ok(None);
+        };
+        let op = crate::kernels::gemm::PackedLinearGeluOp { linear };
+        Ok(Some(x.contiguous()?.apply_op1(op)?))
+    }
+
+    /// `residual + γ ⊙ (x Wᵀ + b)` in one pass where the packed kernel runs (`None`
+    /// elsewhere); `gamma` as [`Linear::packed_scale`] made it. No gradient flows through it.
+    pub fn forward_scale_add_fused(
+        &self,
+        x: &Tensor,
+        gamma: Option<&Arc<Vec<f32>>>,
+        residual: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let Some(linear) = self.packed(x) else {
+            return Ok(None);
+        };
+        if residual.dtype() != DType::F32 || !residual.device().is_cpu() {
+            return Ok(None);
+        }
+        let op = crate::kernels::gemm::PackedLinearScaleAddOp {
+            linear,
+            gamma: gamma.cloned(),
+        };
+        Ok(Some(
+            x.contiguous()?.apply_op2(&residual.contiguous()?, op)?,
+        ))
+    }
+
+    /// A layer scale's values for [`Linear::forward_scale_add_fused`], where this Linear is
+    /// packed (f32 on the CPU).
+    pub fn packed_scale(&self, gamma: &Tensor) -> Result<Option<Arc<Vec<f32>>>> {
+        match self.packed.is_some() && gamma.dtype() == DType::F32 {
+            true => Ok(Some(Arc::new(gamma.to_vec1()?))),
+            false => Ok(None),
+        }
+    }
+
     /// The `[out, in]` weight (absent when packed).
     pub fn weight(&self) -> Option<&Tensor> {
         self.weight.as_ref()

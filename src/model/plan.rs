@@ -232,6 +232,14 @@ impl LayerSpec {
         matches!(self.kind, Kind::Conv { .. } | Kind::Linear { .. })
     }
 
+    /// Elements the layer must at least read and write: its input (both operands of an add),
+    /// its output and its `params` (the roofline's bytes moved, per element of the dtype).
+    pub fn traffic(&self, input: &[usize], output: &[usize], params: usize) -> u64 {
+        let numel = |s: &[usize]| s.iter().map(|&d| d as u64).product::<u64>();
+        let operands = if matches!(self.kind, Kind::Add) { 2 } else { 1 };
+        operands * numel(input) + numel(output) + params as u64
+    }
+
     /// Multiply-adds as fvcore counts them, and elementwise operations it leaves out.
     pub fn macs(&self, input: &[usize], output: &[usize]) -> (u64, u64) {
         let numel = |s: &[usize]| s.iter().map(|&d| d as u64).product::<u64>();

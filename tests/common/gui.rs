@@ -13,9 +13,22 @@ pub fn sample(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// One cache folder per test binary (the variable is process-wide and the tests run in
+/// parallel): no test reads or writes the user's cache (atlases, the machine's limits).
+pub fn cache_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR
+        .get_or_init(|| tempfile::tempdir().unwrap())
+        .path()
+        .to_path_buf();
+    std::env::set_var("CONVNEXT_CACHE_DIR", &dir);
+    dir
+}
+
 pub fn harness(settings: Settings, start: StartOptions) -> App {
     // Tests never open a native dialog: the in-app path field stands in, always.
     std::env::set_var(convnext_explorer::app::path_prompt::NO_DIALOG_ENV, "1");
+    cache_dir();
     Harness::builder()
         .with_size([1400.0, 900.0])
         .build_eframe(move |cc| ExplorerApp::new(&cc.egui_ctx, settings, start).unwrap())

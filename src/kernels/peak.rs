@@ -1,0 +1,181 @@
+//! The machine's limits, measured with loops that do nothing but the one thing: fused
+//! multiply-adds on registers (the compute roof) and a streaming copy (the memory roof). The
+//! roofline in the Profile tab and `bench --roofline` place every layer under these.
+use crate::kernels::gemm::PackedLinear;
+use rayon::prelude::*;
+use std::time::Instant;
+
+/// Floating-point operations one call of [`fma_loop`] does per round (two per FMA lane).
+fn flops_per_round() -> f64 {
+    match crate::kernels::simd::level() {
+        crate::kernels::simd::Level::Avx512 => (CHAINS * 16 * 2) as f64,
+        crate::kernels::simd::Level::Avx2 => (CHAINS * 8 * 2) as f64,
+        crate::kernels::simd::Level::Baseline => (PORTABLE_CHAINS * 2) as f64,
+    }
+}
+
+const PORTABLE_CHAINS: usize = 16;
+/// Independent vector accumulators: more than FMA latency × FMA ports on current cores (4 × 2).
+const CHAINS: usize = 12;
+
+/// Runs `rounds` rounds of independent FMA chains (enough of them to hide the FMA latency on
+/// every core we know) at the widest width this CPU has; returns a value that depends on every
+/// chain, so that nothing is optimised away.
+fn fma_loop(rounds: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    match crate::kernels::simd::level() {
+        // SAFETY: the level was detected on this CPU.
+        crate::kernels::simd::Level::Avx512 => return unsafe { x86::fma512(rounds) },
+        // SAFETY: as above.
+        crate::kernels::simd::Level::Avx2 => return unsafe { x86::fma256(rounds) },
+        crate::kernels::simd::Level::Baseline => {}
+    }
+    let mut acc = std::hint::black_box([1f32; PORTABLE_CHAINS]);
+    let (m, c) = std::hint::black_box((0.999_999_9f32, 1e-7f32));
+    for _ in 0..rounds {
+        for a in acc.iter_mut() {
+            *a = a.mul_add(m, c);
+        }
+    }
+    std::hint::black_box(acc).iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::CHAINS;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma512(rounds: usize) -> f32 {
+        // Opaque inputs: with constants the compiler folds the whole loop away.
+        let (a, b) = std::hint::black_box((_mm512_set1_ps(0.999_999_9), _mm512_set1_ps(1e-7)));
+        let mut acc = std::hint::black_box([_mm512_set1_ps(1.0); CHAINS]);
+        for _ in 0..rounds {
+            for v in acc.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, a, b);
+            }
+        }
+        let acc = std::hint::black_box(acc);
+        acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fma256(rounds: usize) -> f32 {
+        let (a, b) = std::hint::black_box((_mm256_set1_ps(0.999_999_9), _mm256_set1_ps(1e-7)));
+        let mut acc = std::hint::black_box([_mm256_set1_ps(1.0); CHAINS]);
+        for _ in 0..rounds {
+            for v in acc.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, a, b);
+            }
+        }
+        let acc = std::hint::black_box(acc);
+        let mut lanes = [0f32; 8];
+        let mut sum = 0.0;
+        for v in acc {
+            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+            sum += lanes.iter().sum::<f32>();
+        }
+        sum
+    }
+}
+
+/// The best of `repeats` timings of `f`, which does `work` units; returns units per second.
+fn best_rate(repeats: usize, work: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    work / best.max(1e-12)
+}
+
+/// Peak GFLOP/s of the FMA loop on every thread of the current rayon pool at once.
+pub fn fma_gflops() -> f64 {
+    let threads = rayon::current_num_threads().max(1);
+    let rounds = 2_000_000;
+    let flops = flops_per_round() * rounds as f64 * threads as f64;
+    best_rate(5, flops, || {
+        let s: f32 = (0..threads).into_par_iter().map(|_| fma_loop(rounds)).sum();
+        std::hint::black_box(s);
+    }) / 1e9
+}
+
+/// GB/s of a streaming copy between two buffers of `bytes` each, split over the pool's threads,
+/// counting what is read and what is written (STREAM's convention for its Copy).
+pub fn copy_gbs(bytes: usize, passes: usize) -> f64 {
+    let n = (bytes / 4).max(1024);
+    let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut dst = vec![0f32; n];
+    let chunk = n.div_ceil(rayon::current_num_threads().max(1) * 4);
+    let moved = (2 * n * 4 * passes.max(1)) as f64;
+    best_rate(5, moved, || {
+        for _ in 0..passes.max(1) {
+            dst.par_chunks_mut(chunk)
+                .zip(src.par_chunks(chunk))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            std::hint::black_box(&mut dst);
+        }
+    }) / 1e9
+}
+
+/// GB/s of the same copy on buffers each thread keeps in its own cache (128 KB per thread, under
+/// every current core's L2), the roof for layers whose data stays in cache.
+pub fn cache_copy_gbs() -> f64 {
+    let threads = rayon::current_num_threads().max(1);
+    let n = 32 * 1024;
+    let passes = 400;
+    let moved = (2 * n * 4 * passes * threads) as f64;
+    let mut bufs: Vec<(Vec<f32>, Vec<f32>)> = (0..threads)
+        .map(|_| ((0..n).map(|i| i as f32).collect(), vec![0f32; n]))
+        .collect();
+    best_rate(5, moved, || {
+        bufs.par_iter_mut().for_each(|(s, d)| {
+            for _ in 0..passes {
+                d.copy_from_slice(s);
+                std::hint::black_box(&mut *d);
+            }
+        });
+    }) / 1e9
+}
+
+/// GFLOP/s of the project's own GEMM ([`PackedLinear`]) on a 1024³ product, on the pool's
+/// threads: what a real kernel reaches, beside the FMA loop's bound.
+pub fn gemm_gflops() -> f64 {
+    let (m, k, n) = (1024, 1024, 1024);
+    let value = |i: usize| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5;
+    let w: Vec<f32> = (0..n * k).map(value).collect();
+    let x: Vec<f32> = (0..m * k).map(|i| value(i + 17)).collect();
+    let lin = PackedLinear::new(&w, n, k, &vec![0.0; n]);
+    best_rate(5, 2.0 * (m * k * n) as f64, || {
+        std::hint::black_box(lin.forward(&x, false));
+    }) / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loops_measure_positive_finite_rates() {
+        let f = fma_gflops();
+        assert!(f.is_finite() && f > 0.1, "{f}");
+        let c = copy_gbs(8 << 20, 1);
+        assert!(c.is_finite() && c > 0.1, "{c}");
+        let l = cache_copy_gbs();
+        assert!(l.is_finite() && l > 0.1, "{l}");
+    }
+
+    #[test]
+    fn the_fma_loop_keeps_every_chain() {
+        // 1 → 1·a + b stays near 1 for a few rounds: the sum over all lanes shows every chain ran.
+        let lanes = flops_per_round() / 2.0;
+        let s = fma_loop(3) as f64;
+        assert!((s - lanes).abs() < 1e-3 * lanes, "{s} vs {lanes}");
+    }
+}
