@@ -1,14 +1,17 @@
 //! Issue 22's methods and metrics against PyTorch (float64, the definitions as the issue
 //! states them: tests/fixtures/faithfulness_fixtures.py): HiResCAM, LayerCAM, XGradCAM and
-//! ScoreCAM at three layers of three models, Integrated Gradients at the input and its
-//! completeness, deletion and insertion curves of given maps through the command line,
-//! SmoothGrad's seeding, and the randomisation sanity check.
+//! ScoreCAM at three layers of three models, Integrated Gradients at the input (against the
+//! exact trapezoid rule and against Captum's own) and its completeness, deletion and insertion
+//! curves of given maps through the command line, SmoothGrad with PyTorch's noise and its
+//! seeding, the randomisation sanity check, and its Spearman and SSIM against scipy's and
+//! scikit-image's.
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{cli, fixture, load_ref, rel_l2};
 use convnext_explorer::analysis::attribution::{self, layer_by_name, Method, Smoothing};
 use convnext_explorer::analysis::sanity;
 use convnext_explorer::base::progress::Silent;
+use convnext_explorer::model::layer_id::LayerId;
 use convnext_explorer::Engine;
 use std::collections::HashMap;
 
@@ -21,6 +24,13 @@ const MODELS: [(&str, &str); 3] = [
 fn refs() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("faithfulness.ref.safetensors"), &Device::Cpu)
         .expect("tests/fixtures/faithfulness.ref.safetensors (make_fixtures.py faithfulness)")
+}
+
+/// A reference by its key; a missing one fails and says how to make it.
+fn key<'a>(r: &'a HashMap<String, Tensor>, k: &str) -> &'a Tensor {
+    r.get(k).unwrap_or_else(|| {
+        panic!("`{k}` is not in faithfulness.ref.safetensors: make_fixtures.py faithfulness")
+    })
 }
 
 fn engine(ck: &str) -> Engine {
@@ -93,8 +103,14 @@ fn integrated_gradients_match_pytorch_and_are_complete() {
         let e = engine(ck);
         let x = load_ref(name)["input"].clone();
         let ig = attribution::integrated_gradients(&e, &x, None, None, 16, &mut Silent).unwrap();
-        let err = rel_l2(&ig.attribution.map, &r[&format!("{name}/ig")]);
+        let err = rel_l2(&ig.attribution.map, key(&r, &format!("{name}/ig")));
         assert!(err < 1e-3, "{name} IG: relative L2 {err}");
+        // Captum's riemann_trapezoid takes the same points i/(n−1) with steps of 1/n, not
+        // 1/(n−1): its attributions are (n−1)/n of the exact rule's.
+        let ours = ig.attribution.map.affine(15.0 / 16.0, 0.0).unwrap();
+        let err = rel_l2(&ours, key(&r, &format!("{name}/ig/captum")));
+        eprintln!("{name} IG × 15/16 against Captum: relative L2 {err:.2e}");
+        assert!(err < 1e-3, "{name} IG against Captum: relative L2 {err}");
         let ig = attribution::integrated_gradients(&e, &x, None, None, 64, &mut Silent).unwrap();
         completeness(&ig, name);
     }
@@ -210,6 +226,139 @@ fn smoothgrad_is_seeded() {
     };
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
+}
+
+/// SmoothGrad on the top-left 32×64 crop with the noise PyTorch drew (three samples, σ = 0.15 ×
+/// each image's range, stored as f16): Grad-CAM at stages.1 and Integrated Gradients (16
+/// points) averaged over the noisy inputs, every sample explaining the clean crop's class (V2
+/// with a "noise" that mirrors the crops shows it: these models' top-1 survives Gaussian noise).
+#[test]
+fn smoothgrad_with_pytorchs_noise_matches_pytorch() {
+    let r = refs();
+    for (name, ck) in MODELS {
+        let e = engine(ck);
+        let x = load_ref(name)["input"]
+            .narrow(2, 0, 32)
+            .unwrap()
+            .narrow(3, 0, 64)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let all = key(&r, &format!("{name}/smoothgrad/noise"))
+            .to_dtype(DType::F32)
+            .unwrap();
+        assert_eq!(all.dims(), [3, 2, 3, 32, 64]);
+        let noise: Vec<Tensor> = (0..3).map(|j| all.get(j).unwrap()).collect();
+        let clean = attribution::attribute(
+            &e,
+            &x,
+            Method::GradCam,
+            layer_by_name(&e, "stages.1").unwrap(),
+            None,
+            &mut Silent,
+        )
+        .unwrap();
+        for (m, layer) in [
+            (Method::GradCam, layer_by_name(&e, "stages.1").unwrap()),
+            (Method::IntegratedGradients { steps: 16 }, LayerId::Stem),
+        ] {
+            let a =
+                attribution::smooth_grad_with_noise(&e, &x, (m, layer), None, &noise, &mut Silent)
+                    .unwrap();
+            assert_eq!(
+                a.classes, clean.classes,
+                "{name}: the clean image's classes"
+            );
+            let err = rel_l2(&a.map, key(&r, &format!("{name}/smoothgrad/{}", m.name())));
+            eprintln!("{name} SmoothGrad {}: relative L2 {err:.2e}", m.name());
+            assert!(
+                err < 1e-3,
+                "{name} SmoothGrad {}: relative L2 {err}",
+                m.name()
+            );
+        }
+    }
+    // Every sample explains the clean image's class: with one "noise" that mirrors the crops,
+    // V2's top-1 for the first image is another class, and the map is still the clean class's.
+    let e = engine("checkpoints/timm_v2.safetensors");
+    let x = load_ref("v2")["input"]
+        .narrow(2, 0, 32)
+        .unwrap()
+        .narrow(3, 0, 64)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let mirror = key(&r, "v2/smoothgrad/mirror/noise")
+        .to_dtype(DType::F32)
+        .unwrap()
+        .get(0)
+        .unwrap();
+    let id = layer_by_name(&e, "stages.1").unwrap();
+    let clean = attribution::attribute(&e, &x, Method::GradCam, id, None, &mut Silent).unwrap();
+    let noisy = (&x + &mirror).unwrap();
+    let moved = attribution::attribute(&e, &noisy, Method::GradCam, id, None, &mut Silent).unwrap();
+    assert_ne!(
+        moved.classes[0], clean.classes[0],
+        "the mirrored image's top-1"
+    );
+    let a = attribution::smooth_grad_with_noise(
+        &e,
+        &x,
+        (Method::GradCam, id),
+        None,
+        &[mirror],
+        &mut Silent,
+    )
+    .unwrap();
+    let err = rel_l2(&a.map, key(&r, "v2/smoothgrad/mirror/gradcam"));
+    eprintln!("v2 SmoothGrad gradcam, mirrored: relative L2 {err:.2e}");
+    assert!(err < 1e-3, "v2 SmoothGrad, mirrored: relative L2 {err}");
+    // Noise that does not fit the input, or none, is refused.
+    let e = engine("checkpoints/timm_v1.safetensors");
+    let x = load_ref("v1")["input"].clone();
+    let ml = (Method::GradCam, layer_by_name(&e, "stages.1").unwrap());
+    let wrong = [x.narrow(0, 0, 1).unwrap()];
+    assert!(attribution::smooth_grad_with_noise(&e, &x, ml, None, &wrong, &mut Silent).is_err());
+    assert!(attribution::smooth_grad_with_noise(&e, &x, ml, None, &[], &mut Silent).is_err());
+}
+
+/// The sanity check's Spearman and SSIM against scipy.stats.spearmanr and scikit-image's
+/// structural_similarity (7×7 uniform window, data_range 1, sample covariance) on pairs of
+/// maps: normalised CAM maps of the fixture models, maps with many ties, 7×11 and 40×12 ones.
+/// Both sides work in f64 on the same f32 maps: only summation order differs.
+#[test]
+fn spearman_and_ssim_match_scipy_and_scikit_image() {
+    let r = refs();
+    for pair in ["methods", "models", "ties", "small", "tall"] {
+        let map = |side: &str| {
+            let t = key(&r, &format!("sanity/{pair}/{side}"));
+            let (h, w) = t.dims2().unwrap();
+            (t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), (h, w))
+        };
+        let ((a, size), (b, size_b)) = (map("a"), map("b"));
+        assert_eq!(size, size_b);
+        let want = |m: &str| {
+            key(&r, &format!("sanity/{pair}/{m}"))
+                .to_vec1::<f64>()
+                .unwrap()[0]
+        };
+        let (rho, ssim) = (sanity::spearman(&a, &b), sanity::ssim(&a, &b, size));
+        eprintln!(
+            "{pair} {size:?}: spearman {rho:+.6} (error {:.1e}), ssim {ssim:+.6} (error {:.1e})",
+            (rho - want("spearman")).abs(),
+            (ssim - want("ssim")).abs()
+        );
+        assert!(
+            (rho - want("spearman")).abs() < 1e-9,
+            "{pair}: Spearman {rho} against scipy's {}",
+            want("spearman")
+        );
+        assert!(
+            (ssim - want("ssim")).abs() < 1e-9,
+            "{pair}: SSIM {ssim} against scikit-image's {}",
+            want("ssim")
+        );
+    }
 }
 
 #[test]

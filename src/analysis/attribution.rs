@@ -825,7 +825,8 @@ pub struct Smoothing {
 
 /// SmoothGrad over any method: per image, the mean over `samples` of the method's map on
 /// `x + N(0, σ²)`, explaining the class of the clean image (given, or its top-1), so that
-/// every sample explains the same class. Seeded: the same seed gives the same map.
+/// every sample explains the same class. Seeded: the same seed gives the same map. The noise is
+/// drawn image by image, sample by sample; the rest is [`smooth_grad_with_noise`]'s.
 pub fn smooth_grad(
     engine: &Engine,
     x: &Tensor,
@@ -838,29 +839,93 @@ pub fn smooth_grad(
     if s.samples == 0 {
         return Err(Error::Input("SmoothGrad needs at least 1 sample".into()));
     }
-    let logits = engine.forward(x)?;
-    let classes = classes_for(engine, &logits, class)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(s.seed);
-    let mut maps = Vec::with_capacity(classes.len());
-    for (i, &k) in classes.iter().enumerate() {
-        let image = x.narrow(0, i, 1)?.to_dtype(DType::F32)?;
-        let values: Vec<f32> = image.flatten_all()?.to_vec1()?;
+    let mut sigmas = Vec::new();
+    for i in 0..x.dim(0)? {
+        let values: Vec<f32> = x.get(i)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let (lo, hi) = values
             .iter()
             .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
                 (l.min(v), h.max(v))
             });
-        let sigma = s.sigma.unwrap_or(0.15 * (hi - lo) as f64) as f32;
+        sigmas.push(s.sigma.unwrap_or(0.15 * (hi - lo) as f64) as f32);
+    }
+    let noise = |i: usize, _: usize, image: &Tensor| -> Result<Tensor> {
+        let n = crate::model::plan::normal(&mut rng, image.elem_count(), sigmas[i]);
+        Ok(Tensor::from_vec(n, image.shape(), image.device())?)
+    };
+    smooth_grad_by(
+        engine,
+        x,
+        (method, layer),
+        class,
+        s.samples,
+        noise,
+        progress,
+    )
+}
+
+/// SmoothGrad with the noise given: `noise[j]` (shaped like `x`) is the j-th sample's noise
+/// for every image; per image, the mean over the samples of the method's map on
+/// `x + noise[j]`, explaining the class of the clean image (given, or its top-1). What
+/// [`smooth_grad`] computes from the noise it draws, so that it can be checked against a
+/// reference that draws its own.
+pub fn smooth_grad_with_noise(
+    engine: &Engine,
+    x: &Tensor,
+    (method, layer): (Method, LayerId),
+    class: Option<usize>,
+    noise: &[Tensor],
+    progress: &mut dyn Progress,
+) -> Result<Attribution> {
+    if noise.is_empty() {
+        return Err(Error::Input("SmoothGrad needs at least 1 sample".into()));
+    }
+    for n in noise {
+        if n.dims() != x.dims() {
+            return Err(Error::Input(format!(
+                "SmoothGrad's noise is {:?}; the input is {:?}",
+                n.dims(),
+                x.dims()
+            )));
+        }
+    }
+    let given = |i: usize, j: usize, image: &Tensor| -> Result<Tensor> {
+        let n = noise[j].narrow(0, i, 1)?.to_dtype(DType::F32)?;
+        Ok(n.to_device(image.device())?)
+    };
+    smooth_grad_by(
+        engine,
+        x,
+        (method, layer),
+        class,
+        noise.len(),
+        given,
+        progress,
+    )
+}
+
+/// SmoothGrad's one path: `noise(i, j, image)` is image `i`'s j-th noise (`[1, 3, H, W]` f32),
+/// asked for image by image, sample by sample.
+fn smooth_grad_by(
+    engine: &Engine,
+    x: &Tensor,
+    (method, layer): (Method, LayerId),
+    class: Option<usize>,
+    samples: usize,
+    mut noise: impl FnMut(usize, usize, &Tensor) -> Result<Tensor>,
+    progress: &mut dyn Progress,
+) -> Result<Attribution> {
+    let logits = engine.forward(x)?;
+    let classes = classes_for(engine, &logits, class)?;
+    let mut maps = Vec::with_capacity(classes.len());
+    for (i, &k) in classes.iter().enumerate() {
+        let image = x.narrow(0, i, 1)?.to_dtype(DType::F32)?;
         let mut sum: Option<Tensor> = None;
-        for j in 0..s.samples {
+        for j in 0..samples {
             progress.check("SmoothGrad")?;
-            progress.update(
-                i * s.samples + j,
-                classes.len() * s.samples,
-                "noisy samples",
-            );
-            let noise = crate::model::plan::normal(&mut rng, values.len(), sigma);
-            let noisy = (&image + Tensor::from_vec(noise, image.shape(), image.device())?)?;
+            progress.update(i * samples + j, classes.len() * samples, "noisy samples");
+            let noisy = (&image + noise(i, j, &image)?)?;
             let noisy = noisy.to_dtype(engine.dtype)?;
             let m = attribute(engine, &noisy, method, layer, Some(k), progress)?.map;
             sum = Some(match sum {
@@ -869,7 +934,7 @@ pub fn smooth_grad(
             });
         }
         let total = sum.ok_or_else(|| Error::Input("no samples".into()))?;
-        maps.push((total / s.samples as f64)?);
+        maps.push((total / samples as f64)?);
     }
     Ok(Attribution {
         map: Tensor::cat(&maps, 0)?,
