@@ -4,7 +4,8 @@
 //! The MLP's two Linear layers are most of a ConvNeXt's work. A general GEMM repacks the
 //! weight on every call and cannot know it is constant; packing at load time, fusing the bias,
 //! and a register-blocked tile (AVX2: 6×16, 12 accumulators, one broadcast of x and two loads
-//! of the panel per step of K; AVX-512: up to 12×16, one register per panel row) serve these
+//! of the panel per step of K; AVX-512: up to 12×16, one register per panel row and tile row),
+//! with the layers after the Linear applied to each finished tile ([`Epilogue`]), serve these
 //! shapes better. The model uses it where the CPU has AVX2 and
 //! FMA ([`available`]); elsewhere (other CPUs, devices, dtypes) it uses candle's matmul. A
 //! portable version of the same tile runs where AVX2 is missing, so the packing and the tiling
@@ -94,17 +95,21 @@ impl PackedLinear {
     /// the cache.
     ///
     /// The work is split into tasks of (a block of rows × a group of panels), so that a few
-    /// rows (the late stages at batch 1) still spread over every thread. A task packs its
-    /// rows once, then runs K in passes of at most [`KC`]: within a pass the panel's block
-    /// (`KC × 16` floats) stays in L1 while the row tiles stream past it, and the row block
-    /// (at most [`A_BLOCK`] floats per pass) stays in L2 across the panels.
+    /// rows (the late stages at batch 1) still spread over every thread. A task runs K in
+    /// passes of at most [`KC`]: within a pass the panel's block (`KC × 16` floats) stays in L1
+    /// while the row tiles stream past it, and the row block (at most [`A_BLOCK`] floats per
+    /// pass) stays in L2 across the panels. The tiles read x where it lies (a broadcast per row
+    /// and step of K, folded into the FMA), so x is never copied: repacking it cost a pass over
+    /// x per task, as much as the multiplications where N is small (stage 0's fc2, N = 96).
     pub fn forward_with(&self, x: &[f32], with_bias: bool, epilogue: Epilogue) -> Vec<f32> {
         let (k, n) = (self.k, self.n);
         let m = x.len() / k.max(1);
-        let mut out = vec![0f32; m * n];
-        if m == 0 || n == 0 {
-            return out;
+        if m == 0 || n == 0 || k == 0 {
+            return vec![0f32; m * n];
         }
+        // Not zeroed: the first pass over K writes every element (the tiles cover the rows,
+        // the panels the columns), and zeroing a big output first cost a pass over memory.
+        let mut out: Vec<f32> = Vec::with_capacity(m * n);
         let np = n.div_ceil(NR);
         let mr = mr();
         let rows_per = (mr * (A_BLOCK / (k.min(KC) * mr).max(1)).max(1)).min(m);
@@ -126,6 +131,8 @@ impl PackedLinear {
                 let out = out_ptr;
                 self.task(x, rows, panels, with_bias, &epilogue, out);
             });
+        // SAFETY: the tasks have written all m × n elements (see above) and finished.
+        unsafe { out.set_len(m * n) };
         out
     }
 
@@ -142,7 +149,6 @@ impl PackedLinear {
         let (k, n) = (self.k, self.n);
         let r0 = rows.start;
         let tiles = tile_rows(rows.len(), mr());
-        let packed = pack_rows(&x[r0 * k..rows.end * k], k, &tiles);
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             let last = k0 + kc == k;
@@ -157,13 +163,13 @@ impl PackedLinear {
                 for &(t0, h) in &tiles {
                     let r = r0 + t0;
                     // SAFETY: tasks write disjoint (row range × panel) regions of `out`, all
-                    // inside it: rows r..r+h ≤ m, columns p·16..p·16+cols ≤ n; `packed` holds
-                    // this tile's k × h values from offset t0·k, of which this pass reads kc × h
-                    // from (t0·k + k0·h); the panel slice holds (k − k0)·16 ≥ kc·16 values.
+                    // inside it: rows r..r+h ≤ m, columns p·16..p·16+cols ≤ n; `x` holds rows
+                    // r..r+h of k values, of which this pass reads columns k0..k0+kc; the panel
+                    // slice holds (k − k0)·16 ≥ kc·16 values.
                     unsafe {
                         let c = out.0.add(r * n + p * NR);
-                        let a = packed.as_ptr().add(t0 * k + k0 * h);
-                        kernel(h, kc, a, panel.as_ptr(), init, c, n, cols);
+                        let a = x.as_ptr().add(r * k + k0);
+                        kernel(h, kc, (a, k), panel.as_ptr(), init, c, n, cols);
                         if last {
                             epilogue.apply(c, r * n + p * NR, (h, cols), n);
                         }
@@ -260,22 +266,6 @@ fn tile_rows(m: usize, mr: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// Rows of x (`[rows, k]`) regrouped tile by tile, each tile `[k][h]`: the kernel's broadcasts
-/// of x then read consecutive memory instead of one stream per row. Tile `(t0, h)` starts at
-/// `t0·k`.
-fn pack_rows(x: &[f32], k: usize, tiles: &[(usize, usize)]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    for &(t0, h) in tiles {
-        let tile = &mut out[t0 * k..(t0 + h) * k];
-        for i in 0..h {
-            for (kk, &v) in x[(t0 + i) * k..(t0 + i + 1) * k].iter().enumerate() {
-                tile[kk * h + i] = v;
-            }
-        }
-    }
-    out
-}
-
 impl PackedLinear {
     /// The gradient with respect to the input: `grad_x = grad_y · W`, computed by the same
     /// fast kernel on `Wᵀ` (packed on the first call and kept).
@@ -337,14 +327,14 @@ macro_rules! tile_by_height {
 /// AVX-512 or AVX2 tile where the CPU has it and the portable one elsewhere.
 ///
 /// # Safety
-/// `a` must point at `k × rows` readable f32 (a tile of [`pack_rows`]: row `r`'s value `kk` at
-/// `kk·rows + r`), `b` at `k × 16`, `c` at `rows` rows of `cols ≤ 16` writable (and, for
+/// `a` must point at `rows` rows of `k` readable f32, `lda` apart (row `r`'s value `kk` at
+/// `r·lda + kk`), `b` at `k × 16`, `c` at `rows` rows of `cols ≤ 16` writable (and, for
 /// `Init::Load`, initialised) f32, `ldc` apart; a bias holds 16 values.
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel(
     rows: usize,
     k: usize,
-    a: *const f32,
+    (a, lda): (*const f32, usize),
     b: *const f32,
     init: Init,
     c: *mut f32,
@@ -357,7 +347,7 @@ unsafe fn kernel(
         tile_by_height!(
             rows,
             x86::tile512,
-            (k, a, b, init, c, ldc, cols),
+            (k, (a, lda), b, init, c, ldc, cols),
             [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2]
         );
         return;
@@ -368,18 +358,18 @@ unsafe fn kernel(
         tile_by_height!(
             rows,
             x86::tile,
-            (k, a, b, init, c, ldc, cols),
+            (k, (a, lda), b, init, c, ldc, cols),
             [6, 5, 4, 3, 2]
         );
         return;
     }
-    // SAFETY: `rows × k` values of `a`, `k × 16` of `b` and the `rows × cols` block of `c` exist
-    // (the caller's promise), so the slices below stay inside them.
-    let a = std::slice::from_raw_parts(a, rows * k);
+    // SAFETY: `rows` rows of `k` values of `a`, `k × 16` of `b` and the `rows × cols` block of
+    // `c` exist (the caller's promise), so the slices below stay inside them.
     let b = std::slice::from_raw_parts(b, k * NR);
     for r in 0..rows {
+        let a = std::slice::from_raw_parts(a.add(r * lda), k);
         let dst = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
-        tile_portable(a.iter().skip(r).step_by(rows).copied(), b, init, dst);
+        tile_portable(a.iter().copied(), b, init, dst);
     }
 }
 
@@ -406,7 +396,7 @@ mod x86 {
     use super::Init;
     use std::arch::x86_64::*;
 
-    /// `R` rows × 16 columns of `c = a · panel (+ bias)`; `a` is packed `[k][R]`. Twelve
+    /// `R` rows × 16 columns of `c = init + a · panel`; `a`'s rows are `lda` apart. Twelve
     /// accumulators, two panel loads and one broadcast per step: 15 of the 16 ymm registers.
     ///
     /// # Safety
@@ -414,7 +404,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn tile<const R: usize>(
         k: usize,
-        a: *const f32,
+        (a, lda): (*const f32, usize),
         b: *const f32,
         init: Init,
         c: *mut f32,
@@ -442,7 +432,7 @@ mod x86 {
             let b0 = _mm256_loadu_ps(b.add(kk * 16));
             let b1 = _mm256_loadu_ps(b.add(kk * 16 + 8));
             for r in 0..R {
-                let av = _mm256_set1_ps(*a.add(kk * R + r));
+                let av = _mm256_set1_ps(*a.add(r * lda + kk));
                 acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
                 acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
             }
@@ -470,7 +460,7 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     pub unsafe fn tile512<const R: usize>(
         k: usize,
-        a: *const f32,
+        (a, lda): (*const f32, usize),
         b: *const f32,
         init: Init,
         c: *mut f32,
@@ -496,7 +486,7 @@ mod x86 {
         for kk in 0..k {
             let bv = _mm512_loadu_ps(b.add(kk * 16));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(kk * R + r));
+                let av = _mm512_set1_ps(*a.add(r * lda + kk));
                 *acc = _mm512_fmadd_ps(av, bv, *acc);
             }
         }

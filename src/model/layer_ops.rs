@@ -17,18 +17,18 @@ pub struct PatchConv {
     weight: Tensor,
     bias: Option<Tensor>,
     k: usize,
-    /// `weight` as a `[O, k·k·I]` matrix, made once for inference (training recomputes it so
-    /// that updates to the weight show).
-    matrix: Option<Tensor>,
+    /// `weight` as a `[O, k·k·I]` Linear (on the packed GEMM where it runs), made once for
+    /// inference (training recomputes the matrix so that updates to the weight show).
+    linear: Option<Linear>,
 }
 
 impl PatchConv {
     fn forward(&self, x_nhwc: &Tensor) -> Result<Tensor> {
-        let m = match &self.matrix {
-            Some(m) => m.clone(),
-            None => conv_weight_as_matrix(&self.weight)?,
-        };
         let p = patchify(x_nhwc, self.k)?;
+        if let Some(linear) = &self.linear {
+            return linear.forward(&p);
+        }
+        let m = conv_weight_as_matrix(&self.weight)?;
         let (n, h, w, kc) = p.dims4()?;
         let y = p.reshape((n * h * w, kc))?.matmul(&m.t()?)?;
         let y = match &self.bias {
@@ -249,14 +249,25 @@ fn conv_op(
         return Ok(Op::Pointwise { linear, stride });
     }
     if k == stride && pad == 0 {
-        let matrix = (!t.differentiable)
-            .then(|| conv_weight_as_matrix(&weight))
-            .transpose()?;
+        let linear = match t.differentiable {
+            true => None,
+            false => {
+                let b = match &bias {
+                    Some(b) => b.clone(),
+                    None => Tensor::zeros(o, weight.dtype(), weight.device())?,
+                };
+                Some(Linear::from_tensors(
+                    conv_weight_as_matrix(&weight)?,
+                    b,
+                    true,
+                )?)
+            }
+        };
         return Ok(Op::Patch(PatchConv {
             weight,
             bias,
             k,
-            matrix,
+            linear,
         }));
     }
     Ok(Op::Dense {
