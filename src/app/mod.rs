@@ -995,13 +995,13 @@ fn drop_hint(ctx: &egui::Context) {
     );
 }
 
-/// Opens the native window.
 /// CPU threads for inference in the app: every core but one, which the UI thread keeps.
 pub fn default_worker_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     cores.saturating_sub(1).max(1)
 }
 
+/// Opens the native window.
 pub fn run(start: StartOptions) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()

@@ -88,7 +88,11 @@ pub fn plot(ui: &mut egui::Ui, points: &[Point], limits: &Limits, height: f32) {
         .y_axis_label("GFLOP/s (log)")
         .x_axis_formatter(|m, _| pow10_text(m.value))
         .y_axis_formatter(|m, _| pow10_text(m.value))
-        .legend(Legend::default().position(egui_plot::Corner::RightBottom))
+        .legend(
+            Legend::default()
+                .position(egui_plot::Corner::RightBottom)
+                .text_style(egui::TextStyle::Small),
+        )
         .label_formatter(move |pos| match pos {
             egui_plot::HoverPosition::NearDataPoint {
                 plot_name, index, ..
