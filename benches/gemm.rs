@@ -6,6 +6,11 @@ use convnext_explorer::kernels::gemm::PackedLinear;
 use convnext_explorer::kernels::peak;
 use std::time::Instant;
 
+/// Big blocks on cache lines (`base::allocator`): what the program runs with.
+#[global_allocator]
+static ALLOCATOR: convnext_explorer::base::allocator::CacheLineAligned =
+    convnext_explorer::base::allocator::CacheLineAligned;
+
 fn main() {
     let iters: usize = std::env::var("BENCH_ITERS")
         .ok()
@@ -18,7 +23,9 @@ fn main() {
         rayon::current_num_threads(),
         convnext_explorer::kernels::simd::level()
     );
-    println!("| layer | M × K × N | GFLOP/s (median) | best run | % of FMA peak | % of GEMM 1024³ |");
+    println!(
+        "| layer | M × K × N | GFLOP/s (median) | best run | % of FMA peak | % of GEMM 1024³ |"
+    );
     println!("| --- | --- | --- | --- | --- | --- |");
     let dims = [96usize, 192, 384, 768];
     let sides = [56usize, 28, 14, 7];

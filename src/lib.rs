@@ -31,9 +31,4 @@ pub mod cli;
 pub mod app;
 
 pub use base::error::{Error, Result};
-
-/// Every binary built on the engine (the app, the command line, the tests and benchmarks)
-/// allocates through it.
-#[global_allocator]
-static ALLOCATOR: base::allocator::CacheLineAligned = base::allocator::CacheLineAligned;
 pub use io::engine::Engine;

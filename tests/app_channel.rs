@@ -5,7 +5,6 @@
 use convnext_explorer::app::channel::ChannelTab;
 use convnext_explorer::model::layer_id::LayerId;
 use egui_kittest::kittest::Queryable;
-use std::path::PathBuf;
 
 mod common;
 use common::gui::*;

@@ -32,7 +32,8 @@ fn set_thresholds(mmap: i32, trim: i32) {
     }
 }
 
-/// The process's allocator: the system's, except that blocks of at least 4 KiB start on a
+/// An allocator for the program's binaries (`main.rs`, the benchmarks; a library cannot pick
+/// one for the programs that use it): the system's, except that blocks of at least 4 KiB start on a
 /// 64-byte boundary (a cache line, and one AVX-512 register). glibc aligns to 16 bytes, so
 /// every 64-byte load of a packed GEMM panel and every 64-byte store of an output tile
 /// straddled two cache lines: measured on the GEMM's ConvNeXt-T shapes, `cargo bench --bench
@@ -87,6 +88,9 @@ unsafe impl GlobalAlloc for CacheLineAligned {
 
 #[cfg(test)]
 mod tests {
+    #[global_allocator]
+    static ALLOCATOR: super::CacheLineAligned = super::CacheLineAligned;
+
     #[test]
     fn big_blocks_start_on_a_cache_line() {
         for n in [1024usize, 5000, 1 << 20, 40 << 20] {
