@@ -355,17 +355,78 @@ pub fn dwconv_f32(
     }
 }
 
-simd_dispatch!(fn dw_row => dw_row_impl(
-    out: &mut [f32], x: &[f32], wt: &[f32], b: Option<&[f32]>,
-    oh: usize, h: usize, w: usize, c: usize, k: usize,
-));
+/// One output row, with the widest register blocking this CPU has room for: AVX-512, four
+/// neighbouring pixels × 32 channels (8 of 32 registers of accumulators); AVX2, four × 16
+/// (8 of 16); elsewhere one pixel × 32. Blocking pixels gives each weight load four uses and
+/// the adds four independent chains, where one pixel's 49 taps were one chain of dependent
+/// adds. Every output is summed in the same order whatever the blocking (bias, then the taps
+/// row by row), so the results do not depend on the CPU.
+#[allow(clippy::too_many_arguments)]
+fn dw_row(
+    out: &mut [f32],
+    x: &[f32],
+    wt: &[f32],
+    b: Option<&[f32]>,
+    oh: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// # Safety
+        /// Only on a CPU with AVX-512F, AVX2 and FMA.
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn w512(
+            out: &mut [f32],
+            x: &[f32],
+            wt: &[f32],
+            b: Option<&[f32]>,
+            oh: usize,
+            h: usize,
+            w: usize,
+            c: usize,
+            k: usize,
+        ) {
+            dw_row_impl::<4, 32>(out, x, wt, b, oh, h, w, c, k)
+        }
+        /// # Safety
+        /// Only on a CPU with AVX2 and FMA.
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn w256(
+            out: &mut [f32],
+            x: &[f32],
+            wt: &[f32],
+            b: Option<&[f32]>,
+            oh: usize,
+            h: usize,
+            w: usize,
+            c: usize,
+            k: usize,
+        ) {
+            dw_row_impl::<4, 16>(out, x, wt, b, oh, h, w, c, k)
+        }
+        use crate::kernels::simd::{level, Level};
+        match level() {
+            // SAFETY: the level was detected on this CPU.
+            Level::Avx512 => return unsafe { w512(out, x, wt, b, oh, h, w, c, k) },
+            // SAFETY: as above.
+            Level::Avx2 => return unsafe { w256(out, x, wt, b, oh, h, w, c, k) },
+            Level::Baseline => {}
+        }
+    }
+    dw_row_impl::<1, 32>(out, x, wt, b, oh, h, w, c, k)
+}
 
-/// Channel slice width held in registers: 32 f32 = two AVX-512 or four AVX2 registers.
-const CB: usize = 32;
-
+/// Output row `oh`: `CB` channels at a time (the remainder after), and within a slice `PW`
+/// pixels at a time where all their taps fall inside the row (the interior), one at a time at
+/// the edges.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn dw_row_impl(
+fn dw_row_impl<const PW: usize, const CB: usize>(
     out: &mut [f32],
     x: &[f32],
     wt: &[f32],
@@ -377,53 +438,100 @@ fn dw_row_impl(
     k: usize,
 ) {
     let p = k / 2;
-    let row = w * c;
-    let i_lo = p.saturating_sub(oh);
-    let i_hi = (h + p - oh).min(k);
+    let rows = (p.saturating_sub(oh))..((h + p - oh).min(k));
+    let geo = Geometry { oh, w, c, k };
+    // Channel slices outside, pixels inside: a slice's K×K weights stay in L1 along the row.
     let full = c / CB * CB;
     for c0 in (0..full).step_by(CB) {
-        for ow in 0..w {
-            let mut acc = [0f32; CB];
-            if let Some(b) = b {
-                acc.copy_from_slice(&b[c0..c0 + CB]);
+        let mut ow = 0;
+        while ow < w {
+            if PW > 1 && ow >= p && ow + PW - 1 + p < w {
+                dw_block::<PW, CB>(out, x, wt, b, &geo, rows.clone(), (ow, c0));
+                ow += PW;
+            } else {
+                dw_pixel::<CB>(out, x, wt, b, &geo, rows.clone(), (ow, c0, CB));
+                ow += 1;
             }
-            let j_lo = p.saturating_sub(ow);
-            let j_hi = (w + p - ow).min(k);
-            for i in i_lo..i_hi {
-                let xrow = &x[(oh + i - p) * row..][..row];
-                for j in j_lo..j_hi {
-                    let xs: &[f32; CB] = xrow[(ow + j - p) * c + c0..][..CB].try_into().unwrap();
-                    let ws: &[f32; CB] = wt[(i * k + j) * c + c0..][..CB].try_into().unwrap();
-                    for t in 0..CB {
-                        acc[t] += xs[t] * ws[t];
-                    }
-                }
-            }
-            out[ow * c + c0..][..CB].copy_from_slice(&acc);
         }
     }
     if full < c {
-        let rem = c - full;
         for ow in 0..w {
-            let o = &mut out[ow * c + full..][..rem];
-            match b {
-                Some(b) => o.copy_from_slice(&b[full..]),
-                None => o.fill(0.0),
-            }
-            let j_lo = p.saturating_sub(ow);
-            let j_hi = (w + p - ow).min(k);
-            for i in i_lo..i_hi {
-                let xrow = &x[(oh + i - p) * row..][..row];
-                for j in j_lo..j_hi {
-                    let xs = &xrow[(ow + j - p) * c + full..][..rem];
-                    let ws = &wt[(i * k + j) * c + full..][..rem];
-                    for t in 0..rem {
-                        o[t] += xs[t] * ws[t];
-                    }
+            dw_pixel::<CB>(out, x, wt, b, &geo, rows.clone(), (ow, full, c - full));
+        }
+    }
+}
+
+/// Where a row of the convolution sits: output row, width, channels, kernel size.
+struct Geometry {
+    oh: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+}
+
+/// `PW` interior pixels from `ow` × channels `c0..c0 + CB`, every tap inside the row.
+#[inline(always)]
+fn dw_block<const PW: usize, const CB: usize>(
+    out: &mut [f32],
+    x: &[f32],
+    wt: &[f32],
+    b: Option<&[f32]>,
+    g: &Geometry,
+    taps: std::ops::Range<usize>,
+    (ow, c0): (usize, usize),
+) {
+    let (c, k, p, row) = (g.c, g.k, g.k / 2, g.w * g.c);
+    let mut acc = [[0f32; CB]; PW];
+    if let Some(b) = b {
+        for a in acc.iter_mut() {
+            a.copy_from_slice(&b[c0..c0 + CB]);
+        }
+    }
+    for i in taps {
+        let xrow = &x[(g.oh + i - p) * row..][..row];
+        for j in 0..k {
+            let ws = &wt[(i * k + j) * c + c0..][..CB];
+            for (q, a) in acc.iter_mut().enumerate() {
+                let xs = &xrow[(ow + q + j - p) * c + c0..][..CB];
+                for t in 0..CB {
+                    a[t] += xs[t] * ws[t];
                 }
             }
         }
     }
+    for (q, a) in acc.iter().enumerate() {
+        out[(ow + q) * c + c0..][..CB].copy_from_slice(a);
+    }
+}
+
+/// One pixel `ow`, channels `c0..c0 + n` (`n ≤ CB`), the taps clipped to the row.
+#[inline(always)]
+fn dw_pixel<const CB: usize>(
+    out: &mut [f32],
+    x: &[f32],
+    wt: &[f32],
+    b: Option<&[f32]>,
+    g: &Geometry,
+    taps: std::ops::Range<usize>,
+    (ow, c0, n): (usize, usize, usize),
+) {
+    let (c, k, p, row) = (g.c, g.k, g.k / 2, g.w * g.c);
+    let cols = p.saturating_sub(ow)..(g.w + p - ow).min(k);
+    let mut acc = [0f32; CB];
+    if let Some(b) = b {
+        acc[..n].copy_from_slice(&b[c0..c0 + n]);
+    }
+    for i in taps {
+        let xrow = &x[(g.oh + i - p) * row..][..row];
+        for j in cols.clone() {
+            let xs = &xrow[(ow + j - p) * c + c0..][..n];
+            let ws = &wt[(i * k + j) * c + c0..][..n];
+            for t in 0..n {
+                acc[t] += xs[t] * ws[t];
+            }
+        }
+    }
+    out[ow * c + c0..][..n].copy_from_slice(&acc[..n]);
 }
 
 #[cfg(test)]

@@ -70,6 +70,8 @@ pub const DWCONV_SHAPES: &[(usize, usize, usize, usize, usize)] = &[
     (2, 8, 6, 40, 3),
     (1, 2, 3, 3072, 7),
     (1, 112, 4, 5, 7),
+    // Blocks of four interior pixels, single edge pixels, and a channel remainder at every width.
+    (1, 9, 20, 50, 7),
 ];
 
 /// Random input `[n,h,w,c]`, weight `[k,k,c]` and bias `[c]` on the CPU.
