@@ -152,11 +152,17 @@ impl PackedLinear {
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             let last = k0 + kc == k;
-            for p in panels.clone() {
-                let panel = &self.panels[p * k * NR + k0 * NR..(p + 1) * k * NR];
-                let cols = NR.min(n - p * NR);
+            let mut p = panels.start;
+            while p < panels.end {
+                // Two full panels at once where the AVX-512 tile has the registers for them.
+                let width = match avx512() && p + 1 < panels.end && (p + 2) * NR <= n {
+                    true => 2,
+                    false => 1,
+                };
+                let panel = |q: usize| self.panels[q * k * NR + k0 * NR..].as_ptr();
+                let cols = (width * NR).min(n - p * NR);
                 let init = match (k0, with_bias) {
-                    (0, true) => Init::Bias(&self.bias[p * NR..(p + 1) * NR]),
+                    (0, true) => Init::Bias(&self.bias[p * NR..(p + width) * NR]),
                     (0, false) => Init::Zero,
                     _ => Init::Load,
                 };
@@ -164,17 +170,21 @@ impl PackedLinear {
                     let r = r0 + t0;
                     // SAFETY: tasks write disjoint (row range × panel) regions of `out`, all
                     // inside it: rows r..r+h ≤ m, columns p·16..p·16+cols ≤ n; `x` holds rows
-                    // r..r+h of k values, of which this pass reads columns k0..k0+kc; the panel
-                    // slice holds (k − k0)·16 ≥ kc·16 values.
+                    // r..r+h of k values, of which this pass reads columns k0..k0+kc; each
+                    // panel from offset k0·16 holds (k − k0)·16 ≥ kc·16 values.
                     unsafe {
                         let c = out.0.add(r * n + p * NR);
-                        let a = x.as_ptr().add(r * k + k0);
-                        kernel(h, kc, (a, k), panel.as_ptr(), init, c, n, cols);
+                        let a = (x.as_ptr().add(r * k + k0), k);
+                        match width {
+                            2 => kernel_pair(h, kc, a, (panel(p), panel(p + 1)), init, c, n),
+                            _ => kernel(h, kc, a, panel(p), init, c, n, cols),
+                        }
                         if last {
                             epilogue.apply(c, r * n + p * NR, (h, cols), n);
                         }
                     }
                 }
+                p += width;
             }
         }
     }
@@ -373,6 +383,40 @@ unsafe fn kernel(
     }
 }
 
+/// `rows` (1–12) rows × two full panels (32 columns) of `c = init + a · panels`, on the
+/// AVX-512 tile: 24 accumulators, two panel loads and one broadcast per row and step of K, so
+/// a CPU with two 512-bit FMA units is not held up by loads. Each output is summed in the same
+/// order as by [`kernel`].
+///
+/// # Safety
+/// As for [`kernel`], with `cols` = 32, each panel pointer at `k × 16` floats and a bias of 32
+/// values; the CPU must have AVX-512F.
+unsafe fn kernel_pair(
+    rows: usize,
+    k: usize,
+    (a, lda): (*const f32, usize),
+    (b0, b1): (*const f32, *const f32),
+    init: Init,
+    c: *mut f32,
+    ldc: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    tile_by_height!(
+        rows,
+        x86::tile512x2,
+        (k, (a, lda), (b0, b1), init, c, ldc),
+        [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2]
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    for (i, b) in [b0, b1].into_iter().enumerate() {
+        let init = match init {
+            Init::Bias(v) => Init::Bias(&v[i * NR..]),
+            other => other,
+        };
+        kernel(rows, k, (a, lda), b, init, c.add(i * NR), ldc, NR);
+    }
+}
+
 /// One row (its `k` values in order) × one panel, in plain Rust: the reference the SIMD tiles
 /// must match.
 fn tile_portable(a: impl Iterator<Item = f32>, panel: &[f32], init: Init, out: &mut [f32]) {
@@ -492,6 +536,50 @@ mod x86 {
         }
         for (r, acc) in acc.iter().enumerate() {
             _mm512_mask_storeu_ps(c.add(r * ldc), mask, *acc);
+        }
+    }
+
+    /// `R` rows × 32 columns (two panels) with AVX-512: the pair tile of
+    /// [`super::kernel_pair`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; the pointers as for [`super::kernel_pair`].
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile512x2<const R: usize>(
+        k: usize,
+        (a, lda): (*const f32, usize),
+        (b0, b1): (*const f32, *const f32),
+        init: Init,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let (s0, s1) = match init {
+            Init::Bias(bv) => (
+                _mm512_loadu_ps(bv.as_ptr()),
+                _mm512_loadu_ps(bv.as_ptr().add(16)),
+            ),
+            _ => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+        };
+        let mut acc0 = [s0; R];
+        let mut acc1 = [s1; R];
+        if let Init::Load = init {
+            for r in 0..R {
+                acc0[r] = _mm512_loadu_ps(c.add(r * ldc));
+                acc1[r] = _mm512_loadu_ps(c.add(r * ldc + 16));
+            }
+        }
+        for kk in 0..k {
+            let v0 = _mm512_loadu_ps(b0.add(kk * 16));
+            let v1 = _mm512_loadu_ps(b1.add(kk * 16));
+            for r in 0..R {
+                let av = _mm512_set1_ps(*a.add(r * lda + kk));
+                acc0[r] = _mm512_fmadd_ps(av, v0, acc0[r]);
+                acc1[r] = _mm512_fmadd_ps(av, v1, acc1[r]);
+            }
+        }
+        for r in 0..R {
+            _mm512_storeu_ps(c.add(r * ldc), acc0[r]);
+            _mm512_storeu_ps(c.add(r * ldc + 16), acc1[r]);
         }
     }
 }
