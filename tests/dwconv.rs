@@ -161,3 +161,34 @@ fn gpu_kernel_equals_the_cpu_kernel() {
         assert!(max_rel(a, r) < 1e-4);
     }
 }
+
+/// The fused conv + LayerNorm (inference) against candle's grouped conv and candle's own
+/// LayerNorm, over every shape; and refused where a gradient is wanted.
+#[test]
+fn fused_conv_and_norm_equal_candles_ops() {
+    use convnext_explorer::kernels::dwconv::depthwise_conv_layer_norm;
+    use std::sync::Arc;
+    for &shape in DWCONV_SHAPES {
+        let [x, wt, b] = dwconv_problem(shape);
+        let c = shape.3;
+        let lw = Tensor::randn(1f32, 0.2, c, &Device::Cpu).unwrap();
+        let lb = Tensor::randn(0f32, 0.2, c, &Device::Cpu).unwrap();
+        let (vw, vb) = (
+            Arc::new(lw.to_vec1::<f32>().unwrap()),
+            Arc::new(lb.to_vec1::<f32>().unwrap()),
+        );
+        let fused = depthwise_conv_layer_norm(&x, &wt, &b, (&vw, &vb, 1e-6))
+            .unwrap()
+            .expect("f32 on the CPU, no gradient: fused");
+        let conv = candle_grouped(&x, &wt, &b).contiguous().unwrap();
+        let want = candle_nn::ops::layer_norm(&conv, &lw, &lb, 1e-6).unwrap();
+        let e = max_rel(&fused, &want);
+        assert!(e < 1e-4, "{shape:?}: rel err {e}");
+        let tracked = Var::from_tensor(&x).unwrap();
+        let refused = depthwise_conv_layer_norm(tracked.as_tensor(), &wt, &b, (&vw, &vb, 1e-6));
+        assert!(
+            refused.unwrap().is_none(),
+            "a tracked input takes the ops with gradients"
+        );
+    }
+}

@@ -43,6 +43,67 @@ pub fn depthwise_conv_nhwc_reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Resu
     Ok(acc)
 }
 
+/// The depthwise conv and the LayerNorm after it in one pass over memory (`norm(conv(x))`,
+/// each output row normalised as soon as it is made), where no gradient is wanted: inference
+/// on the CPU in f32; `None` elsewhere. `ln` is the norm's weight, bias and eps.
+pub fn depthwise_conv_layer_norm(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    ln: (&std::sync::Arc<Vec<f32>>, &std::sync::Arc<Vec<f32>>, f32),
+) -> Result<Option<Tensor>> {
+    check_shapes(x, w, b)?;
+    let c = x.dim(3)?;
+    let cpu_f32 = [x, w, b]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if !cpu_f32 || x.track_op() || ln.0.len() != c || ln.1.len() != c {
+        return Ok(None);
+    }
+    let op = DwConvLayerNorm {
+        weight: ln.0.clone(),
+        bias: ln.1.clone(),
+        eps: ln.2,
+    };
+    Ok(Some(x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        op,
+    )?))
+}
+
+/// [`depthwise_conv_layer_norm`]'s op (no backward: it is only taken where none is wanted).
+struct DwConvLayerNorm {
+    weight: std::sync::Arc<Vec<f32>>,
+    bias: std::sync::Arc<Vec<f32>>,
+    eps: f32,
+}
+
+impl CustomOp3 for DwConvLayerNorm {
+    fn name(&self) -> &'static str {
+        "depthwise-conv-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, h, w, c) = l1.shape().dims4()?;
+        let k = l2.shape().dims()[0];
+        let (x, wt, b) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
+        let mut out = vec![f32::NAN; n * h * w * c];
+        let (lw, lb, eps) = (&self.weight[..], &self.bias[..], self.eps);
+        let norm = move |row: &mut [f32]| super::layer_norm::normalise_rows(row, lw, lb, eps);
+        dwconv_f32_then(&x, &wt, Some(&b), &mut out, (n, h, w, c, k), &norm);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
 /// Whether [`DwConv`] has a forward kernel for this device in this build.
 fn has_kernel(device: &candle_core::Device) -> bool {
     device.is_cpu()
@@ -328,6 +389,19 @@ pub fn dwconv_f32(
     c: usize,
     k: usize,
 ) {
+    dwconv_f32_then(x, wt, b, out, (n, h, w, c, k), &|_: &mut [f32]| {});
+}
+
+/// [`dwconv_f32`], then `then` on each finished output row (`w × c` values) while it is in
+/// the cache: the block's LayerNorm, fused ([`depthwise_conv_layer_norm`]).
+pub fn dwconv_f32_then(
+    x: &[f32],
+    wt: &[f32],
+    b: Option<&[f32]>,
+    out: &mut [f32],
+    (n, h, w, c, k): (usize, usize, usize, usize, usize),
+    then: &(dyn Fn(&mut [f32]) + Sync),
+) {
     let row = w * c;
     let plane = h * row;
     if row == 0 || n == 0 {
@@ -346,6 +420,7 @@ pub fn dwconv_f32(
             c,
             k,
         );
+        then(orow);
     };
     // Small layers are not worth waking the thread pool for.
     if n * h * w * c * k * k < 1 << 16 {

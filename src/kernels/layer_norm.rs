@@ -24,13 +24,29 @@ struct LayerNormOp {
     eps: f32,
 }
 
-/// Mean and 1/σ of a row (two passes: the mean first, then the centred squares).
+/// Mean and 1/σ of a row (two passes: the mean first, then the centred squares), each sum
+/// over 16 interleaved partial sums: a single running sum is one chain of dependent adds the
+/// compiler may not reorder, which made the norm latency-bound.
 #[inline(always)]
 fn stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len().max(1) as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lane_sum(row, |v| v) / n;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `Σ f(v)` over `row` in 16 lanes, then the lanes and the tail.
+#[inline(always)]
+fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = row.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for ch in chunks {
+        for (l, &v) in lanes.iter_mut().zip(ch) {
+            *l += f(v);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 #[inline(always)]
@@ -45,6 +61,21 @@ fn forward_rows_generic(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f
 }
 
 simd_dispatch!(fn forward_rows => forward_rows_generic(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32));
+
+/// [`forward_rows`] in place: each row of `v` (`w.len()` values) normalised where it lies, the
+/// same arithmetic element by element.
+#[inline(always)]
+fn normalise_rows_generic(v: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let c = w.len();
+    for row in v.chunks_exact_mut(c) {
+        let (mean, rstd) = stats(row, eps);
+        for k in 0..c {
+            row[k] = (row[k] - mean) * rstd * w[k] + b[k];
+        }
+    }
+}
+
+simd_dispatch!(pub fn normalise_rows => normalise_rows_generic(v: &mut [f32], w: &[f32], b: &[f32], eps: f32));
 
 /// `dx = (gw − mean(gw) − x̂·mean(gw·x̂)) / σ` with `gw = g·w`, per row; adds each row's
 /// `g·x̂` and `g` to `dw` and `db` (the scale's and shift's gradients, summed over rows).

@@ -5,10 +5,11 @@ use super::layers::{Grn, LayerNorm, Linear, TrainOptions};
 use super::plan::{BlockSpec, Kind};
 use crate::kernels::bias_scale::bias_scale;
 use crate::kernels::depthwise_conv_nhwc;
+use crate::kernels::dwconv::depthwise_conv_layer_norm;
 use crate::kernels::gelu::{bias_gelu, gelu};
 use crate::model::layer_id::LayerId;
 use crate::model::observer::{report, Observer};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 #[derive(Clone, Debug)]
@@ -26,10 +27,14 @@ pub struct ConvNeXtBlock {
     gamma: Option<Tensor>,
     /// `gamma`'s values for fc2's fused epilogue, where fc2 is packed.
     gamma_packed: Option<std::sync::Arc<Vec<f32>>>,
+    /// The norm's weight, bias and eps as the fused conv + norm takes them (inference, f32).
+    norm_packed: Option<NormValues>,
     /// Whether unobserved runs fuse fc1's bias into the GELU and fc2's into the layer scale
     /// (off for [`TrainOptions::generic_ops`]).
     fused: bool,
 }
+
+type NormValues = (std::sync::Arc<Vec<f32>>, std::sync::Arc<Vec<f32>>, f32);
 
 #[derive(Clone, Copy, Debug)]
 struct Ids {
@@ -109,6 +114,18 @@ impl ConvNeXtBlock {
             .then(|| dw_kernel_kkc(&dw_weight))
             .transpose()?;
         let fc2_linear = linear(fc2.id, fc2.channels_in, c)?;
+        let norm_layer = LayerNorm {
+            composed: t.generic_ops,
+            ..LayerNorm::new(vb.pp(norm.id.name()), c, eps, t.differentiable)?
+        };
+        let norm_packed = match !t.differentiable && norm_layer.weight.dtype() == DType::F32 {
+            true => Some((
+                std::sync::Arc::new(norm_layer.weight.to_vec1()?),
+                std::sync::Arc::new(norm_layer.bias.to_vec1()?),
+                eps as f32,
+            )),
+            false => None,
+        };
         let gamma_t = gamma.map(|l| vb.get(c, &l.id.name())).transpose()?;
         let gamma_packed = match &gamma_t {
             Some(g) => fc2_linear.packed_scale(g)?,
@@ -128,10 +145,7 @@ impl ConvNeXtBlock {
             dw_bias: vdw.get(c, "bias")?,
             dw_weight,
             dw_kkc,
-            norm: LayerNorm {
-                composed: t.generic_ops,
-                ..LayerNorm::new(vb.pp(norm.id.name()), c, eps, t.differentiable)?
-            },
+            norm: norm_layer,
             fused: !t.generic_ops,
             fc1: linear(fc1.id, c, fc1.channels_out)?,
             grn: grn
@@ -140,6 +154,7 @@ impl ConvNeXtBlock {
             fc2: fc2_linear,
             gamma: gamma_t,
             gamma_packed,
+            norm_packed,
         })
     }
 
@@ -158,9 +173,22 @@ impl ConvNeXtBlock {
             Some(k) => k.clone(),
             None => dw_kernel_kkc(&self.dw_weight)?,
         };
-        let y = step(obs, ids.dw, &|| depthwise_conv_nhwc(x, &kkc, &self.dw_bias))?;
-        let y = step(obs, ids.norm, &|| self.norm.forward(&y))?;
-        if self.fused && !obs.sees_outputs() && keep.is_none() && !x.track_op() {
+        // Nobody looks at the layers one by one and no gradient is wanted: the fused kernels.
+        let fast = self.fused && !obs.sees_outputs() && keep.is_none() && !x.track_op();
+        let conv_norm = match (&self.norm_packed, fast) {
+            (Some((w, b, eps)), true) => {
+                depthwise_conv_layer_norm(x, &kkc, &self.dw_bias, (w, b, *eps))?
+            }
+            _ => None,
+        };
+        let y = match conv_norm {
+            Some(y) => y,
+            None => {
+                let y = step(obs, ids.dw, &|| depthwise_conv_nhwc(x, &kkc, &self.dw_bias))?;
+                step(obs, ids.norm, &|| self.norm.forward(&y))?
+            }
+        };
+        if fast {
             if let Some(out) = self.mlp_fused(&y, x)? {
                 obs.enter(ids.add)?;
                 return report(obs, ids.add, out);
