@@ -6,11 +6,6 @@ use convnext_explorer::analysis::trace::{CaptureLevel, CaptureObserver, TimingOb
 use convnext_explorer::Engine;
 use std::time::Instant;
 
-/// Big blocks on cache lines (`base::allocator`): what the program runs with.
-#[global_allocator]
-static ALLOCATOR: convnext_explorer::base::allocator::CacheLineAligned =
-    convnext_explorer::base::allocator::CacheLineAligned;
-
 fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
     for _ in 0..3 {
         f();

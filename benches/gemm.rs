@@ -6,11 +6,6 @@ use convnext_explorer::kernels::gemm::PackedLinear;
 use convnext_explorer::kernels::peak;
 use std::time::Instant;
 
-/// Big blocks on cache lines (`base::allocator`): what the program runs with.
-#[global_allocator]
-static ALLOCATOR: convnext_explorer::base::allocator::CacheLineAligned =
-    convnext_explorer::base::allocator::CacheLineAligned;
-
 fn main() {
     let iters: usize = std::env::var("BENCH_ITERS")
         .ok()

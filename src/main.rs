@@ -1,11 +1,6 @@
 use clap::Parser;
 use convnext_explorer::cli::{self, Cli};
 
-/// Big blocks on cache lines (`base::allocator`): what the program runs with.
-#[global_allocator]
-static ALLOCATOR: convnext_explorer::base::allocator::CacheLineAligned =
-    convnext_explorer::base::allocator::CacheLineAligned;
-
 fn main() {
     // Output piped into `head` should end the program quietly, as it ends `ls`, not be a
     // "failed printing to stdout" panic.

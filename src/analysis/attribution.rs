@@ -136,6 +136,13 @@ struct GradientAt {
 }
 
 impl Observer for GradientAt {
+    /// A stem, stage or block is reported whole by the fused forward too (and everything after
+    /// the variable carries a gradient, so runs layer by layer anyway): only a layer inside a
+    /// block needs the layers one by one.
+    fn sees_outputs(&self) -> bool {
+        !self.layer.is_container()
+    }
+
     fn substitute(&mut self, id: LayerId, out: &Tensor) -> candle_core::Result<Option<Tensor>> {
         if id != self.layer {
             return Ok(None);

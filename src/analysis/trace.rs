@@ -109,6 +109,11 @@ impl Observer for CaptureObserver {
         }
         Ok(())
     }
+    /// Stems, stages, blocks and the head are reported whole by the fused forward too: only
+    /// keeping every layer needs the layers run one by one.
+    fn sees_outputs(&self) -> bool {
+        self.level == CaptureLevel::All
+    }
 }
 
 /// Runs two observers side by side (time a run while capturing it).
@@ -152,6 +157,10 @@ impl Observer for KeepLayers {
             }
         }
         Ok(())
+    }
+    /// As for a capture: only a layer inside a block needs the layers one by one.
+    fn sees_outputs(&self) -> bool {
+        self.wanted.iter().any(|l| !l.is_container())
     }
 }
 
