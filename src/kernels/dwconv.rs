@@ -448,113 +448,92 @@ fn dw_row(
     c: usize,
     k: usize,
 ) {
+    let r = Row {
+        x,
+        wt,
+        b,
+        oh,
+        h,
+        w,
+        c,
+        k,
+    };
     #[cfg(target_arch = "x86_64")]
     {
         /// # Safety
         /// Only on a CPU with AVX-512F, AVX2 and FMA.
-        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = "avx512f,avx2,fma")]
-        unsafe fn w512(
-            out: &mut [f32],
-            x: &[f32],
-            wt: &[f32],
-            b: Option<&[f32]>,
-            oh: usize,
-            h: usize,
-            w: usize,
-            c: usize,
-            k: usize,
-        ) {
-            dw_row_impl::<4, 32>(out, x, wt, b, oh, h, w, c, k)
+        unsafe fn w512(out: &mut [f32], r: &Row) {
+            dw_row_impl::<4, 32>(out, r)
         }
         /// # Safety
         /// Only on a CPU with AVX2 and FMA.
-        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn w256(
-            out: &mut [f32],
-            x: &[f32],
-            wt: &[f32],
-            b: Option<&[f32]>,
-            oh: usize,
-            h: usize,
-            w: usize,
-            c: usize,
-            k: usize,
-        ) {
-            dw_row_impl::<4, 16>(out, x, wt, b, oh, h, w, c, k)
+        unsafe fn w256(out: &mut [f32], r: &Row) {
+            dw_row_impl::<4, 16>(out, r)
         }
         use crate::kernels::simd::{level, Level};
         match level() {
             // SAFETY: the level was detected on this CPU.
-            Level::Avx512 => return unsafe { w512(out, x, wt, b, oh, h, w, c, k) },
+            Level::Avx512 => return unsafe { w512(out, &r) },
             // SAFETY: as above.
-            Level::Avx2 => return unsafe { w256(out, x, wt, b, oh, h, w, c, k) },
+            Level::Avx2 => return unsafe { w256(out, &r) },
             Level::Baseline => {}
         }
     }
-    dw_row_impl::<1, 32>(out, x, wt, b, oh, h, w, c, k)
+    dw_row_impl::<1, 32>(out, &r)
+}
+
+/// One output row's inputs: the image's plane, the `[K, K, C]` weight, the bias, the output
+/// row `oh`, and the plane's height, width and channels and the kernel size.
+struct Row<'a> {
+    x: &'a [f32],
+    wt: &'a [f32],
+    b: Option<&'a [f32]>,
+    oh: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
 }
 
 /// Output row `oh`: `CB` channels at a time (the remainder after), and within a slice `PW`
 /// pixels at a time where all their taps fall inside the row (the interior), one at a time at
 /// the edges.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn dw_row_impl<const PW: usize, const CB: usize>(
-    out: &mut [f32],
-    x: &[f32],
-    wt: &[f32],
-    b: Option<&[f32]>,
-    oh: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    k: usize,
-) {
-    let p = k / 2;
-    let rows = (p.saturating_sub(oh))..((h + p - oh).min(k));
-    let geo = Geometry { oh, w, c, k };
+fn dw_row_impl<const PW: usize, const CB: usize>(out: &mut [f32], r: &Row) {
+    let (w, c, k, p) = (r.w, r.c, r.k, r.k / 2);
+    let rows = (p.saturating_sub(r.oh))..((r.h + p - r.oh).min(k));
     // Channel slices outside, pixels inside: a slice's K×K weights stay in L1 along the row.
     let full = c / CB * CB;
     for c0 in (0..full).step_by(CB) {
         let mut ow = 0;
         while ow < w {
             if PW > 1 && ow >= p && ow + PW - 1 + p < w {
-                dw_block::<PW, CB>(out, x, wt, b, &geo, rows.clone(), (ow, c0));
+                dw_block::<PW, CB>(out, r, rows.clone(), (ow, c0));
                 ow += PW;
             } else {
-                dw_pixel::<CB>(out, x, wt, b, &geo, rows.clone(), (ow, c0, CB));
+                dw_pixel::<CB>(out, r, rows.clone(), (ow, c0, CB));
                 ow += 1;
             }
         }
     }
     if full < c {
         for ow in 0..w {
-            dw_pixel::<CB>(out, x, wt, b, &geo, rows.clone(), (ow, full, c - full));
+            dw_pixel::<CB>(out, r, rows.clone(), (ow, full, c - full));
         }
     }
-}
-
-/// Where a row of the convolution sits: output row, width, channels, kernel size.
-struct Geometry {
-    oh: usize,
-    w: usize,
-    c: usize,
-    k: usize,
 }
 
 /// `PW` interior pixels from `ow` × channels `c0..c0 + CB`, every tap inside the row.
 #[inline(always)]
 fn dw_block<const PW: usize, const CB: usize>(
     out: &mut [f32],
-    x: &[f32],
-    wt: &[f32],
-    b: Option<&[f32]>,
-    g: &Geometry,
+    g: &Row,
     taps: std::ops::Range<usize>,
     (ow, c0): (usize, usize),
 ) {
+    let (x, wt, b) = (g.x, g.wt, g.b);
     let (c, k, p, row) = (g.c, g.k, g.k / 2, g.w * g.c);
     let mut acc = [[0f32; CB]; PW];
     if let Some(b) = b {
@@ -583,13 +562,11 @@ fn dw_block<const PW: usize, const CB: usize>(
 #[inline(always)]
 fn dw_pixel<const CB: usize>(
     out: &mut [f32],
-    x: &[f32],
-    wt: &[f32],
-    b: Option<&[f32]>,
-    g: &Geometry,
+    g: &Row,
     taps: std::ops::Range<usize>,
     (ow, c0, n): (usize, usize, usize),
 ) {
+    let (x, wt, b) = (g.x, g.wt, g.b);
     let (c, k, p, row) = (g.c, g.k, g.k / 2, g.w * g.c);
     let cols = p.saturating_sub(ow)..(g.w + p - ow).min(k);
     let mut acc = [0f32; CB];
