@@ -93,14 +93,9 @@ impl CustomOp3 for DwConvLayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, h, w, c) = l1.shape().dims4()?;
-        let k = l2.shape().dims()[0];
-        let (x, wt, b) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
-        let mut out = vec![f32::NAN; n * h * w * c];
         let (lw, lb, eps) = (&self.weight[..], &self.bias[..], self.eps);
         let norm = move |row: &mut [f32]| super::layer_norm::normalise_rows(row, lw, lb, eps);
-        dwconv_f32_then(&x, &wt, Some(&b), &mut out, (n, h, w, c, k), &norm);
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        forward_cpu_then(s1, l1, s2, l2, s3, l3, &norm)
     }
 }
 
@@ -160,6 +155,20 @@ fn forward_cpu(
     s3: &CpuStorage,
     l3: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
+    forward_cpu_then(s1, l1, s2, l2, s3, l3, &|_: &mut [f32]| {})
+}
+
+/// [`forward_cpu`], then `then` on each finished output row ([`dwconv_f32_then`]).
+#[allow(clippy::too_many_arguments)]
+fn forward_cpu_then(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    s3: &CpuStorage,
+    l3: &Layout,
+    then: &(dyn Fn(&mut [f32]) + Sync),
+) -> Result<(CpuStorage, Shape)> {
     let (n, h, w, c) = l1.shape().dims4()?;
     let k = l2.shape().dims()[0];
     let x = f32_data(s1, l1)?;
@@ -167,7 +176,7 @@ fn forward_cpu(
     let b = f32_data(s3, l3)?;
     // NaN, not zero: an element the kernel fails to write shows up in every test.
     let mut out = vec![f32::NAN; n * h * w * c];
-    dwconv_f32(&x, &wt, Some(&b), &mut out, n, h, w, c, k);
+    dwconv_f32_then(&x, &wt, Some(&b), &mut out, (n, h, w, c, k), then);
     Ok((to_storage(out, s1.dtype())?, l1.shape().clone()))
 }
 
