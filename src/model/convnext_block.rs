@@ -1,6 +1,8 @@
 //! ConvNeXt's block on its fast path: depthwise k×k → LayerNorm → Linear 4× → GELU (→ GRN) →
-//! Linear → (layer scale) → + input, with fc1's bias fused into the GELU when nobody looks at
-//! fc1's output on its own, and the MLP on the packed GEMM.
+//! Linear → (layer scale) → + input, the MLP on the packed GEMM. When nobody looks at the
+//! layers one by one and no gradient is wanted, the conv and the norm run as one op and the
+//! GEMM applies the GELU, the layer scale and the residual add in its epilogues; training
+//! fuses fc1's bias into the GELU and fc2's into the layer scale.
 use super::layers::{Grn, LayerNorm, Linear, TrainOptions};
 use super::plan::{BlockSpec, Kind};
 use crate::kernels::bias_scale::bias_scale;
@@ -29,8 +31,8 @@ pub struct ConvNeXtBlock {
     gamma_packed: Option<std::sync::Arc<Vec<f32>>>,
     /// The norm's weight, bias and eps as the fused conv + norm takes them (inference, f32).
     norm_packed: Option<NormValues>,
-    /// Whether unobserved runs fuse fc1's bias into the GELU and fc2's into the layer scale
-    /// (off for [`TrainOptions::generic_ops`]).
+    /// Whether unobserved runs take the fused kernels above (off for
+    /// [`TrainOptions::generic_ops`]).
     fused: bool,
 }
 
