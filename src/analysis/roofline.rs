@@ -38,6 +38,17 @@ impl Limits {
         self.peak_gflops / self.memory_gbs.max(1e-9)
     }
 
+    /// From the four measured values in [`Limits::to_vec`]'s order, for the current pool.
+    fn from_values([peak, gemm, memory, cache]: [f64; 4]) -> Self {
+        Limits {
+            peak_gflops: peak,
+            gemm_gflops: gemm,
+            memory_gbs: memory,
+            cache_gbs: cache,
+            threads: rayon::current_num_threads(),
+        }
+    }
+
     fn to_vec(self) -> Vec<f64> {
         vec![
             self.peak_gflops,
@@ -64,13 +75,7 @@ pub fn measure(progress: &mut dyn Progress) -> crate::Result<Limits> {
         };
     }
     progress.update(steps.len(), steps.len(), "measured");
-    Ok(Limits {
-        peak_gflops: values[0],
-        gemm_gflops: values[1],
-        memory_gbs: values[2],
-        cache_gbs: values[3],
-        threads: rayon::current_num_threads(),
-    })
+    Ok(Limits::from_values(values))
 }
 
 /// What identifies this machine for the cache: the CPU, its core count, the SIMD level the
@@ -109,16 +114,11 @@ pub fn cached() -> Option<Limits> {
     let path = cache_path()?;
     let t = crate::io::cache::read(&path, &[("limits", DType::F64, &[4])]).ok()??;
     let v: Vec<f64> = t.first()?.to_vec1().ok()?;
-    let limits = Limits {
-        peak_gflops: v[0],
-        gemm_gflops: v[1],
-        memory_gbs: v[2],
-        cache_gbs: v[3],
-        threads: rayon::current_num_threads(),
-    };
-    v.iter()
+    let values: [f64; 4] = v.try_into().ok()?;
+    values
+        .iter()
         .all(|x| x.is_finite() && *x > 0.0)
-        .then_some(limits)
+        .then(|| Limits::from_values(values))
 }
 
 /// Keeps `limits` for [`cached`]; without a cache folder there is nothing to keep them in.
