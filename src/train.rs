@@ -4,7 +4,7 @@
 //! EMA is what gets saved), and light augmentation (horizontal flip, ±2 px shifts).
 use crate::base::error::{Error, Result};
 use crate::io::preprocess::{Interpolation, PreprocessConfig};
-use crate::model::layers::TrainOptions;
+use crate::model::layers::BuildOptions;
 use crate::model::{Config, Network, Plan, Version};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
@@ -345,9 +345,10 @@ impl Run {
         }
         let (varmap, named) = init_vars(cfg)?;
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let options = TrainOptions {
+        let options = BuildOptions {
             differentiable: true,
             generic_ops,
+            ..Default::default()
         };
         let model = Network::new_with(vb, &Plan::convnext(&cfg.config), options)?;
         let opt = Optimisers::new(cfg, &named)?;

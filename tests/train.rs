@@ -2,7 +2,7 @@
 //! saved checkpoint loads back through the normal loader.
 mod common;
 use candle_core::{DType, Device, Tensor};
-use convnext_explorer::model::layers::TrainOptions;
+use convnext_explorer::model::layers::BuildOptions;
 use convnext_explorer::model::{Config, Network, Plan};
 use convnext_explorer::train::*;
 use convnext_explorer::Engine;
@@ -83,7 +83,7 @@ fn gradients_reach_every_parameter() {
     let model = Network::new_with(
         vb,
         &Plan::convnext(&cfg),
-        TrainOptions {
+        BuildOptions {
             differentiable: true,
             ..Default::default()
         },
@@ -140,9 +140,10 @@ fn fused_training_ops_give_candles_gradients() {
             }
         }
         let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let opts = TrainOptions {
+        let opts = BuildOptions {
             differentiable: true,
             generic_ops,
+            ..Default::default()
         };
         let model = Network::new_with(vb, &Plan::convnext(&cfg), opts).unwrap();
         let masks: Vec<Vec<Tensor>> = cfg

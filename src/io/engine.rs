@@ -174,9 +174,9 @@ impl Engine {
 
     pub fn from_checkpoint(ck: Checkpoint, device: &Device, dtype: DType) -> Result<Engine> {
         let info = ck.info;
-        let vb = taking_var_builder(ck.tensors, dtype, device);
         let plan = Plan::convnext(&info.config);
-        let model = Network::new(vb, &plan).map_err(|e| Error::file(&info.path, e))?;
+        let model = build_network(ck.tensors, &plan, device, dtype)
+            .map_err(|e| Error::file(&info.path, e))?;
         Ok(Engine {
             model,
             plan,
@@ -206,8 +206,7 @@ impl Engine {
         let plan = Plan::named(variant, num_classes)?;
         let tensors = plan.random_weights(seed)?;
         let num_params = tensors.values().map(|t| t.elem_count()).sum();
-        let vb = taking_var_builder(tensors, dtype, device);
-        let model = Network::new(vb, &plan)?;
+        let model = build_network(tensors, &plan, device, dtype)?;
         let (labels, label_source) = labels::labels_for(num_classes, None).map_err(Error::Input)?;
         let preprocess = PreprocessConfig::default();
         let origin = format!("{} with seeded random weights (seed {seed})", plan.name);
@@ -261,8 +260,7 @@ impl Engine {
     /// The same architecture, preprocessing and labels with these weights (a model with some
     /// of its parts re-initialised, for the randomisation sanity check).
     pub fn with_weights(&self, tensors: HashMap<String, Tensor>, what: String) -> Result<Engine> {
-        let vb = taking_var_builder(tensors, self.dtype, &self.device);
-        let model = Network::new(vb, &self.plan)?;
+        let model = build_network(tensors, &self.plan, &self.device, self.dtype)?;
         let card = crate::io::card::ModelCard::random(
             &self.labels,
             self.label_source,
@@ -400,6 +398,38 @@ impl Engine {
         let (h, w) = self.preprocess.input_size;
         flops::layers(&self.plan, batch, h, w)
     }
+}
+
+/// The network of `plan` from `tensors`, in `dtype` on `device`.
+///
+/// bf16 on a CPU with the packed GEMM means bf16 matmuls and f32 everywhere else (as
+/// PyTorch's CPU autocast does): the Linear layers and the patch convs multiply bf16-rounded
+/// weights and inputs with f32 sums, while the depthwise convs, the norms, GELU, GRN and the
+/// residual stream stay f32, which keeps their fused kernels and costs little accuracy.
+fn build_network(
+    tensors: HashMap<String, Tensor>,
+    plan: &Plan,
+    device: &Device,
+    dtype: DType,
+) -> candle_core::Result<Network> {
+    if bf16_on_the_packed_gemm(device, dtype) {
+        let vb = taking_var_builder(tensors, DType::F32, device);
+        let options = crate::model::layers::BuildOptions {
+            bf16_matmuls: true,
+            ..Default::default()
+        };
+        return Network::new_with(vb, plan, options);
+    }
+    Network::new(taking_var_builder(tensors, dtype, device), plan)
+}
+
+/// Whether a model in `dtype` on `device` runs as [`build_network`] says: f32 with bf16
+/// matmuls.
+pub fn bf16_on_the_packed_gemm(device: &Device, dtype: DType) -> bool {
+    dtype == DType::BF16
+        && device.is_cpu()
+        && crate::kernels::gemm::available()
+        && std::env::var_os("CONVNEXT_GENERIC_MATMUL").is_none()
 }
 
 /// A VarBuilder that hands each tensor over once and forgets it, so that a layer that repacks its

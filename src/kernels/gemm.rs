@@ -37,7 +37,13 @@ fn mr() -> usize {
 pub struct PackedLinear {
     k: usize,
     n: usize,
+    /// f32 panels `[K][16]`; for bf16 without the CPU's bf16 instructions, of the weight
+    /// rounded to bf16 (empty when `pairs` holds the weight).
     panels: Vec<f32>,
+    /// bf16 panels for `vdpbf16ps`: `[K/2][16]` words, each the pair (k even, k odd) of one
+    /// column (K padded to even with a zero); empty unless the CPU has AVX-512 BF16.
+    pairs: Vec<u32>,
+    precision: Precision,
     bias: Vec<f32>,
     /// `Wᵀ` packed, made on the first backward and kept: attribution, Integrated Gradients and
     /// feature visualisation ask for hundreds of backwards, and repacking every layer's weight
@@ -51,19 +57,63 @@ pub fn available() -> bool {
     crate::kernels::simd::level() != crate::kernels::simd::Level::Baseline
 }
 
+/// What a packed Linear multiplies in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    /// The weight and each input rounded to bf16 (round to nearest even), the products summed
+    /// in f32: `vdpbf16ps` where the CPU has AVX-512 BF16, else the f32 kernel on the
+    /// rounded values (emulated: the same products, summed in another order).
+    Bf16,
+}
+
+/// Whether this CPU multiplies bf16 natively (AVX-512 BF16; `CONVNEXT_SIMD` below avx512
+/// turns it off with the rest of AVX-512).
+pub fn bf16_native() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512() && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `v` rounded to the nearest bf16 (ties to even), as f32.
+fn round_bf16(v: f32) -> f32 {
+    half::bf16::from_f32(v).to_f32()
+}
+
 impl PackedLinear {
     /// `w` is row-major `[n, k]`; `bias` has `n` values.
     pub fn new(w: &[f32], n: usize, k: usize, bias: &[f32]) -> Self {
+        Self::with_precision(w, n, k, bias, Precision::F32)
+    }
+
+    /// [`PackedLinear::new`], multiplying in `precision` (the bias stays f32).
+    pub fn with_precision(
+        w: &[f32],
+        n: usize,
+        k: usize,
+        bias: &[f32],
+        precision: Precision,
+    ) -> Self {
         assert_eq!(w.len(), n * k);
         assert_eq!(bias.len(), n);
         let np = n.div_ceil(NR);
-        let mut panels = vec![0f32; np * k * NR];
-        for p in 0..np {
-            let panel = &mut panels[p * k * NR..(p + 1) * k * NR];
-            for j in 0..NR.min(n - p * NR) {
-                let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[kk * NR + j] = v;
+        let native = precision == Precision::Bf16 && bf16_native();
+        let (mut panels, mut pairs) = (Vec::new(), Vec::new());
+        if native {
+            pairs = pack_pairs(w, n, k);
+        } else {
+            let round = precision == Precision::Bf16;
+            panels = vec![0f32; np * k * NR];
+            for p in 0..np {
+                let panel = &mut panels[p * k * NR..(p + 1) * k * NR];
+                for j in 0..NR.min(n - p * NR) {
+                    let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
+                    for (kk, &v) in row.iter().enumerate() {
+                        panel[kk * NR + j] = if round { round_bf16(v) } else { v };
+                    }
                 }
             }
         }
@@ -73,9 +123,35 @@ impl PackedLinear {
             k,
             n,
             panels,
+            pairs,
+            precision,
             bias: b,
             transposed: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Whether bf16 is multiplied by the CPU's bf16 instructions (false: f32, or emulated).
+    pub fn is_native_bf16(&self) -> bool {
+        !self.pairs.is_empty()
+    }
+
+    /// The weight's value at output `nn`, input `kk`, as this layer multiplies it.
+    fn weight_at(&self, nn: usize, kk: usize) -> f32 {
+        let (p, j) = (nn / NR, nn % NR);
+        if self.is_native_bf16() {
+            let word = self.pairs[(p * self.k.div_ceil(2) + kk / 2) * NR + j];
+            let bits = if kk % 2 == 0 {
+                word & 0xffff
+            } else {
+                word >> 16
+            };
+            return half::bf16::from_bits(bits as u16).to_f32();
+        }
+        self.panels[p * self.k * NR + kk * NR + j]
     }
 
     pub fn in_features(&self) -> usize {
@@ -107,6 +183,31 @@ impl PackedLinear {
         if m == 0 || n == 0 || k == 0 {
             return vec![0f32; m * n];
         }
+        // bf16: the input rounded once per call (not per task), as the kernel reads it.
+        let rounded;
+        let a = match (self.precision, self.is_native_bf16()) {
+            (Precision::F32, _) => Operand::F32(x),
+            (Precision::Bf16, true) => {
+                rounded = BfRows::new(x, k);
+                Operand::Bf16(&rounded)
+            }
+            (Precision::Bf16, false) => {
+                let r: Vec<f32> = x.par_iter().map(|&v| round_bf16(v)).collect();
+                return self.forward_operand(Operand::F32(&r), m, with_bias, epilogue);
+            }
+        };
+        self.forward_operand(a, m, with_bias, epilogue)
+    }
+
+    /// [`forward_with`](Self::forward_with) on an input as the kernel reads it.
+    fn forward_operand(
+        &self,
+        x: Operand,
+        m: usize,
+        with_bias: bool,
+        epilogue: Epilogue,
+    ) -> Vec<f32> {
+        let (k, n) = (self.k, self.n);
         // Not zeroed: the first pass over K writes every element (the tiles cover the rows,
         // the panels the columns), and zeroing a big output first cost a pass over memory.
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
@@ -129,7 +230,7 @@ impl PackedLinear {
                 let rows = rb * rows_per..((rb + 1) * rows_per).min(m);
                 let panels = pg * panels_per..((pg + 1) * panels_per).min(np);
                 let out = out_ptr;
-                self.task(x, rows, panels, with_bias, &epilogue, out);
+                self.task(&x, rows, panels, with_bias, &epilogue, out);
             });
         // SAFETY: the tasks have written all m × n elements (see above) and finished.
         unsafe { out.set_len(m * n) };
@@ -139,7 +240,7 @@ impl PackedLinear {
     /// One task of [`forward_with`](Self::forward_with): `rows` × the columns of `panels`.
     fn task(
         &self,
-        x: &[f32],
+        x: &Operand,
         rows: std::ops::Range<usize>,
         panels: std::ops::Range<usize>,
         with_bias: bool,
@@ -159,7 +260,6 @@ impl PackedLinear {
                     true => 2,
                     false => 1,
                 };
-                let panel = |q: usize| self.panels[q * k * NR + k0 * NR..].as_ptr();
                 let cols = (width * NR).min(n - p * NR);
                 let init = match (k0, with_bias) {
                     (0, true) => Init::Bias(&self.bias[p * NR..(p + width) * NR]),
@@ -174,10 +274,26 @@ impl PackedLinear {
                     // panel from offset k0·16 holds (k − k0)·16 ≥ kc·16 values.
                     unsafe {
                         let c = out.0.add(r * n + p * NR);
-                        let a = (x.as_ptr().add(r * k + k0), k);
-                        match width {
-                            2 => kernel_pair(h, kc, a, (panel(p), panel(p + 1)), init, c, n),
-                            _ => kernel(h, kc, a, panel(p), init, c, n, cols),
+                        match x {
+                            Operand::F32(x) => {
+                                let panel = |q: usize| self.panels[q * k * NR + k0 * NR..].as_ptr();
+                                let a = (x.as_ptr().add(r * k + k0), k);
+                                match width {
+                                    2 => {
+                                        kernel_pair(h, kc, a, (panel(p), panel(p + 1)), init, c, n)
+                                    }
+                                    _ => kernel(h, kc, a, panel(p), init, c, n, cols),
+                                }
+                            }
+                            // k0 and KC are even: the pass starts on a pair.
+                            Operand::Bf16(x) => {
+                                let kp = k.div_ceil(2);
+                                let panel =
+                                    |q: usize| self.pairs[(q * kp + k0 / 2) * NR..].as_ptr();
+                                let a = (x.data.as_ptr().add(r * x.stride + k0), x.stride);
+                                let b = (panel(p), panel(p + width - 1));
+                                kernel_bf16(h, kc.div_ceil(2), a, b, width, init, c, n, cols);
+                            }
                         }
                         if last {
                             epilogue.apply(c, r * n + p * NR, (h, cols), n);
@@ -297,8 +413,7 @@ impl PackedLinear {
                 for jj in 0..NR.min(k - q * NR) {
                     let kk = q * NR + jj;
                     for nn in 0..n {
-                        let (p, j) = (nn / NR, nn % NR);
-                        panel[nn * NR + jj] = self.panels[p * k * NR + kk * NR + j];
+                        panel[nn * NR + jj] = self.weight_at(nn, kk);
                     }
                 }
             });
@@ -306,10 +421,61 @@ impl PackedLinear {
             k: n,
             n: k,
             panels,
+            pairs: Vec::new(),
+            precision: Precision::F32,
             bias: vec![0.0; np_t * NR],
             transposed: std::sync::OnceLock::new(),
         }
     }
+}
+
+/// The input as the tiles read it.
+enum Operand<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a BfRows),
+}
+
+/// Rows of bf16 values (bits), `stride` apart: the input rounded for `vdpbf16ps`, each row
+/// padded to an even length with a zero so that every pair of K is one 32-bit word.
+struct BfRows {
+    data: Vec<u16>,
+    stride: usize,
+}
+
+impl BfRows {
+    fn new(x: &[f32], k: usize) -> Self {
+        let stride = k.div_ceil(2) * 2;
+        let m = x.len() / k.max(1);
+        let mut data = vec![0u16; m * stride];
+        data.par_chunks_mut(stride)
+            .zip(x.par_chunks(k))
+            .for_each(|(dst, src)| {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = half::bf16::from_f32(v).to_bits();
+                }
+            });
+        Self { data, stride }
+    }
+}
+
+/// `w` (`[n, k]`) as bf16 pair panels: word `(p·K/2 + t)·16 + j` holds column `16p + j`'s
+/// values at `2t` (low half) and `2t + 1` (high half), zero past `n` and `k`.
+fn pack_pairs(w: &[f32], n: usize, k: usize) -> Vec<u32> {
+    let (np, kp) = (n.div_ceil(NR), k.div_ceil(2));
+    let bits = |nn: usize, kk: usize| -> u32 {
+        match kk < k {
+            true => u32::from(half::bf16::from_f32(w[nn * k + kk]).to_bits()),
+            false => 0,
+        }
+    };
+    let mut pairs = vec![0u32; np * kp * NR];
+    for nn in 0..n {
+        let (p, j) = (nn / NR, nn % NR);
+        for t in 0..kp {
+            pairs[(p * kp + t) * NR + j] = bits(nn, 2 * t) | (bits(nn, 2 * t + 1) << 16);
+        }
+    }
+    pairs
 }
 
 /// The output buffer, shared by the tasks of one `forward`.
@@ -414,6 +580,43 @@ unsafe fn kernel_pair(
             other => other,
         };
         kernel(rows, k, (a, lda), b, init, c.add(i * NR), ldc, NR);
+    }
+}
+
+/// `rows` (1–12) rows × one or two panels of `c = init + a · panels` in bf16 pairs.
+///
+/// # Safety
+/// The CPU must have AVX-512F and AVX-512 BF16 ([`bf16_native`]); `a` must point at `rows`
+/// rows of `2·kp` readable bf16 values, `lda` apart; each panel at `kp × 16` words (the second
+/// read only when `width` is 2); `c` at `rows` rows of `cols` writable (for `Init::Load`,
+/// initialised) floats, `ldc` apart, with `cols` = 32 when `width` is 2; a bias of
+/// `16·width` values.
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_bf16(
+    rows: usize,
+    kp: usize,
+    a: (*const u16, usize),
+    b: (*const u32, *const u32),
+    width: usize,
+    init: Init,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        tile_by_height!(
+            rows,
+            x86::tile_bf16,
+            (kp, a, b, width == 2, init, c, ldc, cols),
+            [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2]
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // Pairs are packed only where the CPU has AVX-512 BF16 (`bf16_native`).
+        let _ = (rows, kp, a, b, width, init, c, ldc, cols);
+        unreachable!("bf16 pairs without AVX-512 BF16")
     }
 }
 
@@ -580,6 +783,78 @@ mod x86 {
         for r in 0..R {
             _mm512_storeu_ps(c.add(r * ldc), acc0[r]);
             _mm512_storeu_ps(c.add(r * ldc + 16), acc1[r]);
+        }
+    }
+
+    /// `R` rows × one panel (`pair` false; the last `cols` ≤ 16 columns) or two (32 columns)
+    /// with `vdpbf16ps`: per pair of K, one broadcast of the row's two bf16 values and a
+    /// 32-multiply dot per panel, twice the work of an f32 FMA per instruction.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512 BF16; the pointers as for
+    /// [`super::kernel_bf16`].
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn tile_bf16<const R: usize>(
+        kp: usize,
+        (a, lda): (*const u16, usize),
+        (b0, b1): (*const u32, *const u32),
+        pair: bool,
+        init: Init,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        let mask: __mmask16 = if cols >= 16 {
+            0xffff
+        } else {
+            (1u16 << cols) - 1
+        };
+        let (s0, s1) = match init {
+            Init::Bias(bv) if pair => (
+                _mm512_loadu_ps(bv.as_ptr()),
+                _mm512_loadu_ps(bv.as_ptr().add(16)),
+            ),
+            Init::Bias(bv) => (_mm512_loadu_ps(bv.as_ptr()), _mm512_setzero_ps()),
+            _ => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+        };
+        let mut acc0 = [s0; R];
+        let mut acc1 = [s1; R];
+        if let Init::Load = init {
+            for r in 0..R {
+                acc0[r] = _mm512_maskz_loadu_ps(mask, c.add(r * ldc));
+                if pair {
+                    acc1[r] = _mm512_loadu_ps(c.add(r * ldc + 16));
+                }
+            }
+        }
+        let panel = |b: *const u32, t: usize| -> __m512bh {
+            // SAFETY (of the caller's promise): the panel holds kp × 16 words.
+            std::mem::transmute(_mm512_loadu_si512(b.add(t * 16).cast()))
+        };
+        for t in 0..kp {
+            let v0 = panel(b0, t);
+            if pair {
+                let v1 = panel(b1, t);
+                for r in 0..R {
+                    let word = a.add(r * lda + 2 * t).cast::<i32>().read_unaligned();
+                    let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(word));
+                    acc0[r] = _mm512_dpbf16_ps(acc0[r], av, v0);
+                    acc1[r] = _mm512_dpbf16_ps(acc1[r], av, v1);
+                }
+            } else {
+                for r in 0..R {
+                    let word = a.add(r * lda + 2 * t).cast::<i32>().read_unaligned();
+                    let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(word));
+                    acc0[r] = _mm512_dpbf16_ps(acc0[r], av, v0);
+                }
+            }
+        }
+        for r in 0..R {
+            _mm512_mask_storeu_ps(c.add(r * ldc), mask, acc0[r]);
+            if pair {
+                _mm512_storeu_ps(c.add(r * ldc + 16), acc1[r]);
+            }
         }
     }
 }
@@ -764,6 +1039,84 @@ mod tests {
                 };
                 let d = max_diff(&got, &(scaled + &r).unwrap());
                 assert!(d <= 1e-4 * (k as f32).sqrt(), "scale-add {m}x{k}x{n}: {d}");
+            }
+        }
+    }
+
+    /// bf16 (native where the CPU has AVX-512 BF16, else emulated) equals candle's f32 matmul
+    /// of the bf16-rounded input and weight: the products are exact in f32, only the order of
+    /// the sums differs. Covers one and two panels, partial panels, odd K, several passes of
+    /// K, every tile height, and the GELU and scale-add epilogues.
+    #[test]
+    fn bf16_equals_the_matmul_of_rounded_values() {
+        let dev = Device::Cpu;
+        let round = |t: &Tensor| {
+            t.to_dtype(candle_core::DType::BF16)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+        };
+        let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
+            let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+            d.max(0).unwrap().to_scalar().unwrap()
+        };
+        let shapes = [
+            (7, 96, 384),
+            (49, 1000, 33),
+            (13, 801, 20),
+            (12, 24, 47),
+            (11, 7, 16),
+            (5, 3, 32),
+            (100, 160, 40),
+        ];
+        for &(m, k, n) in &shapes {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 0.05, (n, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
+            let lin = Arc::new(PackedLinear::with_precision(
+                &flat(&w),
+                n,
+                k,
+                &flat(&b),
+                Precision::Bf16,
+            ));
+            assert_eq!(lin.is_native_bf16(), bf16_native());
+            let y = round(&x)
+                .matmul(&round(&w).t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let tol = 1e-5 * (k as f32).sqrt() * 4.0;
+            let op = PackedLinearOp {
+                linear: lin.clone(),
+                add_bias: true,
+            };
+            let d = max_diff(&x.apply_op1(op).unwrap(), &y);
+            assert!(d <= tol, "{m}x{k}x{n}: {d}");
+            let gelu = PackedLinearGeluOp {
+                linear: lin.clone(),
+            };
+            let d = max_diff(&x.apply_op1(gelu).unwrap(), &y.gelu_erf().unwrap());
+            assert!(d <= tol, "gelu {m}x{k}x{n}: {d}");
+            let op = PackedLinearScaleAddOp {
+                linear: lin.clone(),
+                gamma: None,
+            };
+            let d = max_diff(&x.apply_op2(&r, op).unwrap(), &(&y + &r).unwrap());
+            assert!(d <= tol, "scale-add {m}x{k}x{n}: {d}");
+            // And it is a bf16 result, not the f32 one: over enough terms the rounding shows.
+            let exact = x
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            if k >= 96 {
+                assert!(
+                    max_diff(&y, &exact) > tol,
+                    "{m}x{k}x{n}: rounding invisible"
+                );
             }
         }
     }

@@ -3,7 +3,7 @@
 //! layers one by one and no gradient is wanted, the conv and the norm run as one op and the
 //! GEMM applies the GELU, the layer scale and the residual add in its epilogues; training
 //! fuses fc1's bias into the GELU and fc2's into the layer scale.
-use super::layers::{Grn, LayerNorm, Linear, TrainOptions};
+use super::layers::{BuildOptions, Grn, LayerNorm, Linear};
 use super::plan::{BlockSpec, Kind};
 use crate::kernels::bias_scale::bias_scale;
 use crate::kernels::depthwise_conv_nhwc;
@@ -32,7 +32,7 @@ pub struct ConvNeXtBlock {
     /// The norm's weight, bias and eps as the fused conv + norm takes them (inference, f32).
     norm_packed: Option<NormValues>,
     /// Whether unobserved runs take the fused kernels above (off for
-    /// [`TrainOptions::generic_ops`]).
+    /// [`BuildOptions::generic_ops`]).
     fused: bool,
 }
 
@@ -82,7 +82,7 @@ impl ConvNeXtBlock {
     }
 
     /// Builds the block of a spec that [`ConvNeXtBlock::matches`].
-    pub fn new(vb: &VarBuilder, spec: &BlockSpec, t: TrainOptions) -> Result<Self> {
+    pub fn new(vb: &VarBuilder, spec: &BlockSpec, t: BuildOptions) -> Result<Self> {
         let b = &spec.branch;
         let find = |want: fn(&Kind) -> bool| b.iter().find(|l| want(&l.kind));
         let (dw, norm, fc1, act) = (&b[0], &b[1], &b[2], &b[3]);
@@ -104,10 +104,9 @@ impl ConvNeXtBlock {
         // differentiable matmul.
         let linear = |id: LayerId, i, o| {
             let vb = vb.pp(id.name());
-            if t.differentiable {
-                Linear::new(vb, i, o)
-            } else {
-                Linear::new_packed(vb, i, o)
+            match t.packing() {
+                None => Linear::new(vb, i, o),
+                Some(precision) => Linear::new_packed(vb, i, o, precision),
             }
         };
         let vdw = vb.pp(dw.id.name());

@@ -4,7 +4,7 @@
 //! convolutions on the depthwise kernel; the rest (dense k×k convolutions, max-pooling) through
 //! candle's NCHW ops.
 use super::convnext_block::dw_kernel_kkc;
-use super::layers::{conv_weight_as_matrix, patchify, Grn, LayerNorm, Linear, TrainOptions};
+use super::layers::{conv_weight_as_matrix, patchify, BuildOptions, Grn, LayerNorm, Linear};
 use super::plan::{Kind, LayerSpec};
 use crate::kernels::depthwise_conv_nhwc;
 use crate::kernels::gelu::gelu;
@@ -96,7 +96,7 @@ impl Op {
         vb: VarBuilder,
         root: &VarBuilder,
         spec: &LayerSpec,
-        t: TrainOptions,
+        t: BuildOptions,
     ) -> Result<Self> {
         let (i, o) = (spec.channels_in, spec.channels_out);
         let optional_bias = |has: bool| has.then(|| vb.get(o, "bias")).transpose();
@@ -120,7 +120,7 @@ impl Op {
                 };
                 // The head's classifier stays unpacked: it sees one row per image, and the
                 // class-evidence map reads its weight.
-                let pack = !t.differentiable && spec.id.is_spatial();
+                let pack = t.packing().filter(|_| spec.id.is_spatial());
                 Op::Linear(Linear::from_tensors(w, b, pack)?)
             }
             Kind::BatchNorm { eps } => {
@@ -218,7 +218,7 @@ fn conv_op(
     weight: Tensor,
     bias: Option<Tensor>,
     (k, stride, pad, groups): (usize, usize, usize, usize),
-    t: TrainOptions,
+    t: BuildOptions,
 ) -> Result<Op> {
     let (i, o) = (spec.channels_in, spec.channels_out);
     let depthwise = groups > 1 && groups == i && i == o;
@@ -245,22 +245,19 @@ fn conv_op(
             Some(b) => b,
             None => Tensor::zeros(o, weight.dtype(), weight.device())?,
         };
-        let linear = Linear::from_tensors(weight.reshape((o, i))?, b, !t.differentiable)?;
+        let linear = Linear::from_tensors(weight.reshape((o, i))?, b, t.packing())?;
         return Ok(Op::Pointwise { linear, stride });
     }
     if k == stride && pad == 0 {
-        let linear = match t.differentiable {
-            true => None,
-            false => {
+        let linear = match t.packing() {
+            None => None,
+            Some(precision) => {
                 let b = match &bias {
                     Some(b) => b.clone(),
                     None => Tensor::zeros(o, weight.dtype(), weight.device())?,
                 };
-                Some(Linear::from_tensors(
-                    conv_weight_as_matrix(&weight)?,
-                    b,
-                    true,
-                )?)
+                let w = conv_weight_as_matrix(&weight)?;
+                Some(Linear::from_tensors(w, b, Some(precision))?)
             }
         };
         return Ok(Op::Patch(PatchConv {

@@ -1,18 +1,33 @@
 //! The small building blocks, all working channels-last (`[..., C]`).
-use crate::kernels::gemm::{PackedLinear, PackedLinearOp};
+use crate::kernels::gemm::{PackedLinear, PackedLinearOp, Precision};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use std::sync::Arc;
 
-/// Options that only matter when training.
+/// How the layers are built: for training, or for inference in f32 or with bf16 matmuls.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct TrainOptions {
+pub struct BuildOptions {
     /// Build differentiable layers and recompute weight layouts every forward.
     pub differentiable: bool,
     /// In ConvNeXt blocks, use candle's generic ops for GELU, LayerNorm, the biases and the
     /// layer scale instead of the fused kernels with their own backward passes: the reference
     /// `train --bench` times. (Layers outside blocks, as in the roadmap's plans, keep theirs.)
     pub generic_ops: bool,
+    /// Inference with the packed Linear layers in bf16 (weights and their inputs rounded to
+    /// bf16, f32 sums; [`Precision::Bf16`]) and every other layer in f32: `--dtype bf16` on a
+    /// CPU with the packed kernel.
+    pub bf16_matmuls: bool,
+}
+
+impl BuildOptions {
+    /// How the Linear layers that may be packed are packed (`None`: training, not packed).
+    pub fn packing(&self) -> Option<Precision> {
+        match (self.differentiable, self.bf16_matmuls) {
+            (true, _) => None,
+            (false, true) => Some(Precision::Bf16),
+            (false, false) => Some(Precision::F32),
+        }
+    }
 }
 
 /// LayerNorm over the last (channel) axis.
@@ -80,34 +95,41 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// Unpacked, on candle's matmul.
     pub fn new(vb: VarBuilder, inp: usize, out: usize) -> Result<Self> {
-        Self::from_tensors(vb.get((out, inp), "weight")?, vb.get(out, "bias")?, false)
+        Self::from_tensors(vb.get((out, inp), "weight")?, vb.get(out, "bias")?, None)
     }
 
-    /// Like `new`, with the weight packed for the fast CPU kernel where it applies
-    /// (`CONVNEXT_GENERIC_MATMUL=1` keeps candle's matmul, for comparisons).
-    pub fn new_packed(vb: VarBuilder, inp: usize, out: usize) -> Result<Self> {
-        Self::from_tensors(vb.get((out, inp), "weight")?, vb.get(out, "bias")?, true)
+    /// Like `new`, with the weight packed in `precision` for the fast CPU kernel where it
+    /// applies (`CONVNEXT_GENERIC_MATMUL=1` keeps candle's matmul, for comparisons).
+    pub fn new_packed(
+        vb: VarBuilder,
+        inp: usize,
+        out: usize,
+        precision: Precision,
+    ) -> Result<Self> {
+        let (w, b) = (vb.get((out, inp), "weight")?, vb.get(out, "bias")?);
+        Self::from_tensors(w, b, Some(precision))
     }
 
-    /// From a `[out, in]` weight and a bias; `pack` as [`Linear::new_packed`].
-    pub fn from_tensors(weight: Tensor, bias: Tensor, pack: bool) -> Result<Self> {
+    /// From a `[out, in]` weight and a bias; `pack` as [`Linear::new_packed`] (`None`: not).
+    pub fn from_tensors(weight: Tensor, bias: Tensor, pack: Option<Precision>) -> Result<Self> {
         let (out, inp) = weight.dims2()?;
         let mut l = Self {
             weight: Some(weight),
             bias,
             packed: None,
         };
-        let use_packed = pack
-            && std::env::var_os("CONVNEXT_GENERIC_MATMUL").is_none()
+        let use_packed = std::env::var_os("CONVNEXT_GENERIC_MATMUL").is_none()
             && crate::kernels::gemm::available()
             && l.bias.device().is_cpu()
             && l.bias.dtype() == DType::F32;
-        if use_packed {
+        if let (Some(precision), true) = (pack, use_packed) {
             if let Some(w) = l.weight.take() {
                 let w: Vec<f32> = w.flatten_all()?.to_vec1()?;
                 let b: Vec<f32> = l.bias.to_vec1()?;
-                l.packed = Some(Arc::new(PackedLinear::new(&w, out, inp, &b)));
+                let p = PackedLinear::with_precision(&w, out, inp, &b, precision);
+                l.packed = Some(Arc::new(p));
             }
         }
         Ok(l)

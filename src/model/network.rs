@@ -8,7 +8,7 @@
 //! (`convnext_block.rs`); every other layer runs as an [`Op`] (`layer_ops.rs`).
 use super::convnext_block::ConvNeXtBlock;
 use super::layer_ops::Op;
-use super::layers::{LayerNorm, TrainOptions};
+use super::layers::{BuildOptions, LayerNorm};
 use super::plan::{BlockSpec, LayerSpec, Plan};
 use crate::model::layer_id::LayerId;
 use crate::model::observer::{report, NoObserver, Observer};
@@ -23,7 +23,7 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
-    fn new(vb: &VarBuilder, spec: &LayerSpec, t: TrainOptions) -> Result<Self> {
+    fn new(vb: &VarBuilder, spec: &LayerSpec, t: BuildOptions) -> Result<Self> {
         Ok(Self {
             id: spec.id,
             op: Op::new(vb.pp(spec.id.name()), vb, spec, t)?,
@@ -36,7 +36,7 @@ impl Layer {
     }
 }
 
-fn build_all(vb: &VarBuilder, specs: &[LayerSpec], t: TrainOptions) -> Result<Vec<Layer>> {
+fn build_all(vb: &VarBuilder, specs: &[LayerSpec], t: BuildOptions) -> Result<Vec<Layer>> {
     specs.iter().map(|s| Layer::new(vb, s, t)).collect()
 }
 
@@ -54,7 +54,7 @@ pub(crate) struct GenericBlock {
 }
 
 impl GenericBlock {
-    fn new(vb: &VarBuilder, spec: &BlockSpec, t: TrainOptions) -> Result<Self> {
+    fn new(vb: &VarBuilder, spec: &BlockSpec, t: BuildOptions) -> Result<Self> {
         Ok(Self {
             branch: build_all(vb, &spec.branch, t)?,
             shortcut: build_all(vb, &spec.shortcut, t)?,
@@ -105,10 +105,10 @@ pub struct Network {
 impl Network {
     /// Builds the network for inference from tensors named as the plan names them.
     pub fn new(vb: VarBuilder, plan: &Plan) -> Result<Self> {
-        Self::new_with(vb, plan, TrainOptions::default())
+        Self::new_with(vb, plan, BuildOptions::default())
     }
 
-    pub fn new_with(vb: VarBuilder, plan: &Plan, t: TrainOptions) -> Result<Self> {
+    pub fn new_with(vb: VarBuilder, plan: &Plan, t: BuildOptions) -> Result<Self> {
         if let Some(cfg) = plan.convnext_config() {
             cfg.validate()
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
