@@ -144,7 +144,7 @@ impl PackedLinear {
         let (p, j) = (nn / NR, nn % NR);
         if self.is_native_bf16() {
             let word = self.pairs[(p * self.k.div_ceil(2) + kk / 2) * NR + j];
-            let bits = if kk % 2 == 0 {
+            let bits = if kk.is_multiple_of(2) {
                 word & 0xffff
             } else {
                 word >> 16
@@ -843,10 +843,10 @@ mod x86 {
                     acc1[r] = _mm512_dpbf16_ps(acc1[r], av, v1);
                 }
             } else {
-                for r in 0..R {
+                for (r, acc) in acc0.iter_mut().enumerate() {
                     let word = a.add(r * lda + 2 * t).cast::<i32>().read_unaligned();
                     let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(word));
-                    acc0[r] = _mm512_dpbf16_ps(acc0[r], av, v0);
+                    *acc = _mm512_dpbf16_ps(*acc, av, v0);
                 }
             }
         }
