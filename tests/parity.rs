@@ -173,3 +173,27 @@ fn half_precision_stays_close_to_f32() {
         assert!(err < 3e-2, "{dt:?}: rel err {err}");
     }
 }
+
+/// bf16 on the CPU (bf16 matmuls, the rest f32): the plain forward, with fc1 handing fc2 its
+/// output in bf16, gives the same bits as the observed one that runs layer by layer in f32
+/// between the matmuls (each matmul rounds its input to bf16 the same way).
+#[test]
+fn bf16_plain_forward_equals_the_observed_one() {
+    let r = load_ref("v1");
+    let e = Engine::load(
+        &fixture("checkpoints/timm_v1.safetensors"),
+        &Device::Cpu,
+        DType::BF16,
+    )
+    .unwrap();
+    let mut cap = CaptureObserver::new(CaptureLevel::All);
+    let observed = e.forward_observed(&r["input"], &mut cap).unwrap();
+    let plain = e.forward(&r["input"]).unwrap();
+    assert_eq!(rel_err(&plain, &observed), 0.0);
+    let err = rel_err(&plain, &r["logits"]);
+    assert!(
+        err > 0.0 && err < 3e-2,
+        "rel err {err} against PyTorch's f32"
+    );
+    eprintln!("bf16 logits: rel err {err:.2e} against PyTorch's f32");
+}

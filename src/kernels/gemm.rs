@@ -199,6 +199,26 @@ impl PackedLinear {
         self.forward_operand(a, m, with_bias, epilogue)
     }
 
+    /// [`forward_with`](Self::forward_with) on an input already in bf16 (as
+    /// [`Epilogue::GeluBf16`] writes it); for a layer with native bf16 pairs and an even K.
+    pub fn forward_bf16_input(
+        &self,
+        x: &[half::bf16],
+        with_bias: bool,
+        epilogue: Epilogue,
+    ) -> Option<Vec<f32>> {
+        use half::slice::HalfFloatSliceExt;
+        if !self.is_native_bf16() || self.k % 2 != 0 || self.k == 0 {
+            return None;
+        }
+        let rows = BfRows {
+            data: x.reinterpret_cast().into(),
+            stride: self.k,
+        };
+        let m = x.len() / self.k;
+        Some(self.forward_operand(Operand::Bf16(&rows), m, with_bias, epilogue))
+    }
+
     /// [`forward_with`](Self::forward_with) on an input as the kernel reads it.
     fn forward_operand(
         &self,
@@ -333,20 +353,38 @@ pub enum Epilogue<'a> {
         gamma: Option<&'a [f32]>,
         residual: &'a [f32],
     },
+    /// The GELU, then each finished tile also written rounded to bf16 into `out` (`[m, n]`):
+    /// fc1's output as fc2 reads it in bf16, with no pass over memory to convert it.
+    GeluBf16 {
+        out: SendPtr16,
+    },
 }
+
+/// A bf16 output (bits), shared by the tasks of one `forward` as [`SendPtr`].
+#[derive(Clone, Copy)]
+pub struct SendPtr16(pub *mut u16);
+// SAFETY: as for `SendPtr`: each task writes only its own tiles of the output.
+unsafe impl Send for SendPtr16 {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for SendPtr16 {}
 
 impl Epilogue<'_> {
     /// Applies to the `h × cols` tile at `c`, element `offset` of the `[m, ldc]` output.
     ///
     /// # Safety
     /// `c` must point at `h` rows of `cols` writable floats, `ldc` apart, at element `offset`
-    /// of the output; a `ScaleAdd` residual has the output's shape.
+    /// of the output; a `ScaleAdd` residual and a `GeluBf16` output have the output's shape.
     unsafe fn apply(&self, c: *mut f32, offset: usize, (h, cols): (usize, usize), ldc: usize) {
         for i in 0..h {
             let row = std::slice::from_raw_parts_mut(c.add(i * ldc), cols);
             match self {
                 Epilogue::None => return,
                 Epilogue::Gelu => crate::kernels::gelu::gelu_in_place(row),
+                Epilogue::GeluBf16 { out } => {
+                    crate::kernels::gelu::gelu_in_place(row);
+                    let dst = std::slice::from_raw_parts_mut(out.0.add(offset + i * ldc), cols);
+                    to_bf16(dst, row);
+                }
                 Epilogue::ScaleAdd { gamma, residual } => {
                     let col = offset % ldc;
                     let res = &residual[offset + i * ldc..offset + i * ldc + cols];
@@ -432,29 +470,49 @@ impl PackedLinear {
 /// The input as the tiles read it.
 enum Operand<'a> {
     F32(&'a [f32]),
-    Bf16(&'a BfRows),
+    Bf16(&'a BfRows<'a>),
 }
 
 /// Rows of bf16 values (bits), `stride` apart: the input rounded for `vdpbf16ps`, each row
 /// padded to an even length with a zero so that every pair of K is one 32-bit word.
-struct BfRows {
-    data: Vec<u16>,
+struct BfRows<'a> {
+    data: std::borrow::Cow<'a, [u16]>,
     stride: usize,
 }
 
-impl BfRows {
+impl BfRows<'_> {
     fn new(x: &[f32], k: usize) -> Self {
         let stride = k.div_ceil(2) * 2;
         let m = x.len() / k.max(1);
         let mut data = vec![0u16; m * stride];
-        data.par_chunks_mut(stride)
-            .zip(x.par_chunks(k))
+        // Chunks of rows, not single rows: a row of stage 0 is 96 values, too little work
+        // for a task of its own.
+        let rows_per = (4096 / stride.max(1)).max(1);
+        data.par_chunks_mut(stride * rows_per)
+            .zip(x.par_chunks(k * rows_per))
             .for_each(|(dst, src)| {
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = half::bf16::from_f32(v).to_bits();
+                for (d, s) in dst.chunks_mut(stride).zip(src.chunks(k)) {
+                    to_bf16(&mut d[..s.len()], s);
                 }
             });
-        Self { data, stride }
+        Self {
+            data: data.into(),
+            stride,
+        }
+    }
+}
+
+/// `dst[i]` = the bits of `src[i]` rounded to bf16 (ties to even), with `vcvtneps2bf16`
+/// where the CPU has it (bf16 pairs are packed only where it does).
+fn to_bf16(dst: &mut [u16], src: &[f32]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if bf16_native() {
+        // SAFETY: the CPU has AVX-512F and AVX-512 BF16.
+        done = unsafe { x86::to_bf16(dst, src) };
+    }
+    for (d, &v) in dst[done..].iter_mut().zip(&src[done..]) {
+        *d = half::bf16::from_f32(v).to_bits();
     }
 }
 
@@ -786,6 +844,21 @@ mod x86 {
         }
     }
 
+    /// Rounds the leading multiple of 16 of `src` into `dst` (as [`super::to_bf16`]) and
+    /// returns how many it did.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512 BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn to_bf16(dst: &mut [u16], src: &[f32]) -> usize {
+        let n = dst.len().min(src.len()) / 16 * 16;
+        for i in (0..n).step_by(16) {
+            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), std::mem::transmute(v));
+        }
+        n
+    }
+
     /// `R` rows × one panel (`pair` false; the last `cols` ≤ 16 columns) or two (32 columns)
     /// with `vdpbf16ps`: per pair of K, one broadcast of the row's two bf16 values and a
     /// 32-multiply dot per panel, twice the work of an f32 FMA per instruction.
@@ -891,6 +964,8 @@ impl CustomOp1 for PackedLinearOp {
 /// no gradient flows.
 pub struct PackedLinearGeluOp {
     pub linear: Arc<PackedLinear>,
+    /// Hand back bf16 (for a next Linear in bf16 that reads it as it is) rather than f32.
+    pub bf16_out: bool,
 }
 
 impl CustomOp1 for PackedLinearGeluOp {
@@ -901,8 +976,18 @@ impl CustomOp1 for PackedLinearGeluOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = super::storage::contiguous_f32(s, l, "packed linear + GELU")?;
         let shape = out_shape(&self.linear, l)?;
-        let out = self.linear.forward_with(x, true, Epilogue::Gelu);
-        Ok((CpuStorage::F32(out), shape))
+        if !self.bf16_out {
+            let out = self.linear.forward_with(x, true, Epilogue::Gelu);
+            return Ok((CpuStorage::F32(out), shape));
+        }
+        let len = shape.elem_count();
+        let mut half: Vec<half::bf16> = Vec::with_capacity(len);
+        let out = SendPtr16(half.as_mut_ptr().cast());
+        self.linear
+            .forward_with(x, true, Epilogue::GeluBf16 { out });
+        // SAFETY: the epilogue has written every tile of the output, all `len` values.
+        unsafe { half.set_len(len) };
+        Ok((CpuStorage::BF16(half), shape))
     }
 }
 
@@ -926,7 +1011,6 @@ impl CustomOp2 for PackedLinearScaleAddOp {
         rs: &CpuStorage,
         rl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = super::storage::contiguous_f32(s, l, "packed linear + scale + add")?;
         let residual = super::storage::contiguous_f32(rs, rl, "packed linear + scale + add")?;
         let shape = out_shape(&self.linear, l)?;
         let gamma = self.gamma.as_deref().map(|g| g.as_slice());
@@ -936,9 +1020,17 @@ impl CustomOp2 for PackedLinearScaleAddOp {
                 rl.shape()
             )
         }
-        let out = self
-            .linear
-            .forward_with(x, true, Epilogue::ScaleAdd { gamma, residual });
+        let epilogue = Epilogue::ScaleAdd { gamma, residual };
+        let out = match (s, l.contiguous_offsets()) {
+            (CpuStorage::BF16(v), Some((a, b))) => self
+                .linear
+                .forward_bf16_input(&v[a..b], true, epilogue)
+                .ok_or_else(|| candle_core::Error::Msg("packed linear: bf16 input".into()))?,
+            _ => {
+                let x = super::storage::contiguous_f32(s, l, "packed linear + scale + add")?;
+                self.linear.forward_with(x, true, epilogue)
+            }
+        };
         Ok((CpuStorage::F32(out), shape))
     }
 }
@@ -1023,6 +1115,7 @@ mod tests {
             };
             let gelu = PackedLinearGeluOp {
                 linear: lin.clone(),
+                bf16_out: false,
             };
             let got = x.apply_op1(gelu).unwrap();
             let d = max_diff(&got, &y.gelu_erf().unwrap());
@@ -1097,6 +1190,7 @@ mod tests {
             assert!(d <= tol, "{m}x{k}x{n}: {d}");
             let gelu = PackedLinearGeluOp {
                 linear: lin.clone(),
+                bf16_out: false,
             };
             let d = max_diff(&x.apply_op1(gelu).unwrap(), &y.gelu_erf().unwrap());
             assert!(d <= tol, "gelu {m}x{k}x{n}: {d}");

@@ -240,7 +240,10 @@ impl ConvNeXtBlock {
         if self.gamma.is_some() && self.gamma_packed.is_none() {
             return Ok(None);
         }
-        let Some(h) = self.fc1.forward_gelu_fused(y)? else {
+        // In bf16 with no GRN between them, fc1 hands fc2 its output in bf16 (half the bytes,
+        // and no conversion pass): fc2 rounds its input to bf16 anyway.
+        let bf16 = self.grn.is_none() && self.fc2.takes_bf16();
+        let Some(h) = self.fc1.forward_gelu_fused(y, bf16)? else {
             return Ok(None);
         };
         let h = match &self.grn {

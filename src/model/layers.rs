@@ -169,11 +169,15 @@ impl Linear {
 impl Linear {
     /// `gelu(x Wᵀ + b)` in one pass where the packed kernel runs (`None` elsewhere). No
     /// gradient flows through it.
-    pub fn forward_gelu_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
+    ///
+    /// `bf16_out`: hand back bf16 where this layer multiplies in native bf16, for a next
+    /// Linear in native bf16 to read as it is ([`Linear::takes_bf16`]).
+    pub fn forward_gelu_fused(&self, x: &Tensor, bf16_out: bool) -> Result<Option<Tensor>> {
         let Some(linear) = self.packed(x) else {
             return Ok(None);
         };
-        let op = crate::kernels::gemm::PackedLinearGeluOp { linear };
+        let bf16_out = bf16_out && linear.is_native_bf16();
+        let op = crate::kernels::gemm::PackedLinearGeluOp { linear, bf16_out };
         Ok(Some(x.contiguous()?.apply_op1(op)?))
     }
 
@@ -185,8 +189,12 @@ impl Linear {
         gamma: Option<&Arc<Vec<f32>>>,
         residual: &Tensor,
     ) -> Result<Option<Tensor>> {
-        let Some(linear) = self.packed(x) else {
-            return Ok(None);
+        let linear = match (&self.packed, x.dtype()) {
+            (Some(p), DType::BF16) if self.takes_bf16() && x.device().is_cpu() => p.clone(),
+            _ => match self.packed(x) {
+                Some(p) => p,
+                None => return Ok(None),
+            },
         };
         if residual.dtype() != DType::F32 || !residual.device().is_cpu() {
             return Ok(None);
@@ -216,6 +224,14 @@ impl Linear {
 
     pub fn is_packed(&self) -> bool {
         self.packed.is_some()
+    }
+
+    /// Whether [`Linear::forward_scale_add_fused`] takes a bf16 input as it is (packed in
+    /// native bf16, with an even K).
+    pub fn takes_bf16(&self) -> bool {
+        self.packed
+            .as_ref()
+            .is_some_and(|p| p.is_native_bf16() && p.in_features() % 2 == 0)
     }
 
     fn packed(&self, x: &Tensor) -> Option<Arc<PackedLinear>> {
