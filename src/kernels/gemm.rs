@@ -208,7 +208,7 @@ impl PackedLinear {
         epilogue: Epilogue,
     ) -> Option<Vec<f32>> {
         use half::slice::HalfFloatSliceExt;
-        if !self.is_native_bf16() || self.k % 2 != 0 || self.k == 0 {
+        if !self.is_native_bf16() || !self.k.is_multiple_of(2) || self.k == 0 {
             return None;
         }
         let rows = BfRows {
@@ -854,7 +854,10 @@ mod x86 {
         let n = dst.len().min(src.len()) / 16 * 16;
         for i in (0..n).step_by(16) {
             let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), std::mem::transmute(v));
+            _mm256_storeu_si256(
+                dst.as_mut_ptr().add(i).cast(),
+                std::mem::transmute::<__m256bh, __m256i>(v),
+            );
         }
         n
     }

@@ -231,7 +231,7 @@ impl Linear {
     pub fn takes_bf16(&self) -> bool {
         self.packed
             .as_ref()
-            .is_some_and(|p| p.is_native_bf16() && p.in_features() % 2 == 0)
+            .is_some_and(|p| p.is_native_bf16() && p.in_features().is_multiple_of(2))
     }
 
     fn packed(&self, x: &Tensor) -> Option<Arc<PackedLinear>> {
