@@ -2,7 +2,7 @@
 //! touches candle.
 use crate::analysis::stats::FeatureMap;
 use crate::analysis::trace::{CaptureLevel, CaptureObserver};
-use crate::base::device::{device_name, dtype_name};
+use crate::base::device::device_name;
 use crate::io::engine::{Engine, ModelSpec, Prediction};
 use crate::io::preprocess;
 use crate::model::flops::LayerInfo;
@@ -153,7 +153,7 @@ pub fn model_view(engine: &Engine, spec: ModelSpec) -> anyhow::Result<ModelView>
         num_params: engine.num_params,
         input_size: engine.preprocess.input_size,
         device: device_name(&engine.device),
-        dtype: dtype_name(engine.dtype).to_string(),
+        dtype: engine.precision(),
         is_random: engine.is_random(),
         layers: engine.layers(1),
         gammas: engine.model.gammas()?,

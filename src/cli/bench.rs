@@ -78,6 +78,8 @@ struct BenchReport {
     size: [usize; 2],
     device: String,
     dtype: &'static str,
+    /// What the dtype means here (bf16 on the CPU: native or emulated bf16 matmuls).
+    precision: String,
     threads: usize,
     iters: usize,
     median_ms: f64,
@@ -197,6 +199,7 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
         size: [h, w],
         device: device_name(dev),
         dtype: dtype_name(a.dtype),
+        precision: engine.precision(),
         threads: candle_core::utils::get_num_threads(),
         iters: a.iters,
         median_ms: median(&plain),
@@ -622,7 +625,15 @@ fn print_roofline(r: &Roofline) {
 fn print_report(r: &BenchReport) {
     println!(
         "{} batch {} {}×{} on {} {}: median {:.2} ms, min {:.2} ms over {} runs",
-        r.model, r.batch, r.size[0], r.size[1], r.device, r.dtype, r.median_ms, r.min_ms, r.iters
+        r.model,
+        r.batch,
+        r.size[0],
+        r.size[1],
+        r.device,
+        r.precision,
+        r.median_ms,
+        r.min_ms,
+        r.iters
     );
     if let Some(m) = &r.memory {
         println!(

@@ -26,6 +26,9 @@ pub struct EvalArgs {
     /// Images per forward.
     #[arg(long, default_value_t = 16, value_parser = super::batch_arg)]
     batch: usize,
+    /// f32, bf16 (on the CPU: bf16 matmuls, the rest f32) or f16.
+    #[arg(long, default_value = "f32", value_parser = super::dtype_arg)]
+    dtype: DType,
 }
 
 pub fn run(ctx: &Context, a: &EvalArgs) -> Result<()> {
@@ -36,7 +39,7 @@ pub fn run(ctx: &Context, a: &EvalArgs) -> Result<()> {
 }
 
 fn fashion(ctx: &Context, a: &EvalArgs) -> Result<()> {
-    let engine = ctx.engine(None, DType::F32)?;
+    let engine = ctx.engine(None, a.dtype)?;
     let mut test = fashion_mnist(&a.data.data, "t10k")?;
     if let Some(l) = a.data.limit {
         test.labels.truncate(l);
@@ -44,12 +47,14 @@ fn fashion(ctx: &Context, a: &EvalArgs) -> Result<()> {
     let xt = prepare_dataset(&test, &engine.preprocess)?;
     let acc = accuracy(&engine.model, &xt, &test.labels, 500)?;
     if a.json {
-        let j = serde_json::json!({"images": test.labels.len(), "top1": acc});
+        let dtype = crate::base::device::dtype_name(a.dtype);
+        let j = serde_json::json!({"images": test.labels.len(), "top1": acc, "dtype": dtype});
         println!("{j}");
     } else {
         println!(
-            "{}: top-1 {:.2}% on {} Fashion-MNIST test images",
+            "{} in {}: top-1 {:.2}% on {} Fashion-MNIST test images",
             engine.source,
+            crate::base::device::dtype_name(a.dtype),
             100.0 * acc,
             test.labels.len()
         );
@@ -70,7 +75,7 @@ impl Progress for Terminal {
 }
 
 fn folder(ctx: &Context, a: &EvalArgs, dir: &std::path::Path) -> Result<()> {
-    let engine = ctx.engine(None, DType::F32)?;
+    let engine = ctx.engine(None, a.dtype)?;
     let opts = FolderOptions {
         limit: a.data.limit,
         batch: a.batch,

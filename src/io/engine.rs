@@ -228,6 +228,21 @@ impl Engine {
         })
     }
 
+    /// The dtype, for people: for bf16 on the packed GEMM also what it means on this CPU
+    /// (native bf16 matmuls, or emulated ones), the rest being f32.
+    pub fn precision(&self) -> String {
+        let name = crate::base::device::dtype_name(self.dtype);
+        if !bf16_on_the_packed_gemm(&self.device, self.dtype) {
+            return name.to_string();
+        }
+        match crate::kernels::gemm::bf16_native() {
+            true => format!("{name} (matmuls on AVX-512 BF16, the rest f32)"),
+            false => format!(
+                "{name} emulated (no AVX-512 BF16 on this CPU: matmuls of bf16-rounded values in f32, the rest f32)"
+            ),
+        }
+    }
+
     /// The ConvNeXt configuration, for a ConvNeXt (not a roadmap step).
     pub fn config(&self) -> Option<&crate::model::Config> {
         self.plan.convnext_config()
