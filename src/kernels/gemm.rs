@@ -234,21 +234,28 @@ impl PackedLinear {
         let np = n.div_ceil(NR);
         let mr = mr();
         let rows_per = (mr * (A_BLOCK / (k.min(KC) * mr).max(1)).max(1)).min(m);
-        let row_blocks = m.div_ceil(rows_per);
         let threads = rayon::current_num_threads().max(1);
+        // Equal tasks, as many as a multiple of the threads: the blocks of at most `rows_per`
+        // rows had been cut from the top, leaving a short last block (stage 1's fc1 at batch
+        // 1: 252, 252, 252 and 28 rows, so one thread did 504 rows and the other 280).
+        let mut row_blocks = m.div_ceil(rows_per);
+        if row_blocks >= 2 * threads {
+            row_blocks = row_blocks.div_ceil(threads) * threads;
+        }
         let panel_groups = if row_blocks >= 2 * threads {
             1
         } else {
-            np.min(4 * threads / row_blocks.max(1)).max(1)
+            np.div_ceil(2).min(4 * threads / row_blocks.max(1)).max(1)
         };
-        let panels_per = np.div_ceil(panel_groups);
         let out_ptr = SendPtr(out.as_mut_ptr());
         (0..row_blocks * panel_groups)
             .into_par_iter()
             .for_each(|t| {
                 let (rb, pg) = (t / panel_groups, t % panel_groups);
-                let rows = rb * rows_per..((rb + 1) * rows_per).min(m);
-                let panels = pg * panels_per..((pg + 1) * panels_per).min(np);
+                let rows = even_part(m, row_blocks, rb);
+                // Groups of whole pairs of panels, for the two-panel tile.
+                let pairs = even_part(np.div_ceil(2), panel_groups, pg);
+                let panels = 2 * pairs.start..(2 * pairs.end).min(np);
                 let out = out_ptr;
                 self.task(&x, rows, panels, with_bias, &epilogue, out);
             });
@@ -324,6 +331,12 @@ impl PackedLinear {
             }
         }
     }
+}
+
+/// Part `i` of `0..n` cut into `parts` parts whose sizes differ by at most one.
+fn even_part(n: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
+    let parts = parts.max(1);
+    i * n / parts..(i + 1) * n / parts
 }
 
 /// K per pass of a task: a panel's `KC × 16` block (24 KB) stays in L1 across the row tiles.
