@@ -277,8 +277,13 @@ impl PackedLinear {
         let (k, n) = (self.k, self.n);
         let r0 = rows.start;
         let tiles = tile_rows(rows.len(), mr());
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
+        // bf16 pairs take half the bytes: twice the K in the same L1 footprint.
+        let pass = match x {
+            Operand::F32(_) => KC,
+            Operand::Bf16(_) => 2 * KC,
+        };
+        for k0 in (0..k).step_by(pass) {
+            let kc = pass.min(k - k0);
             let last = k0 + kc == k;
             let mut p = panels.start;
             while p < panels.end {
