@@ -40,10 +40,58 @@ fn fma_loop(rounds: usize) -> f32 {
     std::hint::black_box(acc).iter().sum()
 }
 
+/// Peak GFLOP/s of `vdpbf16ps` (a bf16 pair's two multiply-adds per f32 lane) on every thread
+/// of the pool at once, the roof of the bf16 matmuls; `None` where the CPU lacks AVX-512 BF16.
+pub fn bf16_dot_gflops() -> Option<f64> {
+    if !crate::kernels::gemm::bf16_native() {
+        return None;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let rounds = 2_000_000;
+    let flops = (CHAINS * 16 * 4) as f64 * rounds as f64 * threads as f64;
+    #[cfg(target_arch = "x86_64")]
+    return Some(
+        best_rate(5, flops, || {
+            let s: f32 = (0..threads)
+                .into_par_iter()
+                // SAFETY: the CPU has AVX-512F and AVX-512 BF16 (checked above).
+                .map(|_| unsafe { x86::dot_bf16(rounds) })
+                .sum();
+            std::hint::black_box(s);
+        }) / 1e9,
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = flops;
+        None
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::CHAINS;
     use std::arch::x86_64::*;
+
+    /// `rounds` rounds of `CHAINS` independent `vdpbf16ps` chains.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512 BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn dot_bf16(rounds: usize) -> f32 {
+        // 1.0 and 1e-3 in bf16: the sums grow slowly and stay finite.
+        let pair = |bits: u32| -> __m512bh {
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32((bits << 16 | bits) as i32))
+        };
+        let (a, b) = std::hint::black_box((pair(0x3f80), pair(0x3a83)));
+        let mut acc = std::hint::black_box([_mm512_setzero_ps(); CHAINS]);
+        for _ in 0..rounds {
+            for v in acc.iter_mut() {
+                *v = _mm512_dpbf16_ps(*v, a, b);
+            }
+        }
+        let acc = std::hint::black_box(acc);
+        acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
+    }
 
     /// # Safety
     /// The CPU must have AVX-512F.
@@ -169,6 +217,13 @@ mod tests {
         assert!(c.is_finite() && c > 0.1, "{c}");
         let l = cache_copy_gbs();
         assert!(l.is_finite() && l > 0.1, "{l}");
+    }
+
+    #[test]
+    fn the_bf16_loop_measures_where_the_cpu_has_it() {
+        let b = bf16_dot_gflops();
+        assert_eq!(b.is_some(), crate::kernels::gemm::bf16_native());
+        assert!(b.is_none_or(|b| b.is_finite() && b > 0.1), "{b:?}");
     }
 
     #[test]
