@@ -177,15 +177,27 @@ fn fused_conv_and_norm_equal_candles_ops() {
             Arc::new(lw.to_vec1::<f32>().unwrap()),
             Arc::new(lb.to_vec1::<f32>().unwrap()),
         );
-        let fused = depthwise_conv_layer_norm(&x, &wt, &b, (&vw, &vb, 1e-6))
+        let fused = depthwise_conv_layer_norm(&x, &wt, &b, (&vw, &vb, 1e-6), false)
             .unwrap()
             .expect("f32 on the CPU, no gradient: fused");
+        // The bf16 output is the f32 one rounded (ties to even), value for value.
+        let in_bf16 = depthwise_conv_layer_norm(&x, &wt, &b, (&vw, &vb, 1e-6), true)
+            .unwrap()
+            .expect("fused");
+        assert_eq!(in_bf16.dtype(), DType::BF16);
+        let rounded = fused.to_dtype(DType::BF16).unwrap();
+        let bits = |t: &Tensor| -> Vec<u16> {
+            let v: Vec<half::bf16> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|h| h.to_bits()).collect()
+        };
+        assert_eq!(bits(&in_bf16), bits(&rounded), "{shape:?}: bf16 output");
         let conv = candle_grouped(&x, &wt, &b).contiguous().unwrap();
         let want = candle_nn::ops::layer_norm(&conv, &lw, &lb, 1e-6).unwrap();
         let e = max_rel(&fused, &want);
         assert!(e < 1e-4, "{shape:?}: rel err {e}");
         let tracked = Var::from_tensor(&x).unwrap();
-        let refused = depthwise_conv_layer_norm(tracked.as_tensor(), &wt, &b, (&vw, &vb, 1e-6));
+        let refused =
+            depthwise_conv_layer_norm(tracked.as_tensor(), &wt, &b, (&vw, &vb, 1e-6), false);
         assert!(
             refused.unwrap().is_none(),
             "a tracked input takes the ops with gradients"

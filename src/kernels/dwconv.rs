@@ -46,11 +46,15 @@ pub fn depthwise_conv_nhwc_reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Resu
 /// The depthwise conv and the LayerNorm after it in one pass over memory (`norm(conv(x))`,
 /// each output row normalised as soon as it is made), where no gradient is wanted: inference
 /// on the CPU in f32; `None` elsewhere. `ln` is the norm's weight, bias and eps.
+///
+/// `bf16_out`: hand the result back rounded to bf16 (for a Linear in native bf16 to read as it
+/// is), each row rounded while in the cache, with no f32 copy of the output.
 pub fn depthwise_conv_layer_norm(
     x: &Tensor,
     w: &Tensor,
     b: &Tensor,
     ln: (&std::sync::Arc<Vec<f32>>, &std::sync::Arc<Vec<f32>>, f32),
+    bf16_out: bool,
 ) -> Result<Option<Tensor>> {
     check_shapes(x, w, b)?;
     let c = x.dim(3)?;
@@ -64,6 +68,7 @@ pub fn depthwise_conv_layer_norm(
         weight: ln.0.clone(),
         bias: ln.1.clone(),
         eps: ln.2,
+        bf16_out,
     };
     Ok(Some(x.contiguous()?.apply_op3(
         &w.contiguous()?,
@@ -77,6 +82,7 @@ struct DwConvLayerNorm {
     weight: std::sync::Arc<Vec<f32>>,
     bias: std::sync::Arc<Vec<f32>>,
     eps: f32,
+    bf16_out: bool,
 }
 
 impl CustomOp3 for DwConvLayerNorm {
@@ -95,7 +101,26 @@ impl CustomOp3 for DwConvLayerNorm {
     ) -> Result<(CpuStorage, Shape)> {
         let (lw, lb, eps) = (&self.weight[..], &self.bias[..], self.eps);
         let norm = move |row: &mut [f32]| super::layer_norm::normalise_rows(row, lw, lb, eps);
-        forward_cpu_then(s1, l1, s2, l2, s3, l3, &norm)
+        if !self.bf16_out {
+            return forward_cpu_then(s1, l1, s2, l2, s3, l3, &norm);
+        }
+        let (n, h, w, c) = l1.shape().dims4()?;
+        let k = l2.shape().dims()[0];
+        let (x, wt, b) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
+        let len = n * h * w * c;
+        let mut out: Vec<half::bf16> = Vec::with_capacity(len);
+        let dst = super::gemm::SendPtr16(out.as_mut_ptr().cast());
+        let emit = |i: usize, row: &mut [f32]| {
+            norm(row);
+            // SAFETY: row `i` of the `n·h` rows of `w·c` values lies inside `out`'s capacity,
+            // and each row is emitted once, by one thread.
+            let d = unsafe { std::slice::from_raw_parts_mut(dst.at(i * row.len()), row.len()) };
+            super::gemm::to_bf16(d, row);
+        };
+        dwconv_rows(&x, &wt, Some(&b), (n, h, w, c, k), &emit);
+        // SAFETY: `dwconv_rows` has emitted every row, so all `len` values are written.
+        unsafe { out.set_len(len) };
+        Ok((CpuStorage::BF16(out), l1.shape().clone()))
     }
 }
 
@@ -437,6 +462,27 @@ pub fn dwconv_f32_then(
     } else {
         out.par_chunks_mut(row).enumerate().for_each(work);
     }
+}
+
+/// The conv, each output row made in a scratch row of its thread and handed to `emit` with its
+/// index (of `n·h`): for outputs kept in another form (bf16) than the f32 the kernel computes.
+fn dwconv_rows(
+    x: &[f32],
+    wt: &[f32],
+    b: Option<&[f32]>,
+    (n, h, w, c, k): (usize, usize, usize, usize, usize),
+    emit: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    let plane = h * w * c;
+    (0..n * h).into_par_iter().for_each_init(
+        || vec![0f32; w * c],
+        |row, nh| {
+            let (ni, oh) = (nh / h, nh % h);
+            let x = &x[ni * plane..(ni + 1) * plane];
+            dw_row(row, x, wt, b, oh, h, w, c, k);
+            emit(nh, row);
+        },
+    );
 }
 
 /// One output row, with the widest register blocking this CPU has room for: AVX-512, four

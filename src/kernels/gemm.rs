@@ -386,6 +386,17 @@ unsafe impl Send for SendPtr16 {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for SendPtr16 {}
 
+impl SendPtr16 {
+    /// The pointer `i` values on (a method, so that a closure captures the whole `Sync`
+    /// struct, not its raw pointer field).
+    ///
+    /// # Safety
+    /// As for `pointer::add`: `i` must stay inside the allocation.
+    pub unsafe fn at(&self, i: usize) -> *mut u16 {
+        self.0.add(i)
+    }
+}
+
 impl Epilogue<'_> {
     /// Applies to the `h × cols` tile at `c`, element `offset` of the `[m, ldc]` output.
     ///
@@ -522,7 +533,7 @@ impl BfRows<'_> {
 
 /// `dst[i]` = the bits of `src[i]` rounded to bf16 (ties to even), with `vcvtneps2bf16`
 /// where the CPU has it (bf16 pairs are packed only where it does).
-fn to_bf16(dst: &mut [u16], src: &[f32]) {
+pub(crate) fn to_bf16(dst: &mut [u16], src: &[f32]) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if bf16_native() {
@@ -995,17 +1006,15 @@ impl CustomOp1 for PackedLinearGeluOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = super::storage::contiguous_f32(s, l, "packed linear + GELU")?;
         let shape = out_shape(&self.linear, l)?;
         if !self.bf16_out {
-            let out = self.linear.forward_with(x, true, Epilogue::Gelu);
+            let out = forward_storage(&self.linear, s, l, Epilogue::Gelu)?;
             return Ok((CpuStorage::F32(out), shape));
         }
         let len = shape.elem_count();
         let mut half: Vec<half::bf16> = Vec::with_capacity(len);
         let out = SendPtr16(half.as_mut_ptr().cast());
-        self.linear
-            .forward_with(x, true, Epilogue::GeluBf16 { out });
+        forward_storage(&self.linear, s, l, Epilogue::GeluBf16 { out })?;
         // SAFETY: the epilogue has written every tile of the output, all `len` values.
         unsafe { half.set_len(len) };
         Ok((CpuStorage::BF16(half), shape))
@@ -1042,17 +1051,31 @@ impl CustomOp2 for PackedLinearScaleAddOp {
             )
         }
         let epilogue = Epilogue::ScaleAdd { gamma, residual };
-        let out = match (s, l.contiguous_offsets()) {
-            (CpuStorage::BF16(v), Some((a, b))) => self
-                .linear
-                .forward_bf16_input(&v[a..b], true, epilogue)
-                .ok_or_else(|| candle_core::Error::Msg("packed linear: bf16 input".into()))?,
-            _ => {
-                let x = super::storage::contiguous_f32(s, l, "packed linear + scale + add")?;
-                self.linear.forward_with(x, true, epilogue)
-            }
-        };
+        let out = forward_storage(&self.linear, s, l, epilogue)?;
         Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// `linear` (with its bias) and `epilogue` on a contiguous input: f32, or bf16 for a layer
+/// that multiplies in native bf16 ([`PackedLinear::forward_bf16_input`]).
+fn forward_storage(
+    linear: &PackedLinear,
+    s: &CpuStorage,
+    l: &Layout,
+    epilogue: Epilogue,
+) -> Result<Vec<f32>> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::BF16(v), Some((a, b))) => linear
+            .forward_bf16_input(&v[a..b], true, epilogue)
+            .ok_or_else(|| {
+                candle_core::Error::Msg(
+                    "packed linear: bf16 input for a layer not in native bf16".into(),
+                )
+            }),
+        _ => {
+            let x = super::storage::contiguous_f32(s, l, "packed linear")?;
+            Ok(linear.forward_with(x, true, epilogue))
+        }
     }
 }
 

@@ -176,9 +176,11 @@ impl ConvNeXtBlock {
         };
         // Nobody looks at the layers one by one and no gradient is wanted: the fused kernels.
         let fast = self.fused && !obs.sees_outputs() && keep.is_none() && !x.track_op();
+        // In bf16 the norm's output goes to fc1 in bf16, where the fused MLP will take it.
+        let bf16 = self.mlp_fusable() && self.fc1.takes_bf16();
         let conv_norm = match (&self.norm_packed, fast) {
             (Some((w, b, eps)), true) => {
-                depthwise_conv_layer_norm(x, &kkc, &self.dw_bias, (w, b, *eps))?
+                depthwise_conv_layer_norm(x, &kkc, &self.dw_bias, (w, b, *eps), bf16)?
             }
             _ => None,
         };
@@ -234,10 +236,7 @@ impl ConvNeXtBlock {
     /// (two passes over memory fewer than one op per layer), where both Linears are packed and
     /// no gradient flows; `None` elsewhere.
     fn mlp_fused(&self, y: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
-        if !self.fc1.is_packed() || !self.fc2.is_packed() {
-            return Ok(None);
-        }
-        if self.gamma.is_some() && self.gamma_packed.is_none() {
+        if !self.mlp_fusable() {
             return Ok(None);
         }
         // In bf16 with no GRN between them, fc1 hands fc2 its output in bf16 (half the bytes,
@@ -252,6 +251,14 @@ impl ConvNeXtBlock {
         };
         self.fc2
             .forward_scale_add_fused(&h, self.gamma_packed.as_ref(), x)
+    }
+
+    /// Whether [`Self::mlp_fused`] runs (on a CPU input): both Linears packed, and the layer
+    /// scale's values ready for fc2's epilogue.
+    fn mlp_fusable(&self) -> bool {
+        self.fc1.is_packed()
+            && self.fc2.is_packed()
+            && (self.gamma.is_none() || self.gamma_packed.is_some())
     }
 
     pub fn gamma(&self) -> Option<&Tensor> {

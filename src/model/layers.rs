@@ -173,7 +173,7 @@ impl Linear {
     /// `bf16_out`: hand back bf16 where this layer multiplies in native bf16, for a next
     /// Linear in native bf16 to read as it is ([`Linear::takes_bf16`]).
     pub fn forward_gelu_fused(&self, x: &Tensor, bf16_out: bool) -> Result<Option<Tensor>> {
-        let Some(linear) = self.packed(x) else {
+        let Some(linear) = self.packed_fused(x) else {
             return Ok(None);
         };
         let bf16_out = bf16_out && linear.is_native_bf16();
@@ -189,12 +189,8 @@ impl Linear {
         gamma: Option<&Arc<Vec<f32>>>,
         residual: &Tensor,
     ) -> Result<Option<Tensor>> {
-        let linear = match (&self.packed, x.dtype()) {
-            (Some(p), DType::BF16) if self.takes_bf16() && x.device().is_cpu() => p.clone(),
-            _ => match self.packed(x) {
-                Some(p) => p,
-                None => return Ok(None),
-            },
+        let Some(linear) = self.packed_fused(x) else {
+            return Ok(None);
         };
         if residual.dtype() != DType::F32 || !residual.device().is_cpu() {
             return Ok(None);
@@ -226,12 +222,21 @@ impl Linear {
         self.packed.is_some()
     }
 
-    /// Whether [`Linear::forward_scale_add_fused`] takes a bf16 input as it is (packed in
-    /// native bf16, with an even K).
+    /// Whether the fused ops ([`Linear::forward_gelu_fused`],
+    /// [`Linear::forward_scale_add_fused`]) take a bf16 input as it is (packed in native bf16,
+    /// with an even K).
     pub fn takes_bf16(&self) -> bool {
         self.packed
             .as_ref()
             .is_some_and(|p| p.is_native_bf16() && p.in_features().is_multiple_of(2))
+    }
+
+    /// The packed layer for a fused op on `x`: f32, or bf16 where the layer takes it as it is.
+    fn packed_fused(&self, x: &Tensor) -> Option<Arc<PackedLinear>> {
+        match (&self.packed, x.dtype()) {
+            (Some(p), DType::BF16) if self.takes_bf16() && x.device().is_cpu() => Some(p.clone()),
+            _ => self.packed(x),
+        }
     }
 
     fn packed(&self, x: &Tensor) -> Option<Arc<PackedLinear>> {
