@@ -54,7 +54,7 @@ fn fashion(ctx: &Context, a: &EvalArgs) -> Result<()> {
         println!(
             "{} in {}: top-1 {:.2}% on {} Fashion-MNIST test images",
             engine.source,
-            crate::base::device::dtype_name(a.dtype),
+            engine.precision(),
             100.0 * acc,
             test.labels.len()
         );

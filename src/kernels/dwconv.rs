@@ -525,13 +525,14 @@ fn dw_row(
         /// Only on a CPU with AVX-512F, AVX2 and FMA; `r.fits(out)`.
         #[target_feature(enable = "avx512f,avx2,fma")]
         unsafe fn w512(out: &mut [f32], r: &Row) {
-            dw_row_impl::<4, 32>(out, r, Some(x86::block512::<4>))
+            let tail: Tail = (x86::tail512::<4>, x86::tail512::<1>);
+            dw_row_impl::<4, 32>(out, r, Some(x86::block512::<4>), Some(tail))
         }
         /// # Safety
         /// Only on a CPU with AVX2 and FMA; `r.fits(out)`.
         #[target_feature(enable = "avx2,fma")]
         unsafe fn w256(out: &mut [f32], r: &Row) {
-            dw_row_impl::<4, 16>(out, r, Some(x86::block256::<4>))
+            dw_row_impl::<4, 16>(out, r, Some(x86::block256::<4>), None)
         }
         use crate::kernels::simd::{level, Level};
         match level() {
@@ -543,7 +544,7 @@ fn dw_row(
         }
     }
     // SAFETY: no SIMD block is given.
-    unsafe { dw_row_impl::<1, 32>(out, &r, None) }
+    unsafe { dw_row_impl::<1, 32>(out, &r, None, None) }
 }
 
 /// One output row's inputs: the image's plane, the `[K, K, C]` weight, the bias, the output
@@ -579,6 +580,16 @@ impl Row<'_> {
 /// The CPU must have the block's instructions; the row as [`dw_row_impl`] calls it.
 type Block = unsafe fn(&mut [f32], &Row, std::ops::Range<usize>, (usize, usize));
 
+/// Blocks for the last `n < CB` channels, `(ow, c0, n)`: `PW` interior pixels, and one pixel
+/// with its taps clipped to the row, with masked loads and stores.
+///
+/// # Safety
+/// As for [`Block`].
+type Tail = (
+    unsafe fn(&mut [f32], &Row, std::ops::Range<usize>, (usize, usize, usize)),
+    unsafe fn(&mut [f32], &Row, std::ops::Range<usize>, (usize, usize, usize)),
+);
+
 /// Output row `oh`: `CB` channels at a time (the remainder after), and within a slice `PW`
 /// pixels at a time with `block` where all their taps fall inside the row (the interior), one
 /// at a time at the edges.
@@ -590,6 +601,7 @@ unsafe fn dw_row_impl<const PW: usize, const CB: usize>(
     out: &mut [f32],
     r: &Row,
     block: Option<Block>,
+    tail: Option<Tail>,
 ) {
     let (w, c, k, p) = (r.w, r.c, r.k, r.k / 2);
     let rows = (p.saturating_sub(r.oh))..((r.h + p - r.oh).min(k));
@@ -613,9 +625,25 @@ unsafe fn dw_row_impl<const PW: usize, const CB: usize>(
             }
         }
     }
-    if full < c {
-        for ow in 0..w {
-            dw_pixel::<CB>(out, r, rows.clone(), (ow, full, c - full));
+    // The last channels (8 of atto's 40): with a run-time count the portable pixel runs scalar.
+    let n = c - full;
+    let mut ow = 0;
+    while n > 0 && ow < w {
+        match tail {
+            Some((block, _)) if PW > 1 && ow >= p && ow + PW - 1 + p < w => {
+                // SAFETY: as for the blocks above, with channels full..c.
+                block(out, r, rows.clone(), (ow, full, n));
+                ow += PW;
+            }
+            Some((_, pixel)) => {
+                // SAFETY: pixel ow < w, its taps clipped to the row; as above otherwise.
+                pixel(out, r, rows.clone(), (ow, full, n));
+                ow += 1;
+            }
+            None => {
+                dw_pixel::<CB>(out, r, rows.clone(), (ow, full, n));
+                ow += 1;
+            }
         }
     }
 }
@@ -682,6 +710,54 @@ mod x86 {
         _mm512_mul_ps,
         _mm512_setzero_ps
     );
+    /// `PW` interior pixels (`PW` > 1), or one pixel with its taps clipped to the row
+    /// (`PW` = 1), from `ow` × the `n < 32` channels from `c0`, in two masked vectors (masked
+    /// lanes are neither read nor written). Summed as [`super::dw_pixel`] sums.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; as for the blocks above, with channels `c0..c0 + n`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tail512<const PW: usize>(
+        out: &mut [f32],
+        g: &Row,
+        taps: std::ops::Range<usize>,
+        (ow, c0, n): (usize, usize, usize),
+    ) {
+        let (c, k, p, row) = (g.c, g.k, g.k / 2, g.w * g.c);
+        let lanes = |m: usize| ((1u32 << m.min(16)) - 1) as __mmask16;
+        let (m0, m1) = (lanes(n), lanes(n.saturating_sub(16)));
+        let load = |ptr: *const f32| {
+            [
+                _mm512_maskz_loadu_ps(m0, ptr),
+                _mm512_maskz_loadu_ps(m1, ptr.add(16)),
+            ]
+        };
+        let cols = match PW {
+            1 => p.saturating_sub(ow)..(g.w + p - ow).min(k),
+            _ => 0..k,
+        };
+        let mut acc = [[_mm512_setzero_ps(); 2]; PW];
+        if let Some(b) = g.b {
+            acc = [load(b.as_ptr().add(c0)); PW];
+        }
+        for i in taps {
+            let xrow = g.x.as_ptr().add((g.oh + i - p) * row);
+            for j in cols.clone() {
+                let w = load(g.wt.as_ptr().add((i * k + j) * c + c0));
+                for (q, a) in acc.iter_mut().enumerate() {
+                    let x = load(xrow.add((ow + q + j - p) * c + c0));
+                    a[0] = _mm512_add_ps(a[0], _mm512_mul_ps(x[0], w[0]));
+                    a[1] = _mm512_add_ps(a[1], _mm512_mul_ps(x[1], w[1]));
+                }
+            }
+        }
+        for (q, a) in acc.iter().enumerate() {
+            let op = out.as_mut_ptr().add((ow + q) * c + c0);
+            _mm512_mask_storeu_ps(op, m0, a[0]);
+            _mm512_mask_storeu_ps(op.add(16), m1, a[1]);
+        }
+    }
+
     dw_block_simd!(
         block256,
         "avx2,fma",
@@ -808,7 +884,7 @@ mod tests {
                     let (mut fast, mut plain) = (vec![0f32; w * c], vec![0f32; w * c]);
                     dw_row(&mut fast, &x, &wt, bias, oh, h, w, c, k);
                     // SAFETY: no SIMD block; the slices have the shape's sizes.
-                    unsafe { dw_row_impl::<1, 32>(&mut plain, &r, None) };
+                    unsafe { dw_row_impl::<1, 32>(&mut plain, &r, None, None) };
                     let same = fast
                         .iter()
                         .zip(&plain)
