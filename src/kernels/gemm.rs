@@ -303,7 +303,10 @@ impl PackedLinear {
                     // SAFETY: tasks write disjoint (row range × panel) regions of `out`, all
                     // inside it: rows r..r+h ≤ m, columns p·16..p·16+cols ≤ n; `x` holds rows
                     // r..r+h of k values, of which this pass reads columns k0..k0+kc; each
-                    // panel from offset k0·16 holds (k − k0)·16 ≥ kc·16 values.
+                    // panel from offset k0·16 holds (k − k0)·16 ≥ kc·16 values. In bf16, rows
+                    // hold `stride` ≥ k rounded up to even values (the pad a zero), so the
+                    // pass's ⌈kc/2⌉ pairs from k0 lie inside, and each pair panel from word
+                    // (k0/2)·16 holds (⌈k/2⌉ − k0/2)·16 ≥ ⌈kc/2⌉·16 words.
                     unsafe {
                         let c = out.0.add(r * n + p * NR);
                         match x {
