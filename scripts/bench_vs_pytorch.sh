@@ -43,7 +43,9 @@ convnext_base 1 f32 6
 convnext_large 1 f32 4
 convnext_xlarge 1 f32 3
 convnext_tiny 8 f32 4
+convnext_atto 1 bf16 20
 convnext_tiny 1 bf16 4
+convnext_base 1 bf16 4
 convnextv2_atto 1 f32 20
 convnextv2_tiny 1 f32 10'
 rows=$default_rows
