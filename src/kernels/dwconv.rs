@@ -526,13 +526,18 @@ fn dw_row(
         #[target_feature(enable = "avx512f,avx2,fma")]
         unsafe fn w512(out: &mut [f32], r: &Row) {
             let tail: Tail = (x86::tail512::<4>, x86::tail512::<1>);
-            dw_row_impl::<4, 32>(out, r, Some(x86::block512::<4>), Some(tail))
+            let blocks = match (r.k, r.w) {
+                (7, 4..) => Blocks::Clipped(x86::block512_k7::<4>),
+                _ => Blocks::Interior(x86::block512::<4>),
+            };
+            dw_row_impl::<4, 32>(out, r, Some(blocks), Some(tail))
         }
         /// # Safety
         /// Only on a CPU with AVX2 and FMA; `r.fits(out)`.
         #[target_feature(enable = "avx2,fma")]
         unsafe fn w256(out: &mut [f32], r: &Row) {
-            dw_row_impl::<4, 16>(out, r, Some(x86::block256::<4>), None)
+            let blocks = Blocks::Interior(x86::block256::<4>);
+            dw_row_impl::<4, 16>(out, r, Some(blocks), None)
         }
         use crate::kernels::simd::{level, Level};
         match level() {
@@ -573,12 +578,21 @@ impl Row<'_> {
     }
 }
 
-/// A block of `PW` interior pixels from `ow` × channels `c0..c0 + CB` (every tap inside the
-/// row), written with one CPU's vector instructions.
+/// A block of `PW` pixels from `ow` × channels `c0..c0 + CB`, written with one CPU's vector
+/// instructions.
 ///
 /// # Safety
 /// The CPU must have the block's instructions; the row as [`dw_row_impl`] calls it.
 type Block = unsafe fn(&mut [f32], &Row, std::ops::Range<usize>, (usize, usize));
+
+/// Where a row's [`Block`] may run.
+enum Blocks {
+    /// Only where all the pixels' taps lie inside the row (the interior); the edge pixels go
+    /// one at a time.
+    Interior(Block),
+    /// Anywhere in a row of at least `PW` pixels: the block skips the taps that fall outside.
+    Clipped(Block),
+}
 
 /// Blocks for the last `n < CB` channels, `(ow, c0, n)`: `PW` interior pixels, and one pixel
 /// with its taps clipped to the row, with masked loads and stores.
@@ -591,23 +605,39 @@ type Tail = (
 );
 
 /// Output row `oh`: `CB` channels at a time (the remainder after), and within a slice `PW`
-/// pixels at a time with `block` where all their taps fall inside the row (the interior), one
-/// at a time at the edges.
+/// pixels at a time with `blocks` where they may run ([`Blocks`]), one at a time elsewhere.
 ///
 /// # Safety
-/// `block` must run on this CPU, and take `PW` pixels × `CB` channels; `r.fits(out)`.
+/// The blocks must run on this CPU, and take `PW` pixels × `CB` channels; `r.fits(out)`; a
+/// [`Blocks::Clipped`] row is at least `PW` pixels wide.
 #[inline(always)]
 unsafe fn dw_row_impl<const PW: usize, const CB: usize>(
     out: &mut [f32],
     r: &Row,
-    block: Option<Block>,
+    blocks: Option<Blocks>,
     tail: Option<Tail>,
 ) {
     let (w, c, k, p) = (r.w, r.c, r.k, r.k / 2);
     let rows = (p.saturating_sub(r.oh))..((r.h + p - r.oh).min(k));
     // Channel slices outside, pixels inside: a slice's K×K weights stay in L1 along the row.
     let full = c / CB * CB;
-    for c0 in (0..full).step_by(CB) {
+    let (block, first) = match blocks {
+        Some(Blocks::Clipped(block)) => {
+            for c0 in (0..full).step_by(CB) {
+                // The last block is moved left to end at the row's end: the pixels it shares
+                // with the one before are computed twice, to the same bits.
+                for ow in (0..w).step_by(PW) {
+                    // SAFETY: pixels ow.min(w − PW)..+PW < w (w ≥ PW, the caller vouches),
+                    // the block clips their taps to the row; as for the interior blocks below.
+                    block(out, r, rows.clone(), (ow.min(w - PW), c0));
+                }
+            }
+            (None, full)
+        }
+        Some(Blocks::Interior(block)) => (Some(block), 0),
+        None => (None, 0),
+    };
+    for c0 in (first..full).step_by(CB) {
         let mut ow = 0;
         while ow < w {
             match block {
@@ -698,6 +728,61 @@ mod x86 {
                 }
             }
         };
+    }
+
+    /// [`block512`] for K = 7 (every ConvNeXt), with a tap row's seven weights held in 14
+    /// registers and each input column loaded once for all the pixels that read it: PW + 6
+    /// column loads a tap row instead of 7·PW, which halves the loads at PW = 4. Columns
+    /// outside the row are skipped, so the block also runs at the edges, where single pixels
+    /// were one chain of dependent adds (all of a 7×7 map's pixels are edge pixels). Summed
+    /// as [`super::dw_pixel`] sums: for each pixel, the columns reach it with its taps in
+    /// ascending order, the clipped ones left out.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `g.k` must be 7, the pixels `ow..ow + PW` inside the row,
+    /// the tap rows inside the plane, the channels inside `c`, and the row's slices whole
+    /// ([`Row::fits`]).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn block512_k7<const PW: usize>(
+        out: &mut [f32],
+        g: &Row,
+        taps: std::ops::Range<usize>,
+        (ow, c0): (usize, usize),
+    ) {
+        const K: usize = 7;
+        const P: usize = K / 2;
+        let (c, row) = (g.c, g.w * g.c);
+        // Window column t is the row's column ow + t − P; those outside [0, w) are padding.
+        let inside = P.saturating_sub(ow)..(g.w + P - ow).min(PW + K - 1);
+        let load = |ptr: *const f32| [_mm512_loadu_ps(ptr), _mm512_loadu_ps(ptr.add(16))];
+        let mut acc = [[_mm512_setzero_ps(); 2]; PW];
+        if let Some(b) = g.b {
+            acc = [load(b.as_ptr().add(c0)); PW];
+        }
+        for i in taps {
+            let wrow = g.wt.as_ptr().add(i * K * c + c0);
+            let w: [[__m512; 2]; K] = std::array::from_fn(|j| load(wrow.add(j * c)));
+            let xrow = g.x.as_ptr().add((g.oh + i - P) * row + c0);
+            // Column t of the window feeds pixel q through tap j = t − q.
+            for t in 0..PW + K - 1 {
+                if !inside.contains(&t) {
+                    continue;
+                }
+                let x = load(xrow.add((ow + t - P) * c));
+                for (q, a) in acc.iter_mut().enumerate() {
+                    if (q..q + K).contains(&t) {
+                        let wj = w[t - q];
+                        a[0] = _mm512_add_ps(a[0], _mm512_mul_ps(x[0], wj[0]));
+                        a[1] = _mm512_add_ps(a[1], _mm512_mul_ps(x[1], wj[1]));
+                    }
+                }
+            }
+        }
+        for (q, a) in acc.iter().enumerate() {
+            let op = out.as_mut_ptr().add((ow + q) * c + c0);
+            _mm512_storeu_ps(op, a[0]);
+            _mm512_storeu_ps(op.add(16), a[1]);
+        }
     }
 
     dw_block_simd!(
