@@ -227,7 +227,7 @@ fn profile(
         total: measured.total,
         plain: measured.plain.unwrap_or_default(),
         input_size: (x.dim(2)?, x.dim(3)?),
-        dtype_bytes: engine.dtype.size_in_bytes(),
+        dtype_bytes: engine.storage_dtype().size_in_bytes(),
     };
     Ok((view, limits))
 }

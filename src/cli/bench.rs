@@ -255,7 +255,11 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
 /// Refuses a batch and size whose forward would not fit in the memory the machine has free.
 fn check_fits(engine: &Engine, a: &BenchArgs, (h, w): (usize, usize)) -> Result<()> {
     let layers = flops::layers(&engine.plan, a.batch, h, w);
-    let need = flops::working_set_bytes(&layers, engine.num_params, a.dtype.size_in_bytes());
+    let need = flops::working_set_bytes(
+        &layers,
+        engine.num_params,
+        engine.storage_dtype().size_in_bytes(),
+    );
     if let Some(free) = crate::base::device::host_memory_available() {
         if need > free {
             bail!(
@@ -546,7 +550,11 @@ fn min_max(v: &[f64]) -> [f64; 2] {
 /// their use, breaks it.
 fn memory(engine: &Engine, a: &BenchArgs, (h, w): (usize, usize), used_kb: u64) -> Memory {
     let layers = flops::layers(&engine.plan, a.batch, h, w);
-    let working = flops::working_set_bytes(&layers, engine.num_params, a.dtype.size_in_bytes());
+    let working = flops::working_set_bytes(
+        &layers,
+        engine.num_params,
+        engine.storage_dtype().size_in_bytes(),
+    );
     let budget = 1.2 * working as f64;
     let used = used_kb as f64 * 1024.0;
     Memory {
@@ -593,7 +601,7 @@ fn roofline_report(a: &BenchArgs, engine: &Engine, x: &Tensor) -> Result<Rooflin
     Ok(Roofline {
         cpu: roofline::cpu_name(),
         ridge: limits.ridge(),
-        layers: roofline::points(&rows, &limits, a.dtype.size_in_bytes()),
+        layers: roofline::points(&rows, &limits, engine.storage_dtype().size_in_bytes()),
         limits,
     })
 }

@@ -243,6 +243,16 @@ impl Engine {
         }
     }
 
+    /// The dtype the activations and most weights are kept in: f32 for bf16 on the packed
+    /// GEMM (only the matmuls' weights and inputs are bf16 there), else the model's dtype.
+    /// Memory budgets and bytes moved count in it.
+    pub fn storage_dtype(&self) -> DType {
+        match bf16_on_the_packed_gemm(&self.device, self.dtype) {
+            true => DType::F32,
+            false => self.dtype,
+        }
+    }
+
     /// The ConvNeXt configuration, for a ConvNeXt (not a roadmap step).
     pub fn config(&self) -> Option<&crate::model::Config> {
         self.plan.convnext_config()
@@ -373,7 +383,11 @@ impl Engine {
             return Ok(());
         }
         let layers = flops::layers(&self.plan, n, h, w);
-        let need = flops::working_set_bytes(&layers, self.num_params, self.dtype.size_in_bytes());
+        let need = flops::working_set_bytes(
+            &layers,
+            self.num_params,
+            self.storage_dtype().size_in_bytes(),
+        );
         match crate::base::device::host_memory_available() {
             Some(free) if need > free => Err(Error::Input(format!(
                 "a {n}×3×{h}×{w} input needs about {} for its forward, more than the {} free",
