@@ -33,6 +33,14 @@ impl Limits {
         self.peak_gflops.min(intensity * self.memory_gbs)
     }
 
+    /// "1 thread", "2 threads": what the limits were measured on.
+    pub fn threads_text(&self) -> String {
+        match self.threads {
+            1 => "1 thread".to_string(),
+            n => format!("{n} threads"),
+        }
+    }
+
     /// The intensity where the memory roof meets the compute roof.
     pub fn ridge(&self) -> f64 {
         self.peak_gflops / self.memory_gbs.max(1e-9)

@@ -115,8 +115,8 @@ fn roofline_section(
         .show(ui, |ui| {
             ui.horizontal_wrapped(|ui| {
                 ui.label(format!(
-                    "{} threads: compute roof {:.0} GFLOP/s (an FMA loop; our GEMM reaches {:.0}), memory roof {:.1} GB/s (a streaming copy; {:.0} GB/s within the caches). Layers left of the ridge ({:.1} FLOP/byte) can go no faster than memory feeds them, whatever their FLOPs.",
-                    l.threads, l.peak_gflops, l.gemm_gflops, l.memory_gbs, l.cache_gbs, l.ridge()
+                    "{}: compute roof {:.0} GFLOP/s (an FMA loop; our GEMM reaches {:.0}), memory roof {:.1} GB/s (a streaming copy; {:.0} GB/s within the caches). Layers left of the ridge ({:.1} FLOP/byte) can go no faster than memory feeds them, whatever their FLOPs.",
+                    l.threads_text(), l.peak_gflops, l.gemm_gflops, l.memory_gbs, l.cache_gbs, l.ridge()
                 ));
                 if let Some(p) = remeasuring {
                     job_progress(ui, p);

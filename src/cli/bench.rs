@@ -609,9 +609,9 @@ fn roofline_report(a: &BenchArgs, engine: &Engine, x: &Tensor) -> Result<Rooflin
 fn print_roofline(r: &Roofline) {
     let l = &r.limits;
     println!(
-        "{} on {} threads: compute roof {:.0} GFLOP/s (FMA loop; our GEMM reaches {:.0}), memory roof {:.1} GB/s (streaming copy; {:.0} GB/s within the caches), ridge at {:.1} FLOP/byte",
+        "{} on {}: compute roof {:.0} GFLOP/s (FMA loop; our GEMM reaches {:.0}), memory roof {:.1} GB/s (streaming copy; {:.0} GB/s within the caches), ridge at {:.1} FLOP/byte",
         r.cpu.as_deref().unwrap_or("this CPU"),
-        l.threads,
+        l.threads_text(),
         l.peak_gflops,
         l.gemm_gflops,
         l.memory_gbs,
