@@ -789,6 +789,16 @@ mod x86 {
         }
     }
 
+    /// The lanes of a panel's first `cols` columns: the last panel of a width that is no
+    /// multiple of 16 loads and stores only its columns.
+    #[inline(always)]
+    fn cols_mask(cols: usize) -> __mmask16 {
+        match cols {
+            16.. => 0xffff,
+            _ => (1u16 << cols) - 1,
+        }
+    }
+
     /// `R` rows × 16 columns with AVX-512: one panel load and `R` broadcasts and FMAs per step
     /// of K, half the instructions of the AVX2 tile for the same work.
     ///
@@ -804,12 +814,7 @@ mod x86 {
         ldc: usize,
         cols: usize,
     ) {
-        // The last panel of a width that is no multiple of 16 loads and stores only its columns.
-        let mask: __mmask16 = if cols >= 16 {
-            0xffff
-        } else {
-            (1u16 << cols) - 1
-        };
+        let mask = cols_mask(cols);
         let start = match init {
             Init::Bias(bv) => _mm512_loadu_ps(bv.as_ptr()),
             _ => _mm512_setzero_ps(),
@@ -913,11 +918,7 @@ mod x86 {
         ldc: usize,
         cols: usize,
     ) {
-        let mask: __mmask16 = if cols >= 16 {
-            0xffff
-        } else {
-            (1u16 << cols) - 1
-        };
+        let mask = cols_mask(cols);
         let (s0, s1) = match init {
             Init::Bias(bv) if pair => (
                 _mm512_loadu_ps(bv.as_ptr()),
