@@ -200,6 +200,7 @@ fn bench_roofline_places_every_layer_under_the_limits() {
     );
     // The second run reads the limits back rather than measuring them again.
     assert_eq!(run()["roofline"]["limits"], *limits);
+    assert_eq!(r["bf16_matmuls"], false);
     let layers = r["layers"].as_array().unwrap();
     let kinds: Vec<&str> = layers.iter().map(|l| l["kind"].as_str().unwrap()).collect();
     for kind in ["Linear", "DwConv 7×7", "LayerNorm", "GELU", "Add"] {
@@ -219,6 +220,53 @@ fn bench_roofline_places_every_layer_under_the_limits() {
         };
         assert_eq!(l["bound"], bound, "{l}");
     }
+}
+
+/// `bench --roofline` in bf16: the activations stay f32 on the CPU, so every layer moves the
+/// bytes it moves in f32, and the report says whether the matmuls ran in native bf16 (their
+/// points can then pass the f32 compute roof).
+#[test]
+fn bench_roofline_in_bf16_counts_f32_storage_and_says_when_matmuls_are_native() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_str().unwrap();
+    let run = |dtype: &str| {
+        let args = [
+            "bench",
+            "--variant",
+            "atto",
+            "--iters",
+            "1",
+            "--warmup",
+            "1",
+            "--size",
+            "64",
+            "--dtype",
+            dtype,
+            "--roofline",
+            "--json",
+        ];
+        let env = [
+            ("CONVNEXT_WEIGHTS_DIR", "/nonexistent"),
+            ("CONVNEXT_CACHE_DIR", dir),
+        ];
+        let (ok, out, err) = common::cli_with_env(&args, &env);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["roofline"].clone()
+    };
+    let (f32_run, bf16_run) = (run("f32"), run("bf16"));
+    assert_eq!(f32_run["bf16_matmuls"], false);
+    let native = convnext_explorer::kernels::gemm::bf16_native();
+    assert_eq!(bf16_run["bf16_matmuls"], native);
+    let bytes = |r: &serde_json::Value| -> Vec<(String, f64)> {
+        let layers = r["layers"].as_array().unwrap();
+        let named = |l: &serde_json::Value| l["name"].as_str().unwrap().to_string();
+        layers
+            .iter()
+            .map(|l| (named(l), l["bytes"].as_f64().unwrap()))
+            .collect()
+    };
+    assert!(!bytes(&f32_run).is_empty());
+    assert_eq!(bytes(&f32_run), bytes(&bf16_run));
 }
 
 #[test]

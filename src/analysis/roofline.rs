@@ -13,6 +13,10 @@ use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::PathBuf;
 
+/// Said under a roofline whose matmuls ran in native bf16: their "% of limit" is against the
+/// f32 roof.
+pub const BF16_ROOF_NOTE: &str = "The matmuls ran in bf16 (vdpbf16ps, twice an f32 FMA's work per instruction): their points can pass the f32 compute roof, up to about twice it, and their % of limit is against that f32 roof.";
+
 /// The machine's limits for the current thread pool.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct Limits {

@@ -29,6 +29,8 @@ pub struct ProfileView {
     pub input_size: (usize, usize),
     /// Bytes per element of the model's dtype (the roofline's bytes moved).
     pub dtype_bytes: usize,
+    /// Whether the matmuls ran in native bf16, whose peak is above the f32 roof.
+    pub bf16_matmuls: bool,
 }
 
 #[derive(Default)]
@@ -87,6 +89,9 @@ impl Tab for ProfileTab {
             let points = roofline::points(&all, &l, p.dtype_bytes);
             roofline::annotate(&mut all, &points);
             roofline_section(ui, ctx, &l, &mut self.remeasuring, &points);
+            if p.bf16_matmuls {
+                ui.label(roofline::BF16_ROOF_NOTE);
+            }
         }
         ui.separator();
         let shown = all
@@ -228,6 +233,7 @@ fn profile(
         plain: measured.plain.unwrap_or_default(),
         input_size: (x.dim(2)?, x.dim(3)?),
         dtype_bytes: engine.storage_dtype().size_in_bytes(),
+        bf16_matmuls: engine.native_bf16_matmuls(),
     };
     Ok((view, limits))
 }

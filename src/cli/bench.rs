@@ -109,6 +109,8 @@ struct Roofline {
     limits: roofline::Limits,
     /// The intensity (FLOP/byte) where the memory roof meets the compute roof.
     ridge: f64,
+    /// Whether the matmuls ran in native bf16: their points can pass the (f32) compute roof.
+    bf16_matmuls: bool,
     layers: Vec<roofline::Point>,
 }
 
@@ -601,6 +603,7 @@ fn roofline_report(a: &BenchArgs, engine: &Engine, x: &Tensor) -> Result<Rooflin
     Ok(Roofline {
         cpu: roofline::cpu_name(),
         ridge: limits.ridge(),
+        bf16_matmuls: engine.native_bf16_matmuls(),
         layers: roofline::points(&rows, &limits, engine.storage_dtype().size_in_bytes()),
         limits,
     })
@@ -627,6 +630,9 @@ fn print_roofline(r: &Roofline) {
             "{:<34} {:<14} {:>9.2} {:>8.3} {:>9.1} {:>9.1} {:>8.1}  {:?}",
             p.name, p.kind, p.intensity, p.ms, p.gflops, p.roof_gflops, p.percent_of_limit, p.bound
         );
+    }
+    if r.bf16_matmuls {
+        println!("{}", roofline::BF16_ROOF_NOTE);
     }
 }
 

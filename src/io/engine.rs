@@ -235,12 +235,18 @@ impl Engine {
         if !bf16_on_the_packed_gemm(&self.device, self.dtype) {
             return name.to_string();
         }
-        match crate::kernels::gemm::bf16_native() {
+        match self.native_bf16_matmuls() {
             true => format!("{name} (matmuls on AVX-512 BF16, the rest f32)"),
             false => format!(
                 "{name} emulated (no AVX-512 BF16 on this CPU: matmuls of bf16-rounded values in f32, the rest f32)"
             ),
         }
+    }
+
+    /// Whether the matmuls run `vdpbf16ps` (bf16 on the packed GEMM, on a CPU with AVX-512
+    /// BF16): they can then pass the f32 FMA loop's peak, up to twice it.
+    pub fn native_bf16_matmuls(&self) -> bool {
+        bf16_on_the_packed_gemm(&self.device, self.dtype) && crate::kernels::gemm::bf16_native()
     }
 
     /// The dtype the activations and most weights are kept in: f32 for bf16 on the packed
