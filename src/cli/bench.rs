@@ -256,12 +256,7 @@ pub fn run(ctx: &Context, a: &BenchArgs) -> Result<()> {
 
 /// Refuses a batch and size whose forward would not fit in the memory the machine has free.
 fn check_fits(engine: &Engine, a: &BenchArgs, (h, w): (usize, usize)) -> Result<()> {
-    let layers = flops::layers(&engine.plan, a.batch, h, w);
-    let need = flops::working_set_bytes(
-        &layers,
-        engine.num_params,
-        engine.storage_dtype().size_in_bytes(),
-    );
+    let need = engine.working_set_bytes(a.batch, h, w);
     if let Some(free) = crate::base::device::host_memory_available() {
         if need > free {
             bail!(
@@ -551,13 +546,7 @@ fn min_max(v: &[f64]) -> [f64; 2] {
 /// the allocator and small tensors. A second copy of the weights, or activations kept past
 /// their use, breaks it.
 fn memory(engine: &Engine, a: &BenchArgs, (h, w): (usize, usize), used_kb: u64) -> Memory {
-    let layers = flops::layers(&engine.plan, a.batch, h, w);
-    let working = flops::working_set_bytes(
-        &layers,
-        engine.num_params,
-        engine.storage_dtype().size_in_bytes(),
-    );
-    let budget = 1.2 * working as f64;
+    let budget = 1.2 * engine.working_set_bytes(a.batch, h, w) as f64;
     let used = used_kb as f64 * 1024.0;
     Memory {
         peak_mb: used / 1e6,

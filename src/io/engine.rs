@@ -259,6 +259,14 @@ impl Engine {
         }
     }
 
+    /// What a forward of an `n × 3 × h × w` input holds at once, at least: the weights and the
+    /// two largest activations, in the storage dtype (see [`flops::working_set_bytes`]).
+    pub fn working_set_bytes(&self, n: usize, h: usize, w: usize) -> u64 {
+        let layers = flops::layers(&self.plan, n, h, w);
+        let bytes = self.storage_dtype().size_in_bytes();
+        flops::working_set_bytes(&layers, self.num_params, bytes)
+    }
+
     /// The ConvNeXt configuration, for a ConvNeXt (not a roadmap step).
     pub fn config(&self) -> Option<&crate::model::Config> {
         self.plan.convnext_config()
@@ -388,12 +396,7 @@ impl Engine {
         if n.saturating_mul(h).saturating_mul(w) <= 1 << 19 || !self.device.is_cpu() {
             return Ok(());
         }
-        let layers = flops::layers(&self.plan, n, h, w);
-        let need = flops::working_set_bytes(
-            &layers,
-            self.num_params,
-            self.storage_dtype().size_in_bytes(),
-        );
+        let need = self.working_set_bytes(n, h, w);
         match crate::base::device::host_memory_available() {
             Some(free) if need > free => Err(Error::Input(format!(
                 "a {n}×3×{h}×{w} input needs about {} for its forward, more than the {} free",
