@@ -155,34 +155,40 @@ fn bench_json_fields() {
     assert_eq!(v["dtype"], "f32");
 }
 
+/// `bench --roofline --json` of ConvNeXt-atto at 64×64 in `dtype`, the machine's limits kept
+/// in the cache folder `cache`.
+fn bench_roofline_json(cache: &str, dtype: &str) -> serde_json::Value {
+    let args = [
+        "bench",
+        "--variant",
+        "atto",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--size",
+        "64",
+        "--dtype",
+        dtype,
+        "--roofline",
+        "--json",
+    ];
+    let env = [
+        ("CONVNEXT_WEIGHTS_DIR", "/nonexistent"),
+        ("CONVNEXT_CACHE_DIR", cache),
+    ];
+    let (ok, out, err) = common::cli_with_env(&args, &env);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
 /// `bench --roofline --json`: the machine's limits (measured into the cache named by
 /// `CONVNEXT_CACHE_DIR`, then read back by a second run) and every timed layer under them.
 #[test]
 fn bench_roofline_places_every_layer_under_the_limits() {
     let cache = tempfile::tempdir().unwrap();
     let dir = cache.path().to_str().unwrap();
-    let run = || {
-        let args = [
-            "bench",
-            "--variant",
-            "atto",
-            "--iters",
-            "2",
-            "--warmup",
-            "1",
-            "--size",
-            "64",
-            "--roofline",
-            "--json",
-        ];
-        let env = [
-            ("CONVNEXT_WEIGHTS_DIR", "/nonexistent"),
-            ("CONVNEXT_CACHE_DIR", dir),
-        ];
-        let (ok, out, err) = common::cli_with_env(&args, &env);
-        assert!(ok, "{err}");
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()
-    };
+    let run = || bench_roofline_json(dir, "f32");
     let v = run();
     let r = &v["roofline"];
     let limits = &r["limits"];
@@ -229,30 +235,7 @@ fn bench_roofline_places_every_layer_under_the_limits() {
 fn bench_roofline_in_bf16_counts_f32_storage_and_says_when_matmuls_are_native() {
     let cache = tempfile::tempdir().unwrap();
     let dir = cache.path().to_str().unwrap();
-    let run = |dtype: &str| {
-        let args = [
-            "bench",
-            "--variant",
-            "atto",
-            "--iters",
-            "1",
-            "--warmup",
-            "1",
-            "--size",
-            "64",
-            "--dtype",
-            dtype,
-            "--roofline",
-            "--json",
-        ];
-        let env = [
-            ("CONVNEXT_WEIGHTS_DIR", "/nonexistent"),
-            ("CONVNEXT_CACHE_DIR", dir),
-        ];
-        let (ok, out, err) = common::cli_with_env(&args, &env);
-        assert!(ok, "{err}");
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["roofline"].clone()
-    };
+    let run = |dtype: &str| bench_roofline_json(dir, dtype)["roofline"].clone();
     let (f32_run, bf16_run) = (run("f32"), run("bf16"));
     assert_eq!(f32_run["bf16_matmuls"], false);
     let native = convnext_explorer::kernels::gemm::bf16_native();
