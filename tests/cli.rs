@@ -121,23 +121,7 @@ fn export_matches_pytorch() {
 
 #[test]
 fn bench_json_fields() {
-    let (ok, out, err) = cli(&[
-        "bench",
-        "--variant",
-        "atto",
-        "--iters",
-        "2",
-        "--warmup",
-        "1",
-        "--size",
-        "64",
-        "--layers",
-        "--gradcam",
-        "stages.1",
-        "--json",
-    ]);
-    assert!(ok, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = bench_atto_json(&["--layers", "--gradcam", "stages.1"], &[]);
     assert_eq!(v["gradcam_layer"], "stages.1");
     assert!(v["gradcam_rounds"].as_u64().unwrap() >= 5);
     for k in [
@@ -155,10 +139,10 @@ fn bench_json_fields() {
     assert_eq!(v["dtype"], "f32");
 }
 
-/// `bench --roofline --json` of ConvNeXt-atto at 64×64 in `dtype`, the machine's limits kept
-/// in the cache folder `cache`.
-fn bench_roofline_json(cache: &str, dtype: &str) -> serde_json::Value {
-    let args = [
+/// `bench --json` of ConvNeXt-atto at 64×64 (2 timed runs after 1 warm-up) with `extra`
+/// options, `env` set; it must succeed.
+fn bench_atto_json(extra: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let mut args = vec![
         "bench",
         "--variant",
         "atto",
@@ -168,18 +152,22 @@ fn bench_roofline_json(cache: &str, dtype: &str) -> serde_json::Value {
         "1",
         "--size",
         "64",
-        "--dtype",
-        dtype,
-        "--roofline",
-        "--json",
     ];
+    args.extend_from_slice(extra);
+    args.push("--json");
+    let (ok, out, err) = common::cli_with_env(&args, env);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// `bench --roofline --json` of ConvNeXt-atto at 64×64 in `dtype`, the machine's limits kept
+/// in the cache folder `cache`.
+fn bench_roofline_json(cache: &str, dtype: &str) -> serde_json::Value {
     let env = [
         ("CONVNEXT_WEIGHTS_DIR", "/nonexistent"),
         ("CONVNEXT_CACHE_DIR", cache),
     ];
-    let (ok, out, err) = common::cli_with_env(&args, &env);
-    assert!(ok, "{err}");
-    serde_json::from_str(&out).unwrap()
+    bench_atto_json(&["--dtype", dtype, "--roofline"], &env)
 }
 
 /// `bench --roofline --json`: the machine's limits (measured into the cache named by
