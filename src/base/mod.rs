@@ -4,6 +4,7 @@ pub mod allocator;
 pub mod device;
 pub mod error;
 pub mod files;
+pub mod pool;
 pub mod progress;
 pub mod sync;
 pub mod text;

@@ -10,6 +10,7 @@ use super::convnext_block::ConvNeXtBlock;
 use super::layer_ops::Op;
 use super::layers::{BuildOptions, LayerNorm};
 use super::plan::{BlockSpec, LayerSpec, Plan};
+use crate::base::pool::run_awake;
 use crate::model::layer_id::LayerId;
 use crate::model::observer::{report, NoObserver, Observer};
 use candle_core::{DType, Result, Tensor};
@@ -173,7 +174,17 @@ impl Network {
         self.run(x, &mut NoObserver, Some(keep_masks))
     }
 
+    /// The forward on rayon's pool with its workers awake ([`run_awake`]).
     fn run<O: Observer>(
+        &self,
+        x: &Tensor,
+        obs: &mut O,
+        keep: Option<&[Vec<Tensor>]>,
+    ) -> Result<Tensor> {
+        run_awake(|| self.run_layers(x, obs, keep))
+    }
+
+    fn run_layers<O: Observer>(
         &self,
         x: &Tensor,
         obs: &mut O,

@@ -9,7 +9,8 @@ use candle_core::{Result, Tensor};
 
 /// Sees each named layer of a forward pass. Spatial outputs arrive channels-last
 /// (`[N, H, W, C]`, the model's working layout); `analysis::trace::to_nchw` presents them.
-pub trait Observer {
+/// `Send`: the forward, observer and all, runs on a worker of rayon's pool (`base::pool`).
+pub trait Observer: Send {
     fn enter(&mut self, _id: LayerId) -> Result<()> {
         Ok(())
     }
