@@ -61,7 +61,7 @@ fn spin(done: &AtomicBool, home: Option<usize>) {
         idle_rounds += 1;
         if idle_rounds == 1 {
             idle_since = Instant::now();
-        } else if idle_rounds % 64 == 0 && idle_since.elapsed() > IDLE_SPIN {
+        } else if idle_rounds.is_multiple_of(64) && idle_since.elapsed() > IDLE_SPIN {
             return;
         }
         std::hint::spin_loop();
