@@ -3,6 +3,7 @@
 //! smoothing, stochastic depth, layer scale initialised at 1e-6, an EMA of the weights (the
 //! EMA is what gets saved), and light augmentation (horizontal flip, ±2 px shifts).
 use crate::base::error::{Error, Result};
+use crate::base::pool::run_awake;
 use crate::io::preprocess::{Interpolation, PreprocessConfig};
 use crate::model::layers::BuildOptions;
 use crate::model::{Config, Network, Plan, Version};
@@ -383,9 +384,14 @@ impl Run {
         let targets: Vec<u32> = chunk.iter().map(|&i| labels[i] as u32).collect();
         let y = Tensor::from_vec(targets, chunk.len(), &dev)?;
         let masks = drop_path_masks(cfg, chunk.len(), rng, &dev)?;
-        let logits = self.model.forward_train(&x, &masks)?;
-        let loss = smoothed_cross_entropy(&logits, &y, cfg.label_smoothing)?;
-        self.opt.step(&loss.backward()?)?;
+        let (model, opt) = (&self.model, &mut self.opt);
+        // The backward and the update too on the awake pool, as the forward runs.
+        let loss = run_awake(|| -> Result<Tensor> {
+            let logits = model.forward_train(&x, &masks)?;
+            let loss = smoothed_cross_entropy(&logits, &y, cfg.label_smoothing)?;
+            opt.step(&loss.backward()?)?;
+            Ok(loss)
+        })?;
         // EMA with a warm-up of its own, so that short runs are not all initialisation.
         let s = self.steps as f64;
         let d = cfg.ema_decay.min((1.0 + s) / (10.0 + s));

@@ -8,6 +8,7 @@
 //! pytorch-grad-cam's, so results can be compared with it.
 use super::trace::forward_keeping;
 use crate::base::error::{Error, Result};
+use crate::base::pool::run_awake;
 use crate::base::progress::Progress;
 use crate::io::engine::Engine;
 use crate::model::flops;
@@ -203,19 +204,22 @@ pub fn gradient_at(
     class: Option<usize>,
 ) -> Result<(Tensor, Tensor, Tensor, Vec<usize>)> {
     check_spatial(layer)?;
-    let mut obs = GradientAt { layer, var: None };
-    let logits = engine.forward_observed(x, &mut obs)?;
-    let var = obs
-        .var
-        .ok_or_else(|| Error::Input(format!("layer `{layer}` did not run")))?;
-    let classes = classes_for(engine, &logits, class)?;
-    let grads = class_score(&logits, &classes)?.backward()?;
-    let a = var.as_tensor().to_dtype(DType::F32)?;
-    let g = grads
-        .get(var.as_tensor())
-        .ok_or_else(|| Error::Input(format!("no gradient reaches `{layer}`")))?
-        .to_dtype(DType::F32)?;
-    Ok((a, g, logits.detach(), classes))
+    // The backward too on the awake pool, as the forward runs (`base::pool`).
+    run_awake(|| {
+        let mut obs = GradientAt { layer, var: None };
+        let logits = engine.forward_observed(x, &mut obs)?;
+        let var = obs
+            .var
+            .ok_or_else(|| Error::Input(format!("layer `{layer}` did not run")))?;
+        let classes = classes_for(engine, &logits, class)?;
+        let grads = class_score(&logits, &classes)?.backward()?;
+        let a = var.as_tensor().to_dtype(DType::F32)?;
+        let g = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| Error::Input(format!("no gradient reaches `{layer}`")))?
+            .to_dtype(DType::F32)?;
+        Ok((a, g, logits.detach(), classes))
+    })
 }
 
 /// Grad-CAM or Grad-CAM++ at `layer`, raw (no normalisation), at the layer's resolution.
@@ -433,20 +437,22 @@ pub fn erf_maps(engine: &Engine, x: &Tensor, layer: LayerId) -> Result<Tensor> {
         )));
     }
     let input = Var::from_tensor(&x.to_dtype(DType::F32)?.to_device(&engine.device)?)?;
-    // The forward stops at the layer: nothing after it matters.
-    let (mut kept, _) = forward_keeping(engine, input.as_tensor(), vec![layer], true)?;
-    let out = kept.remove(0).1;
-    let (_, hl, wl, _) = out.dims4()?;
-    let s = out
-        .narrow(1, hl / 2, 1)?
-        .narrow(2, wl / 2, 1)?
-        .relu()?
-        .sum_all()?;
-    let grads = s.backward()?;
-    let g = grads
-        .get(input.as_tensor())
-        .ok_or_else(|| Error::Input(format!("no gradient reaches the input from `{layer}`")))?;
-    Ok(g.relu()?.sum(1)?.to_dtype(DType::F32)?)
+    run_awake(|| {
+        // The forward stops at the layer: nothing after it matters.
+        let (mut kept, _) = forward_keeping(engine, input.as_tensor(), vec![layer], true)?;
+        let out = kept.remove(0).1;
+        let (_, hl, wl, _) = out.dims4()?;
+        let s = out
+            .narrow(1, hl / 2, 1)?
+            .narrow(2, wl / 2, 1)?
+            .relu()?
+            .sum_all()?;
+        let grads = s.backward()?;
+        let g = grads
+            .get(input.as_tensor())
+            .ok_or_else(|| Error::Input(format!("no gradient reaches the input from `{layer}`")))?;
+        Ok(g.relu()?.sum(1)?.to_dtype(DType::F32)?)
+    })
 }
 
 /// RepLKNet's scale for an ERF value: `log10(v + 1)`, in f64 (the summary's sums run over the
@@ -778,9 +784,14 @@ pub fn integrated_gradients(
             .map(|&i| &base + diff.affine(i as f64 / (steps - 1) as f64, 0.0)?)
             .collect::<candle_core::Result<Vec<_>>>()?;
         let var = Var::from_tensor(&Tensor::cat(&points, 0)?.to_dtype(engine.dtype)?)?;
-        let out = engine.forward(var.as_tensor())?;
         let rows: Vec<usize> = idx.iter().flat_map(|_| classes.iter().copied()).collect();
-        let values = class_logits(&out, &rows)?;
+        let (values, grads) = run_awake(|| -> Result<_> {
+            let out = engine.forward(var.as_tensor())?;
+            Ok((
+                class_logits(&out, &rows)?,
+                class_score(&out, &rows)?.backward()?,
+            ))
+        })?;
         for (j, &i) in idx.iter().enumerate() {
             if i == 0 {
                 ends.0 = values[j * n..(j + 1) * n].to_vec();
@@ -789,7 +800,6 @@ pub fn integrated_gradients(
                 ends.1 = values[j * n..(j + 1) * n].to_vec();
             }
         }
-        let grads = class_score(&out, &rows)?.backward()?;
         let g = grads
             .get(var.as_tensor())
             .ok_or_else(|| Error::Input("no gradient reaches the input".into()))?

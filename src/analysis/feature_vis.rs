@@ -416,6 +416,11 @@ impl<'a> Run<'a> {
     /// One Adam step up the objectives (and away from each other, with diversity), on the
     /// images through freshly drawn transforms or as they are.
     pub fn step(&mut self, transformed: bool) -> Result<()> {
+        // The backward too on the awake pool, as the forward runs (`base::pool`).
+        crate::base::pool::run_awake(|| self.step_here(transformed))
+    }
+
+    fn step_here(&mut self, transformed: bool) -> Result<()> {
         let pixels = self.image.pixels(self.spectrum.as_tensor())?;
         let seen = if transformed {
             transform(&pixels, &mut self.rngs)?
