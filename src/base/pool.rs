@@ -7,6 +7,7 @@
 //! fall asleep too, and waking them costs a futex call each time. [`run_awake`] runs the whole
 //! forward on one worker and keeps the others spinning for work meanwhile, as OpenMP runtimes do.
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How long a kept-awake worker spins without finding work before it goes back to rayon's own
@@ -26,14 +27,20 @@ pub fn run_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         let home = rayon::current_thread_index();
         // No more spinners than other cores: with more threads than cores, a spinning worker
         // would take a core's time from one with work.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for _ in 1..rayon::current_num_threads().min(cores) {
+        for _ in 1..rayon::current_num_threads().min(cores()) {
             s.spawn(move |_| spin(done, home));
         }
         // Set even if `f` panics, so that the scope's wait for the spinners ends.
         let _stop = Stop(done);
         f()
     })
+}
+
+/// The cores this process may use, read once: `available_parallelism` reads the cgroup's
+/// quota files on Linux, too much for every forward.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 struct Stop<'a>(&'a AtomicBool);
