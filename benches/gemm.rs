@@ -86,7 +86,7 @@ fn gflops((m, k, n): (usize, usize, usize), precision: Precision, iters: usize) 
 /// Seconds of each of `iters` runs of `lin` on `x`, after two warm-ups.
 fn times(lin: &PackedLinear, x: &[f32], iters: usize) -> Vec<f64> {
     for _ in 0..2 {
-        std::hint::black_box(lin.forward(&x, true));
+        std::hint::black_box(lin.forward(x, true));
     }
     (0..iters.max(1))
         .map(|_| {
