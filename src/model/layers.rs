@@ -300,6 +300,9 @@ impl Module for Grn {
 /// Non-overlapping k×k patches of a channels-last map, flattened in (kh, kw, c) order:
 /// `[N, H, W, C]` → `[N, H/k, W/k, k·k·C]`. A stride-k k×k conv is then one matmul.
 pub fn patchify(x: &Tensor, k: usize) -> Result<Tensor> {
+    if let Some(p) = crate::kernels::patches::patchify(x, k)? {
+        return Ok(p);
+    }
     let (n, h, w, c) = x.dims4()?;
     x.reshape((n, h / k, k, w / k, k, c))?
         .permute((0, 1, 3, 2, 4, 5))?
