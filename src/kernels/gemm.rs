@@ -1002,6 +1002,9 @@ pub struct PackedLinearGeluOp {
     pub linear: Arc<PackedLinear>,
     /// Hand back bf16 (for a next Linear in bf16 that reads it as it is) rather than f32.
     pub bf16_out: bool,
+    /// ConvNeXt V2's GRN after the GELU, applied to the output in place (f32 out only; the
+    /// input `[N, H, W, K]`).
+    pub grn: Option<Arc<super::grn::GrnValues>>,
 }
 
 impl CustomOp1 for PackedLinearGeluOp {
@@ -1011,6 +1014,12 @@ impl CustomOp1 for PackedLinearGeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let shape = out_shape(&self.linear, l)?;
+        if let Some(grn) = &self.grn {
+            let (_, h, w, _) = l.shape().dims4()?;
+            let mut out = forward_storage(&self.linear, s, l, Epilogue::Gelu)?;
+            super::grn::grn_in_place(&mut out, h * w, grn);
+            return Ok((CpuStorage::F32(out), shape));
+        }
         if !self.bf16_out {
             let out = forward_storage(&self.linear, s, l, Epilogue::Gelu)?;
             return Ok((CpuStorage::F32(out), shape));
@@ -1164,6 +1173,7 @@ mod tests {
             let gelu = PackedLinearGeluOp {
                 linear: lin.clone(),
                 bf16_out: false,
+                grn: None,
             };
             let got = x.apply_op1(gelu).unwrap();
             let d = max_diff(&got, &y.gelu_erf().unwrap());
@@ -1188,6 +1198,53 @@ mod tests {
     /// of the bf16-rounded input and weight: the products are exact in f32, only the order of
     /// the sums differs. Covers one and two panels, partial panels, odd K, several passes of
     /// K, every tile height, and the GELU and scale-add epilogues.
+    /// fc1, the GELU and V2's GRN as one op: the GRN op on candle's matmul and GELU.
+    #[test]
+    fn gelu_then_grn_in_place_equals_the_separate_ops() {
+        let dev = Device::Cpu;
+        let (k, n) = (40, 160);
+        let x = Tensor::randn(0f32, 1.0, (2, 7, 9, k), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.2, (n, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, n, &dev).unwrap();
+        let (gamma, beta) = (
+            Tensor::randn(0f32, 0.5, n, &dev).unwrap(),
+            Tensor::randn(0f32, 0.5, n, &dev).unwrap(),
+        );
+        let lin = PackedLinear::new(
+            &w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            n,
+            k,
+            &b.to_vec1::<f32>().unwrap(),
+        );
+        let op = PackedLinearGeluOp {
+            linear: Arc::new(lin),
+            bf16_out: false,
+            grn: Some(Arc::new(crate::kernels::grn::GrnValues {
+                gamma: gamma.to_vec1().unwrap(),
+                beta: beta.to_vec1().unwrap(),
+                eps: 1e-6,
+            })),
+        };
+        let got = x.apply_op1(op).unwrap();
+        let h = x
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap()
+            .gelu_erf()
+            .unwrap();
+        let want = crate::kernels::grn::grn(&h, &gamma, &beta, 1e-6).unwrap();
+        let d: f32 = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-4, "{d}");
+    }
+
     #[test]
     fn bf16_equals_the_matmul_of_rounded_values() {
         let dev = Device::Cpu;
@@ -1239,6 +1296,7 @@ mod tests {
             let gelu = PackedLinearGeluOp {
                 linear: lin.clone(),
                 bf16_out: false,
+                grn: None,
             };
             let d = max_diff(&x.apply_op1(gelu).unwrap(), &y.gelu_erf().unwrap());
             assert!(d <= tol, "gelu {m}x{k}x{n}: {d}");

@@ -62,23 +62,55 @@ fn scale_shift_generic(out: &mut [f32], x: &[f32], s: &[f32], b: &[f32]) {
 
 simd_dispatch!(fn scale_shift => scale_shift_generic(out: &mut [f32], x: &[f32], s: &[f32], b: &[f32]));
 
+#[inline(always)]
+fn scale_shift_in_place_generic(v: &mut [f32], s: &[f32], b: &[f32]) {
+    let c = s.len();
+    for row in v.chunks_exact_mut(c) {
+        for k in 0..c {
+            row[k] = row[k] * s[k] + b[k];
+        }
+    }
+}
+
+simd_dispatch!(fn scale_shift_in_place => scale_shift_in_place_generic(v: &mut [f32], s: &[f32], b: &[f32]));
+
+/// GRN's parameters as plain values, for the fused fc1 op to apply to its output in place.
+#[derive(Debug)]
+pub struct GrnValues {
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub eps: f32,
+}
+
+/// GRN in place on a channels-last map of images of `hw` positions of `gamma.len()` channels
+/// (`v` a buffer nobody else holds: fc1's fresh output). No output to allocate and fill, and
+/// the scale pass reads and writes the same cache lines.
+pub fn grn_in_place(v: &mut [f32], hw: usize, g: &GrnValues) {
+    let c = g.gamma.len();
+    for img in v.chunks_mut((hw * c).max(1)) {
+        let s = scale_of(img, &g.gamma, g.eps);
+        img.par_chunks_mut(task_len(c))
+            .for_each(|part| scale_shift_in_place(part, &s, &g.beta));
+    }
+}
+
 /// One image (`[H·W, C]`): its per-channel scale `1 + γ·Nx`.
 fn scale_of(img: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
     let c = gamma.len();
-    let ss = img
+    // Each part's sums, then added in order: the same bits whatever the threads did (a
+    // parallel reduce adds in the order its splits happened to take).
+    let parts: Vec<Vec<f32>> = img
         .par_chunks(task_len(c))
         .map(|part| {
             let mut acc = vec![0f32; c];
             sum_squares(&mut acc, part);
             acc
         })
-        .reduce(
-            || vec![0f32; c],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+        .collect();
+    let mut ss = vec![0f32; c];
+    for p in &parts {
+        ss.iter_mut().zip(p).for_each(|(x, y)| *x += y);
+    }
     let gx: Vec<f32> = ss.iter().map(|v| v.sqrt()).collect();
     let mean = gx.iter().sum::<f32>() / c.max(1) as f32;
     gx.iter()
@@ -171,6 +203,29 @@ mod tests {
                 .unwrap();
             assert!(d <= 1e-5 * scale, "{n}x{h}x{w}x{c}: {d} of {scale}");
         }
+    }
+
+    #[test]
+    fn in_place_equals_the_op() {
+        let dev = Device::Cpu;
+        let (n, h, w, c) = (2, 9, 7, 40);
+        let x = (Tensor::randn(0f32, 1.0, (n, h, w, c), &dev).unwrap() + 0.3).unwrap();
+        let gamma = Tensor::randn(0f32, 0.5, c, &dev).unwrap();
+        let beta = Tensor::randn(0f32, 0.5, c, &dev).unwrap();
+        let want: Vec<f32> = grn(&x, &gamma, &beta, EPS)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut got: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let values = GrnValues {
+            gamma: gamma.to_vec1().unwrap(),
+            beta: beta.to_vec1().unwrap(),
+            eps: EPS as f32,
+        };
+        grn_in_place(&mut got, h * w, &values);
+        assert_eq!(got, want);
     }
 
     #[test]

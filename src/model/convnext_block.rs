@@ -29,6 +29,8 @@ pub struct ConvNeXtBlock {
     gamma: Option<Tensor>,
     /// `gamma`'s values for fc2's fused epilogue, where fc2 is packed.
     gamma_packed: Option<std::sync::Arc<Vec<f32>>>,
+    /// GRN's values for fc1's fused op (inference, f32).
+    grn_packed: Option<std::sync::Arc<crate::kernels::grn::GrnValues>>,
     /// The norm's weight, bias and eps as the fused conv + norm takes them (inference, f32).
     norm_packed: Option<NormValues>,
     /// Whether unobserved runs take the fused kernels above (off for
@@ -132,6 +134,13 @@ impl ConvNeXtBlock {
             Some(g) => fc2_linear.packed_scale(g)?,
             None => None,
         };
+        let grn_layer = grn
+            .map(|l| Grn::new(vb.pp(l.id.name()), l.channels_out))
+            .transpose()?;
+        let grn_packed = match (&grn_layer, t.differentiable) {
+            (Some(g), false) => g.values()?,
+            _ => None,
+        };
         Ok(Self {
             ids: Ids {
                 dw: dw.id,
@@ -149,12 +158,11 @@ impl ConvNeXtBlock {
             norm: norm_layer,
             fused: !t.generic_ops,
             fc1: linear(fc1.id, c, fc1.channels_out)?,
-            grn: grn
-                .map(|l| Grn::new(vb.pp(l.id.name()), l.channels_out))
-                .transpose()?,
+            grn: grn_layer,
             fc2: fc2_linear,
             gamma: gamma_t,
             gamma_packed,
+            grn_packed,
             norm_packed,
         })
     }
@@ -242,12 +250,16 @@ impl ConvNeXtBlock {
         // In bf16 with no GRN between them, fc1 hands fc2 its output in bf16 (half the bytes,
         // and no conversion pass): fc2 rounds its input to bf16 anyway.
         let bf16 = self.grn.is_none() && self.fc2.takes_bf16();
-        let Some(h) = self.fc1.forward_gelu_fused(y, bf16)? else {
+        let Some(h) = self
+            .fc1
+            .forward_gelu_fused(y, bf16, self.grn_packed.as_ref())?
+        else {
             return Ok(None);
         };
-        let h = match &self.grn {
-            Some(grn) => grn.forward(&h)?,
-            None => h,
+        // GRN applied in fc1's op where its values are ready, else as its own op.
+        let h = match (&self.grn, &self.grn_packed) {
+            (Some(grn), None) => grn.forward(&h)?,
+            _ => h,
         };
         self.fc2
             .forward_scale_add_fused(&h, self.gamma_packed.as_ref(), x)

@@ -1,5 +1,6 @@
 //! The small building blocks, all working channels-last (`[..., C]`).
 use crate::kernels::gemm::{PackedLinear, PackedLinearOp, Precision};
+use crate::kernels::grn::GrnValues;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use std::sync::Arc;
@@ -172,12 +173,24 @@ impl Linear {
     ///
     /// `bf16_out`: hand back bf16 where this layer multiplies in native bf16, for a next
     /// Linear in native bf16 to read as it is ([`Linear::takes_bf16`]).
-    pub fn forward_gelu_fused(&self, x: &Tensor, bf16_out: bool) -> Result<Option<Tensor>> {
+    ///
+    /// `grn`: ConvNeXt V2's GRN after the GELU, applied to the output in place (f32 out).
+    pub fn forward_gelu_fused(
+        &self,
+        x: &Tensor,
+        bf16_out: bool,
+        grn: Option<&Arc<GrnValues>>,
+    ) -> Result<Option<Tensor>> {
         let Some(linear) = self.packed_fused(x) else {
             return Ok(None);
         };
-        let bf16_out = bf16_out && linear.is_native_bf16();
-        let op = crate::kernels::gemm::PackedLinearGeluOp { linear, bf16_out };
+        let bf16_out = bf16_out && grn.is_none() && linear.is_native_bf16();
+        let grn = grn.cloned();
+        let op = crate::kernels::gemm::PackedLinearGeluOp {
+            linear,
+            bf16_out,
+            grn,
+        };
         Ok(Some(x.contiguous()?.apply_op1(op)?))
     }
 
@@ -273,6 +286,19 @@ impl Grn {
             weight: vb.get(dim, "weight")?,
             bias: vb.get(dim, "bias")?,
         })
+    }
+
+    /// The parameters as values for fc1's fused op ([`Linear::forward_gelu_fused`]), where
+    /// they are f32.
+    pub fn values(&self) -> Result<Option<Arc<GrnValues>>> {
+        if self.weight.dtype() != DType::F32 || self.bias.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(GrnValues {
+            gamma: self.weight.to_vec1()?,
+            beta: self.bias.to_vec1()?,
+            eps: Self::EPS as f32,
+        })))
     }
 }
 
