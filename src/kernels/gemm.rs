@@ -228,12 +228,12 @@ impl PackedLinear {
         epilogue: Epilogue,
     ) -> Vec<f32> {
         let (k, n) = (self.k, self.n);
-        // Where the f32 tiles are only a step to the bf16 output, they go to a scratch tile
-        // per task instead, and no f32 output is made at all: [`Self::tiles_in_scratch`].
-        let scratch = self.tiles_in_scratch(&x, &epilogue);
+        // Where the f32 tiles are only a step to the bf16 output, no f32 output is made at
+        // all ([`Self::staging`]).
+        let no_f32 = self.staging(&x, &epilogue) == Staging::ScratchOnly;
         // Not zeroed: the first pass over K writes every element (the tiles cover the rows,
         // the panels the columns), and zeroing a big output first cost a pass over memory.
-        let mut out: Vec<f32> = Vec::with_capacity(if scratch { 0 } else { m * n });
+        let mut out: Vec<f32> = Vec::with_capacity(if no_f32 { 0 } else { m * n });
         let np = n.div_ceil(NR);
         let mr = mr();
         let rows_per = (mr * (A_BLOCK / (k.min(KC) * mr).max(1)).max(1)).min(m);
@@ -262,7 +262,7 @@ impl PackedLinear {
                 let out = out_ptr;
                 self.task(&x, rows, panels, with_bias, &epilogue, out);
             });
-        if scratch {
+        if no_f32 {
             return out;
         }
         // SAFETY: the tasks have written all m × n elements (see above) and finished.
@@ -270,14 +270,24 @@ impl PackedLinear {
         out
     }
 
-    /// Whether [`Self::task`] writes its tiles to a scratch tile rather than to the output:
-    /// for fc1 in native bf16 handing fc2 its GELU in bf16 ([`Epilogue::GeluBf16`]), when one
-    /// pass covers K (the tile is finished before the next). The f32 output was written and
-    /// thrown away: 4.8 MB per block at ConvNeXt-T's stage 0.
-    fn tiles_in_scratch(&self, x: &Operand, epilogue: &Epilogue) -> bool {
-        matches!(x, Operand::Bf16(_))
-            && matches!(epilogue, Epilogue::GeluBf16 { .. })
-            && self.k <= 2 * KC
+    /// Where [`Self::task`] has the kernel write a tile. A GELU epilogue with K in one pass
+    /// (the tile finished before the next) takes a scratch tile per task, whose rows lie
+    /// together: the GELU runs over the whole tile in one call rather than one per row (each
+    /// call loaded its 15 constants for two vectors of work). For fc1 in native bf16 handing
+    /// fc2 its GELU in bf16 ([`Epilogue::GeluBf16`]), the f32 output, written and thrown
+    /// away (4.8 MB per block at ConvNeXt-T's stage 0), is then not made at all.
+    fn staging(&self, x: &Operand, epilogue: &Epilogue) -> Staging {
+        let one_pass = match x {
+            Operand::F32(_) => self.k <= KC,
+            Operand::Bf16(_) => self.k <= 2 * KC,
+        };
+        match epilogue {
+            Epilogue::GeluBf16 { .. } if one_pass && matches!(x, Operand::Bf16(_)) => {
+                Staging::ScratchOnly
+            }
+            Epilogue::Gelu if one_pass => Staging::Scratch,
+            _ => Staging::Direct,
+        }
     }
 
     /// One task of [`forward_with`](Self::forward_with): `rows` × the columns of `panels`.
@@ -295,7 +305,7 @@ impl PackedLinear {
         let tiles = tile_rows(rows.len(), mr());
         // The largest tile (MR_512 rows of two panels), where the tiles go to scratch.
         let mut scratch = [0f32; MR_512 * 2 * NR];
-        let in_scratch = self.tiles_in_scratch(x, epilogue);
+        let staging = self.staging(x, epilogue);
         // bf16 pairs take half the bytes: twice the K in the same L1 footprint.
         let pass = match x {
             Operand::F32(_) => KC,
@@ -328,9 +338,10 @@ impl PackedLinear {
                     // pass's ⌈kc/2⌉ pairs from k0 lie inside, and each pair panel from word
                     // (k0/2)·16 holds (⌈k/2⌉ − k0/2)·16 ≥ ⌈kc/2⌉·16 words.
                     unsafe {
-                        let (c, ldc) = match in_scratch {
-                            true => (scratch.as_mut_ptr(), 2 * NR),
-                            false => (out.0.add(r * n + p * NR), n),
+                        let dst = out.0.add(r * n + p * NR);
+                        let (c, ldc) = match staging {
+                            Staging::Direct => (dst, n),
+                            _ => (scratch.as_mut_ptr(), 2 * NR),
                         };
                         match x {
                             Operand::F32(x) => {
@@ -361,6 +372,9 @@ impl PackedLinear {
                         }
                         if last {
                             epilogue.apply((c, ldc), r * n + p * NR, (h, cols), n);
+                            if staging == Staging::Scratch {
+                                copy_tile((c, ldc), (dst, n), (h, cols));
+                            }
                         }
                     }
                 }
@@ -368,6 +382,38 @@ impl PackedLinear {
             }
         }
     }
+}
+
+/// Copies an `h × cols` tile from `src` to `dst` (rows `lds` and `ldd` apart). A full tile's
+/// rows are copied as arrays of 32 values (two vector moves each), not by `memmove` calls.
+///
+/// # Safety
+/// Both must hold `h` rows of `cols` values, their rows that far apart, and not overlap.
+unsafe fn copy_tile(
+    (src, lds): (*const f32, usize),
+    (dst, ldd): (*mut f32, usize),
+    (h, cols): (usize, usize),
+) {
+    for i in 0..h {
+        let (s, d) = (src.add(i * lds), dst.add(i * ldd));
+        match cols == 2 * NR {
+            true => d
+                .cast::<[f32; 2 * NR]>()
+                .write(s.cast::<[f32; 2 * NR]>().read()),
+            false => std::ptr::copy_nonoverlapping(s, d, cols),
+        }
+    }
+}
+
+/// Where the kernel writes a task's tiles ([`PackedLinear::staging`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Staging {
+    /// In the output.
+    Direct,
+    /// In a scratch tile, copied to the output after the epilogue.
+    Scratch,
+    /// In a scratch tile only: the epilogue writes the only output.
+    ScratchOnly,
 }
 
 /// Part `i` of `0..n` cut into `parts` parts whose sizes differ by at most one.
@@ -445,13 +491,23 @@ impl Epilogue<'_> {
         (h, cols): (usize, usize),
         ldc: usize,
     ) {
+        // A scratch tile (rows closer than the output's): its rows lie together, with
+        // `ldt − cols` spare values each that are harmless to transform.
+        let whole = h > 0 && ldt < ldc;
+        if whole && matches!(self, Epilogue::Gelu | Epilogue::GeluBf16 { .. }) {
+            let tile = std::slice::from_raw_parts_mut(c, (h - 1) * ldt + cols);
+            crate::kernels::gelu::gelu_in_place(tile);
+        }
         for i in 0..h {
             let row = std::slice::from_raw_parts_mut(c.add(i * ldt), cols);
             match self {
                 Epilogue::None => return,
+                Epilogue::Gelu if whole => return,
                 Epilogue::Gelu => crate::kernels::gelu::gelu_in_place(row),
                 Epilogue::GeluBf16 { out } => {
-                    crate::kernels::gelu::gelu_in_place(row);
+                    if !whole {
+                        crate::kernels::gelu::gelu_in_place(row);
+                    }
                     let dst = std::slice::from_raw_parts_mut(out.0.add(offset + i * ldc), cols);
                     to_bf16(dst, row);
                 }
