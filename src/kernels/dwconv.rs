@@ -525,7 +525,10 @@ fn dw_row(
         /// Only on a CPU with AVX-512F, AVX2 and FMA; `r.fits(out)`.
         #[target_feature(enable = "avx512f,avx2,fma")]
         unsafe fn w512(out: &mut [f32], r: &Row) {
-            let tail: Tail = (x86::tail512::<4>, x86::tail512::<1>);
+            let tail: Tail = match r.c % 32 {
+                1..=16 => (x86::tail512::<4, 1>, x86::tail512::<1, 1>),
+                _ => (x86::tail512::<4, 2>, x86::tail512::<1, 2>),
+            };
             let blocks = match (r.k, r.w) {
                 (7, 4..) => Blocks::Clipped(x86::block512_k7::<4>),
                 _ => Blocks::Interior(x86::block512::<4>),
@@ -796,32 +799,34 @@ mod x86 {
         _mm512_setzero_ps
     );
     /// `PW` interior pixels (`PW` > 1), or one pixel with its taps clipped to the row
-    /// (`PW` = 1), from `ow` × the `n < 32` channels from `c0`, in two masked vectors (masked
-    /// lanes are neither read nor written). Summed as [`super::dw_pixel`] sums.
+    /// (`PW` = 1), from `ow` × the `n < 32` channels from `c0`, in `V` masked vectors (masked
+    /// lanes are neither read nor written; `V` = 1 where `n ≤ 16`: ConvNeXt-atto's 40 and 80
+    /// channels leave 8 and 16, and a second, empty vector had doubled the tail's work).
+    /// Summed as [`super::dw_pixel`] sums.
     ///
     /// # Safety
-    /// The CPU must have AVX-512F; as for the blocks above, with channels `c0..c0 + n`.
+    /// The CPU must have AVX-512F; as for the blocks above, with channels `c0..c0 + n`, and
+    /// `n ≤ 16·V`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tail512<const PW: usize>(
+    pub unsafe fn tail512<const PW: usize, const V: usize>(
         out: &mut [f32],
         g: &Row,
         taps: std::ops::Range<usize>,
         (ow, c0, n): (usize, usize, usize),
     ) {
         let (c, k, p, row) = (g.c, g.k, g.k / 2, g.w * g.c);
-        let lanes = |m: usize| ((1u32 << m.min(16)) - 1) as __mmask16;
-        let (m0, m1) = (lanes(n), lanes(n.saturating_sub(16)));
-        let load = |ptr: *const f32| {
-            [
-                _mm512_maskz_loadu_ps(m0, ptr),
-                _mm512_maskz_loadu_ps(m1, ptr.add(16)),
-            ]
+        let masks: [__mmask16; V] = std::array::from_fn(|v| {
+            let m = n.saturating_sub(16 * v).min(16);
+            ((1u32 << m) - 1) as __mmask16
+        });
+        let load = |ptr: *const f32| -> [__m512; V] {
+            std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], ptr.add(16 * v)))
         };
         let cols = match PW {
             1 => p.saturating_sub(ow)..(g.w + p - ow).min(k),
             _ => 0..k,
         };
-        let mut acc = [[_mm512_setzero_ps(); 2]; PW];
+        let mut acc = [[_mm512_setzero_ps(); V]; PW];
         if let Some(b) = g.b {
             acc = [load(b.as_ptr().add(c0)); PW];
         }
@@ -831,15 +836,17 @@ mod x86 {
                 let w = load(g.wt.as_ptr().add((i * k + j) * c + c0));
                 for (q, a) in acc.iter_mut().enumerate() {
                     let x = load(xrow.add((ow + q + j - p) * c + c0));
-                    a[0] = _mm512_add_ps(a[0], _mm512_mul_ps(x[0], w[0]));
-                    a[1] = _mm512_add_ps(a[1], _mm512_mul_ps(x[1], w[1]));
+                    for v in 0..V {
+                        a[v] = _mm512_add_ps(a[v], _mm512_mul_ps(x[v], w[v]));
+                    }
                 }
             }
         }
         for (q, a) in acc.iter().enumerate() {
             let op = out.as_mut_ptr().add((ow + q) * c + c0);
-            _mm512_mask_storeu_ps(op, m0, a[0]);
-            _mm512_mask_storeu_ps(op.add(16), m1, a[1]);
+            for v in 0..V {
+                _mm512_mask_storeu_ps(op.add(16 * v), masks[v], a[v]);
+            }
         }
     }
 
@@ -952,6 +959,8 @@ mod tests {
             (7, 7, 64, 7),
             (5, 12, 40, 3),
             (6, 10, 16, 5),
+            // A tail of 24 channels: two masked vectors (8 and 16 above: one).
+            (5, 9, 56, 7),
         ] {
             let (x, wt, b) = (rand(h * w * c), rand(k * k * c), rand(c));
             for bias in [Some(&b[..]), None] {
