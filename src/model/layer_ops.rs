@@ -190,7 +190,10 @@ impl Op {
             Op::Grn(g) => g.forward(x),
             Op::LayerScale(g) => x.broadcast_mul(g),
             Op::MaxPool { k, stride, pad } => max_pool(x, *k, *stride, *pad),
-            Op::GlobalAvgPool => x.mean((1, 2)),
+            Op::GlobalAvgPool => match crate::kernels::reduce::spatial_mean(x)? {
+                Some(m) => Ok(m),
+                None => x.mean((1, 2)),
+            },
         }
     }
 
