@@ -1089,6 +1089,33 @@ impl CustomOp1 for PackedLinearOp {
     }
 }
 
+/// A stride-k conv's matmul and the LayerNorm after it (ConvNeXt's stem) as one candle op:
+/// each output row normalised in place, with no second output to allocate and fill.
+/// Inference only, as [`PackedLinearGeluOp`].
+pub struct PackedLinearNormOp {
+    pub linear: Arc<PackedLinear>,
+    /// The norm's weight and bias (`[N]` each) and ε.
+    pub norm: (Vec<f32>, Vec<f32>, f32),
+}
+
+impl CustomOp1 for PackedLinearNormOp {
+    fn name(&self) -> &'static str {
+        "packed-linear-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let shape = out_shape(&self.linear, l)?;
+        let (w, b, eps) = (&self.norm.0, &self.norm.1, self.norm.2);
+        if w.len() != self.linear.n || b.len() != self.linear.n {
+            candle_core::bail!("packed linear + norm: a norm of {} for {shape:?}", w.len())
+        }
+        let mut out = forward_storage(&self.linear, s, l, Epilogue::None)?;
+        out.par_chunks_mut(super::storage::task_len(self.linear.n))
+            .for_each(|rows| super::layer_norm::normalise_rows(rows, w, b, eps));
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
 /// fc1 and the GELU after it as one candle op (`gelu(x Wᵀ + b)`, the GELU applied to each
 /// tile in the cache). Inference only: it has no backward, and the block takes it only where
 /// no gradient flows.
@@ -1292,6 +1319,46 @@ mod tests {
     /// of the bf16-rounded input and weight: the products are exact in f32, only the order of
     /// the sums differs. Covers one and two panels, partial panels, odd K, several passes of
     /// K, every tile height, and the GELU and scale-add epilogues.
+    /// The stem's matmul and LayerNorm as one op: the norm kernel on candle's matmul.
+    #[test]
+    fn matmul_then_norm_in_place_equals_the_separate_ops() {
+        let dev = Device::Cpu;
+        let (m, k, n) = (301, 48, 40);
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.2, (n, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, n, &dev).unwrap();
+        let (nw, nb) = (
+            Tensor::randn(1f32, 0.2, n, &dev).unwrap(),
+            Tensor::randn(0f32, 0.2, n, &dev).unwrap(),
+        );
+        let lin = PackedLinear::new(
+            &w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            n,
+            k,
+            &b.to_vec1::<f32>().unwrap(),
+        );
+        let op = PackedLinearNormOp {
+            linear: Arc::new(lin),
+            norm: (nw.to_vec1().unwrap(), nb.to_vec1().unwrap(), 1e-6),
+        };
+        let got = x.apply_op1(op).unwrap();
+        let y = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let want = crate::kernels::layer_norm::layer_norm(&y, &nw, &nb, 1e-6).unwrap();
+        let d: f32 = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-4, "{d}");
+    }
+
     /// fc1, the GELU and V2's GRN as one op: the GRN op on candle's matmul and GELU.
     #[test]
     fn gelu_then_grn_in_place_equals_the_separate_ops() {

@@ -7,10 +7,25 @@
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 use rayon::prelude::*;
 
+/// A LayerNorm over each pixel's channels: weight, bias and ε.
+#[derive(Clone, Copy)]
+pub struct PixelNorm<'a> {
+    pub weight: &'a [f32],
+    pub bias: &'a [f32],
+    pub eps: f32,
+}
+
 /// `[N, H, W, C]` (any strides) → `[N, H/k, W/k, k·k·C]` in (kh, kw, c) order, on CPU f32
 /// tensors that carry no gradient; `None` for any other tensor, and where `k` does not divide
 /// the map (the caller's path then reports it).
 pub fn patchify(x: &Tensor, k: usize) -> Result<Option<Tensor>> {
+    patchify_normed(x, k, None)
+}
+
+/// [`patchify`] with each pixel's channels normalised on the way (`norm`, `C` values each):
+/// a downsample's LayerNorm and its patches in one pass, as each output row is still in the
+/// cache, rather than a normalised copy of the whole map first.
+pub fn patchify_normed(x: &Tensor, k: usize, norm: Option<PixelNorm>) -> Result<Option<Tensor>> {
     let (n, h, w, c) = x.dims4()?;
     if !x.device().is_cpu() || x.dtype() != DType::F32 || x.track_op() {
         return Ok(None);
@@ -34,11 +49,19 @@ pub fn patchify(x: &Tensor, k: usize) -> Result<Option<Tensor>> {
             stride,
             c,
         };
+        if norm.is_some_and(|m| m.weight.len() != c || m.bias.len() != c) {
+            return Ok(None);
+        }
         let mut out = vec![0f32; n * oh * ow * row];
         // One task per output row (an image's row of patches).
         out.par_chunks_mut((ow * row).max(1))
             .enumerate()
-            .for_each(|(t, dst)| src.patch_row(dst, (t / oh, t % oh), k));
+            .for_each(|(t, dst)| {
+                src.patch_row(dst, (t / oh, t % oh), k);
+                if let Some(m) = norm {
+                    super::layer_norm::normalise_rows(dst, m.weight, m.bias, m.eps);
+                }
+            });
         out
     };
     Ok(Some(Tensor::from_vec(out, (n, oh, ow, row), x.device())?))
@@ -123,6 +146,32 @@ mod tests {
             );
             assert_eq!(a, b, "k = {k}, dims {:?}", x.dims());
         }
+    }
+
+    #[test]
+    fn the_normed_patches_are_the_patches_of_the_normed_map() {
+        let dev = Device::Cpu;
+        let c = 40;
+        let x = Tensor::randn(0f32, 1.0, (2, 8, 6, c), &dev).unwrap();
+        let w: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 / 40.0).collect();
+        let b: Vec<f32> = (0..c).map(|i| i as f32 / 80.0 - 0.2).collect();
+        let norm = PixelNorm {
+            weight: &w,
+            bias: &b,
+            eps: 1e-6,
+        };
+        let ours = patchify_normed(&x, 2, Some(norm)).unwrap().unwrap();
+        let (wt, bt) = (
+            Tensor::new(&w[..], &dev).unwrap(),
+            Tensor::new(&b[..], &dev).unwrap(),
+        );
+        let normed = crate::kernels::layer_norm::layer_norm(&x, &wt, &bt, 1e-6).unwrap();
+        let theirs = by_ops(&normed, 2);
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            ours.flatten_all().unwrap().to_vec1().unwrap(),
+            theirs.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert_eq!(a, b);
     }
 
     #[test]

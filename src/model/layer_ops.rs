@@ -8,6 +8,8 @@ use super::layers::{conv_weight_as_matrix, patchify, BuildOptions, Grn, LayerNor
 use super::plan::{Kind, LayerSpec};
 use crate::kernels::depthwise_conv_nhwc;
 use crate::kernels::gelu::gelu;
+use crate::kernels::patches::{patchify_normed, PixelNorm};
+use crate::kernels::storage::with_cpu_f32;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -23,6 +25,47 @@ pub struct PatchConv {
 }
 
 impl PatchConv {
+    /// `norm` then this conv, the norm applied inside the patch gather
+    /// ([`crate::kernels::patches::patchify_normed`]): a downsample where nobody looks at the
+    /// norm's output. `None` where the fused path does not apply (then run the two layers).
+    pub fn forward_normed(&self, x_nhwc: &Tensor, norm: &LayerNorm) -> Result<Option<Tensor>> {
+        let Some(linear) = &self.linear else {
+            return Ok(None);
+        };
+        if norm.differentiable || !norm.weight.device().is_cpu() {
+            return Ok(None);
+        }
+        let (w, b) = (norm.weight.contiguous()?, norm.bias.contiguous()?);
+        let patches = with_cpu_f32(&w, |w| {
+            with_cpu_f32(&b, |b| {
+                let norm = PixelNorm {
+                    weight: w,
+                    bias: b,
+                    eps: norm.eps as f32,
+                };
+                patchify_normed(x_nhwc, self.k, Some(norm))
+            })
+        });
+        match patches.flatten().transpose()?.flatten() {
+            Some(p) => linear.forward(&p).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// This conv then `norm`, the norm applied to the matmul's output rows in place
+    /// ([`Linear::forward_norm_fused`]): the stem where nobody looks at the conv's output.
+    pub fn forward_then_norm(&self, x_nhwc: &Tensor, norm: &LayerNorm) -> Result<Option<Tensor>> {
+        let Some(linear) = &self.linear else {
+            return Ok(None);
+        };
+        // Checked before the patches are made, so that they are not made twice.
+        let cpu_f32 = x_nhwc.device().is_cpu() && x_nhwc.dtype() == DType::F32;
+        if !linear.is_packed() || !cpu_f32 || norm.differentiable || x_nhwc.track_op() {
+            return Ok(None);
+        }
+        linear.forward_norm_fused(&patchify(x_nhwc, self.k)?, norm)
+    }
+
     fn forward(&self, x_nhwc: &Tensor) -> Result<Tensor> {
         let p = patchify(x_nhwc, self.k)?;
         if let Some(linear) = &self.linear {

@@ -194,6 +194,28 @@ impl Linear {
         Ok(Some(x.contiguous()?.apply_op1(op)?))
     }
 
+    /// `norm(x Wᵀ + b)`, the norm applied to each output row in place, where the packed
+    /// kernel runs and the norm is f32 on the CPU (`None` elsewhere). No gradient flows
+    /// through it.
+    pub fn forward_norm_fused(&self, x: &Tensor, norm: &LayerNorm) -> Result<Option<Tensor>> {
+        let Some(linear) = self.packed(x) else {
+            return Ok(None);
+        };
+        if norm.differentiable || x.track_op() || norm.weight.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let values = (
+            norm.weight.to_vec1()?,
+            norm.bias.to_vec1()?,
+            norm.eps as f32,
+        );
+        let op = crate::kernels::gemm::PackedLinearNormOp {
+            linear,
+            norm: values,
+        };
+        Ok(Some(x.contiguous()?.apply_op1(op)?))
+    }
+
     /// `residual + γ ⊙ (x Wᵀ + b)` in one pass where the packed kernel runs (`None`
     /// elsewhere); `gamma` as [`Linear::packed_scale`] made it. No gradient flows through it.
     pub fn forward_scale_add_fused(

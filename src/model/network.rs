@@ -45,6 +45,25 @@ fn run_all<O: Observer>(layers: &[Layer], x: Tensor, obs: &mut O) -> Result<Tens
     layers.iter().try_fold(x, |x, l| l.run(&x, obs))
 }
 
+/// A stem or a downsample: where it is a patch conv and a LayerNorm (ConvNeXt's stem) or the
+/// other way round (its downsamples) and nobody looks at the first one's output, the two run
+/// as one (the norm in place on the matmul's output, or inside the patch gather: one pass
+/// over the map fewer); else its layers one by one.
+fn run_pair<O: Observer>(layers: &[Layer], x: Tensor, obs: &mut O) -> Result<Tensor> {
+    if let (false, [first, last]) = (obs.sees_outputs(), layers) {
+        let fused = match (&first.op, &last.op) {
+            (Op::Patch(conv), Op::LayerNorm(norm)) => conv.forward_then_norm(&x, norm)?,
+            (Op::LayerNorm(norm), Op::Patch(conv)) => conv.forward_normed(&x, norm)?,
+            _ => None,
+        };
+        if let Some(y) = fused {
+            obs.enter(last.id)?;
+            return report(obs, last.id, y);
+        }
+    }
+    run_all(layers, x, obs)
+}
+
 /// A residual block of any other shape: `after(branch(x) + shortcut(x))`.
 #[derive(Clone, Debug)]
 pub(crate) struct GenericBlock {
@@ -200,13 +219,13 @@ impl Network {
         }
         let x = x.to_dtype(self.dtype())?.permute((0, 2, 3, 1))?;
         obs.enter(LayerId::Stem)?;
-        let y = run_all(&self.stem, x, obs)?;
+        let y = run_pair(&self.stem, x, obs)?;
         let mut y = report(obs, LayerId::Stem, y)?;
         for (s, stage) in self.stages.iter().enumerate() {
             obs.enter(LayerId::Stage(s))?;
             if !stage.downsample.is_empty() {
                 obs.enter(LayerId::Downsample(s))?;
-                y = run_all(&stage.downsample, y, obs)?;
+                y = run_pair(&stage.downsample, y, obs)?;
                 y = report(obs, LayerId::Downsample(s), y)?;
             }
             for (b, (id, block)) in stage.blocks.iter().enumerate() {
