@@ -205,3 +205,25 @@ fn erf_area_ratios_follow_replknet() {
     let r = area_ratios(&[1f32; 81], (9, 9), &[0.5, 0.99]);
     assert_eq!(r, vec![Some(49.0 / 81.0), None]);
 }
+
+/// HiResCAM at a stage's output, before the next downsample's per-position LayerNorm, is zero
+/// in exact arithmetic (the score does not change with the scale of a position's vector): the
+/// map is all zeros, not normalised rounding noise; inside a stage it is not.
+#[test]
+fn hirescam_before_a_layer_norm_is_zero_not_noise() {
+    for (name, ck) in MODELS {
+        let e = Engine::load(&fixture(ck), &Device::Cpu, DType::F32).unwrap();
+        let x = load_ref(name)["input"].clone();
+        let max = |layer: &str| -> f32 {
+            let id = layer_by_name(&e, layer).unwrap();
+            let a = attribution::gradient_cam(&e, &x, id, None, Method::HiResCam).unwrap();
+            let raw = a.raw.unwrap();
+            raw.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+        };
+        assert_eq!(max("stages.1"), 0.0, "{name}: HiResCAM at stages.1");
+        assert!(
+            max("stages.2.blocks.0.mlp.act") > 0.0,
+            "{name}: inside a block"
+        );
+    }
+}
