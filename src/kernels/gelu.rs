@@ -57,15 +57,7 @@ const BETA: [f32; 5] = [
 fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
-    let mut p = ALPHA[0];
-    for a in &ALPHA[1..] {
-        p = p.mul_add(x2, *a);
-    }
-    let mut q = BETA[0];
-    for b in &BETA[1..] {
-        q = q.mul_add(x2, *b);
-    }
-    x * p / q
+    x * horner(&ALPHA, x2) / horner(&BETA, x2)
 }
 
 /// [`ALPHA`] as a polynomial in `u²` (`z = u/√2`, so `z²ᵏ = u²ᵏ / 2ᵏ`), times `1/(2√2)`:
@@ -100,15 +92,13 @@ fn gelu1(u: f32) -> f32 {
     let limit = 4.0 * std::f32::consts::SQRT_2;
     let c = u.clamp(-limit, limit);
     let t = c * c;
-    let mut p = GELU_P[0];
-    for a in &GELU_P[1..] {
-        p = p.mul_add(t, *a);
-    }
-    let mut q = GELU_Q[0];
-    for b in &GELU_Q[1..] {
-        q = q.mul_add(t, *b);
-    }
-    (u * c).mul_add(p / q, 0.5 * u)
+    (u * c).mul_add(horner(&GELU_P, t) / horner(&GELU_Q, t), 0.5 * u)
+}
+
+/// The polynomial with coefficients `c` (highest power first) at `t`.
+#[inline(always)]
+fn horner(c: &[f32], t: f32) -> f32 {
+    c[1..].iter().fold(c[0], |acc, &a| acc.mul_add(t, a))
 }
 
 #[inline(always)]

@@ -1319,43 +1319,41 @@ mod tests {
     /// of the bf16-rounded input and weight: the products are exact in f32, only the order of
     /// the sums differs. Covers one and two panels, partial panels, odd K, several passes of
     /// K, every tile height, and the GELU and scale-add epilogues.
+    /// A random `[n, k]` weight and `[n]` bias, and the layer packed from them.
+    fn random_linear(k: usize, n: usize) -> (Tensor, Tensor, Arc<PackedLinear>) {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.2, (n, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, n, &dev).unwrap();
+        let wv = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let lin = PackedLinear::new(&wv, n, k, &b.to_vec1::<f32>().unwrap());
+        (w, b, Arc::new(lin))
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap();
+        d.max_all().unwrap().to_scalar().unwrap()
+    }
+
     /// The stem's matmul and LayerNorm as one op: the norm kernel on candle's matmul.
     #[test]
     fn matmul_then_norm_in_place_equals_the_separate_ops() {
         let dev = Device::Cpu;
         let (m, k, n) = (301, 48, 40);
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
-        let w = Tensor::randn(0f32, 0.2, (n, k), &dev).unwrap();
-        let b = Tensor::randn(0f32, 0.1, n, &dev).unwrap();
+        let (w, b, linear) = random_linear(k, n);
         let (nw, nb) = (
             Tensor::randn(1f32, 0.2, n, &dev).unwrap(),
             Tensor::randn(0f32, 0.2, n, &dev).unwrap(),
         );
-        let lin = PackedLinear::new(
-            &w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            n,
-            k,
-            &b.to_vec1::<f32>().unwrap(),
-        );
-        let op = PackedLinearNormOp {
-            linear: Arc::new(lin),
-            norm: (nw.to_vec1().unwrap(), nb.to_vec1().unwrap(), 1e-6),
-        };
-        let got = x.apply_op1(op).unwrap();
+        let norm = (nw.to_vec1().unwrap(), nb.to_vec1().unwrap(), 1e-6);
+        let got = x.apply_op1(PackedLinearNormOp { linear, norm }).unwrap();
         let y = x
             .matmul(&w.t().unwrap())
             .unwrap()
             .broadcast_add(&b)
             .unwrap();
         let want = crate::kernels::layer_norm::layer_norm(&y, &nw, &nb, 1e-6).unwrap();
-        let d: f32 = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_abs_diff(&got, &want);
         assert!(d < 1e-4, "{d}");
     }
 
@@ -1365,44 +1363,26 @@ mod tests {
         let dev = Device::Cpu;
         let (k, n) = (40, 160);
         let x = Tensor::randn(0f32, 1.0, (2, 7, 9, k), &dev).unwrap();
-        let w = Tensor::randn(0f32, 0.2, (n, k), &dev).unwrap();
-        let b = Tensor::randn(0f32, 0.1, n, &dev).unwrap();
+        let (w, b, linear) = random_linear(k, n);
         let (gamma, beta) = (
             Tensor::randn(0f32, 0.5, n, &dev).unwrap(),
             Tensor::randn(0f32, 0.5, n, &dev).unwrap(),
         );
-        let lin = PackedLinear::new(
-            &w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            n,
-            k,
-            &b.to_vec1::<f32>().unwrap(),
-        );
+        let grn = crate::kernels::grn::GrnValues {
+            gamma: gamma.to_vec1().unwrap(),
+            beta: beta.to_vec1().unwrap(),
+            eps: 1e-6,
+        };
         let op = PackedLinearGeluOp {
-            linear: Arc::new(lin),
+            linear,
             bf16_out: false,
-            grn: Some(Arc::new(crate::kernels::grn::GrnValues {
-                gamma: gamma.to_vec1().unwrap(),
-                beta: beta.to_vec1().unwrap(),
-                eps: 1e-6,
-            })),
+            grn: Some(Arc::new(grn)),
         };
         let got = x.apply_op1(op).unwrap();
-        let h = x
-            .broadcast_matmul(&w.t().unwrap())
-            .unwrap()
-            .broadcast_add(&b)
-            .unwrap()
-            .gelu_erf()
-            .unwrap();
+        let y = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+        let h = y.broadcast_add(&b).unwrap().gelu_erf().unwrap();
         let want = crate::kernels::grn::grn(&h, &gamma, &beta, 1e-6).unwrap();
-        let d: f32 = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_abs_diff(&got, &want);
         assert!(d < 1e-4, "{d}");
     }
 
