@@ -531,6 +531,8 @@ fn the_faithfulness_tab_compares_checks_and_ranks_the_methods() {
     h.get_by_label("Compare the methods at stages.1").click();
     h.step();
     settle(&mut h);
+    // HiResCAM at stages.1 (before the downsample's LayerNorm) is zero, and says so.
+    h.get_by_label(convnext_explorer::app::ZERO_MAP);
     let tab = h.state().tab::<FaithfulnessTab>().unwrap();
     let c = tab.comparison().expect("the comparison");
     let names: Vec<&str> = c.rows.iter().map(|r| r.name.as_str()).collect();

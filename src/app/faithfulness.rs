@@ -28,6 +28,11 @@ pub struct Row {
     pub curves: Curves,
 }
 
+/// Under a map that is zero everywhere (HiResCAM before a LayerNorm): an empty picture is
+/// a result, and says so.
+pub const ZERO_MAP: &str = "zero everywhere: no evidence at this layer";
+const ZERO_MAP_WHY: &str = "Every position's value is 0, so the pixels are removed in reading order and the curves are the whole image's. HiResCAM (Σ gradient × activation) is exactly zero before a per-position LayerNorm (a stage's output, a block's depthwise conv): the score does not change when a position's activations are scaled. Try a layer inside a block (mlp.act) or the last stage.";
+
 /// Every method's row, then the two rows that give the numbers a scale.
 pub struct Comparison {
     pub layer: LayerId,
@@ -161,6 +166,9 @@ impl FaithfulnessTab {
                         ui.set_width(128.0);
                         ui.strong(&r.name);
                         map_over(ui, tex, run, (i, r));
+                        if r.map.iter().all(|&v| v == 0.0) {
+                            ui.weak(ZERO_MAP).on_hover_text(ZERO_MAP_WHY);
+                        }
                     });
                     curve_plot(ui, i, &r.curves);
                     ui.add_space(24.0);

@@ -50,7 +50,7 @@ pub use compare::{CkaDone, CompareTab, CompareView, CompareWith};
 pub use compare_cka::CkaOutcome;
 pub use compare_diff::DiffOutcome;
 pub use erf::{ErfTab, ErfView};
-pub use faithfulness::FaithfulnessTab;
+pub use faithfulness::{FaithfulnessTab, ZERO_MAP};
 pub use features::FeaturesTab;
 pub use folder::{FolderResults, FolderTab};
 pub use profile::{ProfileTab, ProfileView};
