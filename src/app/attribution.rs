@@ -273,7 +273,7 @@ impl AttributionTab {
                 heatmap::colour_bar(ui, cmap, side);
                 ui.label(RichText::new(sign_note(a.method)).small());
                 if zero {
-                    ui.label(RichText::new("Zero everywhere: at this layer every position's weighted sum is negative.").small().weak());
+                    ui.label(RichText::new("Zero everywhere: at this layer every position's weighted sum is negative, or exactly zero (HiResCAM before a per-position LayerNorm, where the score does not change with a position's scale).").small().weak());
                 }
             });
             if a.method == Method::Evidence {

@@ -158,7 +158,7 @@ fn overlay_first(
         _ => Colormap::Diverging,
     };
     if hi <= 0.0 && cmap == Colormap::Magma {
-        eprintln!("the map is zero everywhere (every position's weighted sum is negative): the PNG shows the image alone");
+        eprintln!("the map is zero everywhere (every position's weighted sum is negative, or exactly zero: HiResCAM before a per-position LayerNorm): the PNG shows the image alone");
         return Ok(grid::overlay(
             &base,
             &grid::map_image(&m, (mh, mw), (0.0, 1.0), cmap),
