@@ -1315,10 +1315,6 @@ mod tests {
         }
     }
 
-    /// bf16 (native where the CPU has AVX-512 BF16, else emulated) equals candle's f32 matmul
-    /// of the bf16-rounded input and weight: the products are exact in f32, only the order of
-    /// the sums differs. Covers one and two panels, partial panels, odd K, several passes of
-    /// K, every tile height, and the GELU and scale-add epilogues.
     /// A random `[n, k]` weight and `[n]` bias, and the layer packed from them.
     fn random_linear(k: usize, n: usize) -> (Tensor, Tensor, Arc<PackedLinear>) {
         let dev = Device::Cpu;
@@ -1386,6 +1382,10 @@ mod tests {
         assert!(d < 1e-4, "{d}");
     }
 
+    /// bf16 (native where the CPU has AVX-512 BF16, else emulated) equals candle's f32 matmul
+    /// of the bf16-rounded input and weight: the products are exact in f32, only the order of
+    /// the sums differs. Covers one and two panels, partial panels, odd K, several passes of
+    /// K, every tile height, and the GELU and scale-add epilogues.
     #[test]
     fn bf16_equals_the_matmul_of_rounded_values() {
         let dev = Device::Cpu;
