@@ -51,18 +51,6 @@ fn sum_squares_generic(acc: &mut [f32], x: &[f32]) {
 simd_dispatch!(fn sum_squares => sum_squares_generic(acc: &mut [f32], x: &[f32]));
 
 #[inline(always)]
-fn scale_shift_generic(out: &mut [f32], x: &[f32], s: &[f32], b: &[f32]) {
-    let c = s.len();
-    for (o, row) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-        for k in 0..c {
-            o[k] = row[k] * s[k] + b[k];
-        }
-    }
-}
-
-simd_dispatch!(fn scale_shift => scale_shift_generic(out: &mut [f32], x: &[f32], s: &[f32], b: &[f32]));
-
-#[inline(always)]
 fn scale_shift_in_place_generic(v: &mut [f32], s: &[f32], b: &[f32]) {
     let c = s.len();
     for row in v.chunks_exact_mut(c) {
@@ -86,11 +74,15 @@ pub struct GrnValues {
 /// (`v` a buffer nobody else holds: fc1's fresh output). No output to allocate and fill, and
 /// the scale pass reads and writes the same cache lines.
 pub fn grn_in_place(v: &mut [f32], hw: usize, g: &GrnValues) {
-    let c = g.gamma.len();
+    normalise_in_place(v, hw, &g.gamma, &g.beta, g.eps);
+}
+
+fn normalise_in_place(v: &mut [f32], hw: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+    let c = gamma.len();
     for img in v.chunks_mut((hw * c).max(1)) {
-        let s = scale_of(img, &g.gamma, g.eps);
+        let s = scale_of(img, gamma, eps);
         img.par_chunks_mut(task_len(c))
-            .for_each(|part| scale_shift_in_place(part, &s, &g.beta));
+            .for_each(|part| scale_shift_in_place(part, &s, beta));
     }
 }
 
@@ -119,17 +111,10 @@ fn scale_of(img: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
         .collect()
 }
 
+/// The op's output: a copy of `x`, normalised in place (the same arithmetic as the fused op's).
 fn apply(x: &[f32], hw: usize, gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
-    let c = gamma.len();
-    let mut out = vec![0f32; x.len()];
-    let per_image = (hw * c).max(1);
-    for (o_img, x_img) in out.chunks_mut(per_image).zip(x.chunks(per_image)) {
-        let s = scale_of(x_img, gamma, eps);
-        o_img
-            .par_chunks_mut(task_len(c))
-            .zip(x_img.par_chunks(task_len(c)))
-            .for_each(|(o, xi)| scale_shift(o, xi, &s, beta));
-    }
+    let mut out = x.to_vec();
+    normalise_in_place(&mut out, hw, gamma, beta, eps);
     out
 }
 
