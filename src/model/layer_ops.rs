@@ -32,9 +32,10 @@ impl PatchConv {
         let Some(linear) = &self.linear else {
             return Ok(None);
         };
-        if norm.differentiable || !norm.weight.device().is_cpu() {
+        if norm.differentiable {
             return Ok(None);
         }
+        // Off the CPU, or not f32, `with_cpu_f32` gives `None`: the two layers run apart.
         let (w, b) = (norm.weight.contiguous()?, norm.bias.contiguous()?);
         let patches = with_cpu_f32(&w, |w| {
             with_cpu_f32(&b, |b| {
