@@ -2,6 +2,8 @@
 //! and 8), as achieved GFLOP/s beside the machine's peak measured in the same run (the FMA loop,
 //! and the same GEMM on a 1024³ product). Issue 21 asks for ≥ 90 % of the peak on each. Where
 //! the CPU has AVX-512 BF16, a second table gives the bf16 GEMM beside the `vdpbf16ps` loop.
+//! A third table times a block's whole MLP (fc1, GELU, GRN for V2, fc2, scale and add) layer by
+//! layer and in blocks of rows (`kernels::mlp`), where the forward takes the blocks.
 //! `BENCH_ITERS=50` to choose the runs per shape (median reported).
 use convnext_explorer::kernels::gemm::{PackedLinear, Precision};
 use convnext_explorer::kernels::peak;
@@ -34,6 +36,7 @@ fn main() {
             100.0 * g / big
         );
     }
+    mlp_table(iters);
     let Some(dot) = peak::bf16_dot_gflops() else {
         println!("bf16: this CPU has no AVX-512 BF16 (bf16 is emulated in f32)");
         return;
@@ -95,4 +98,114 @@ fn times(lin: &PackedLinear, x: &[f32], iters: usize) -> Vec<f64> {
             s.elapsed().as_secs_f64()
         })
         .collect()
+}
+
+/// A block's MLP (f32) layer by layer against `kernels::mlp`'s blocks of rows, interleaved, on
+/// the stages where the forward takes the blocks (ConvNeXt-atto and -T, batch 1 and 8).
+fn mlp_table(iters: usize) {
+    println!("\nA block's MLP (fc1, GELU, [GRN], fc2, scale, add), f32, GFLOP/s (median)");
+    println!("| model | stage | batch | layer by layer | in blocks | V2: layer by layer | V2: in blocks |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (model, dims, batch) in [
+        ("atto", [40usize, 80, 160, 320], 1usize),
+        ("T", [96, 192, 384, 768], 1),
+        ("T", [96, 192, 384, 768], 8),
+    ] {
+        for (s, (&c, side)) in dims.iter().zip([56usize, 28, 14, 7]).enumerate() {
+            let mlp = Mlp::new(c, batch, side * side);
+            let cells = [false, true].map(|v2| match mlp.rates(v2, iters) {
+                Some((a, b)) => format!("{a:.1} | {b:.1}"),
+                None => "(layer by layer) | –".to_string(),
+            });
+            if cells.iter().all(|c| c.ends_with('–')) {
+                continue;
+            }
+            println!("| {model} | {s} | {batch} | {} | {} |", cells[0], cells[1]);
+        }
+    }
+}
+
+/// One block's MLP with deterministic weights: fc1 `c → 4c`, fc2 back, a layer scale, GRN.
+struct Mlp {
+    fc1: PackedLinear,
+    fc2: PackedLinear,
+    gamma: Vec<f32>,
+    grn: convnext_explorer::kernels::grn::GrnValues,
+    x: Vec<f32>,
+    hw: usize,
+}
+
+impl Mlp {
+    fn new(c: usize, batch: usize, hw: usize) -> Self {
+        let value = |i: usize| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5;
+        let h = 4 * c;
+        let w1: Vec<f32> = (0..h * c).map(|i| value(i) * 0.1).collect();
+        let w2: Vec<f32> = (0..h * c).map(|i| value(i + 5) * 0.1).collect();
+        Mlp {
+            fc1: PackedLinear::new(&w1, h, c, &vec![0.1; h]),
+            fc2: PackedLinear::new(&w2, c, h, &vec![0.1; c]),
+            gamma: vec![0.5; c],
+            grn: convnext_explorer::kernels::grn::GrnValues {
+                gamma: (0..h).map(|i| value(i + 9)).collect(),
+                beta: (0..h).map(|i| value(i + 11)).collect(),
+                eps: 1e-6,
+            },
+            x: (0..batch * hw * c).map(|i| value(i + 3)).collect(),
+            hw,
+        }
+    }
+
+    /// Layer by layer: fc1 with the GELU, GRN in place (`v2`), fc2 with the scale and add.
+    fn layers(&self, v2: bool) -> Vec<f32> {
+        use convnext_explorer::kernels::gemm::Epilogue;
+        let mut h = self.fc1.forward_with(&self.x, true, Epilogue::Gelu);
+        if v2 {
+            convnext_explorer::kernels::grn::grn_in_place(&mut h, self.hw, &self.grn);
+        }
+        let add = Epilogue::ScaleAdd {
+            gamma: Some(&self.gamma),
+            residual: &self.x,
+        };
+        self.fc2.forward_with(&h, true, add)
+    }
+
+    /// In blocks of rows, or `None` where the forward does not take them.
+    fn blocks(&self, v2: bool) -> Option<Vec<f32>> {
+        use convnext_explorer::kernels::mlp;
+        let (x, g) = (&self.x, Some(self.gamma.as_slice()));
+        match v2 {
+            false => mlp::forward(&self.fc1, &self.fc2, mlp::MlpInput::F32(x), g, x),
+            true => {
+                let step = mlp::GrnStep {
+                    values: &self.grn,
+                    hw: self.hw,
+                };
+                mlp::forward_grn((&self.fc1, &self.fc2), x, step, g, x)
+            }
+        }
+    }
+
+    /// GFLOP/s layer by layer and in blocks (medians of `iters` interleaved runs), or `None`
+    /// where the forward does not take the blocks. Panics if the two differ in any bit.
+    fn rates(&self, v2: bool, iters: usize) -> Option<(f64, f64)> {
+        let same = self.blocks(v2)? == self.layers(v2);
+        assert!(same, "the MLP in blocks differs from the layers one by one");
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        convnext_explorer::base::pool::run_awake(|| {
+            for _ in 0..iters.max(1) {
+                let t = Instant::now();
+                std::hint::black_box(self.layers(v2));
+                a.push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                std::hint::black_box(self.blocks(v2));
+                b.push(t.elapsed().as_secs_f64());
+            }
+        });
+        let flops = 4.0 * (self.x.len() * self.fc1.out_features()) as f64;
+        let median = |mut t: Vec<f64>| {
+            t.sort_by(f64::total_cmp);
+            flops / t[t.len() / 2] / 1e9
+        };
+        Some((median(a), median(b)))
+    }
 }

@@ -24,7 +24,7 @@ fn avx512() -> bool {
 }
 
 /// Rows per tile on this CPU.
-fn mr() -> usize {
+pub(super) fn mr() -> usize {
     if avx512() {
         MR_512
     } else {
@@ -162,6 +162,11 @@ impl PackedLinear {
         self.n
     }
 
+    /// The panels of 16 output columns (the last zero-padded).
+    pub(super) fn panel_count(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
     /// `out[m, n] = x[m, k] · Wᵀ + b` (`with_bias` false leaves the bias out).
     pub fn forward(&self, x: &[f32], with_bias: bool) -> Vec<f32> {
         self.forward_with(x, with_bias, Epilogue::None)
@@ -291,7 +296,7 @@ impl PackedLinear {
     }
 
     /// One task of [`forward_with`](Self::forward_with): `rows` × the columns of `panels`.
-    fn task(
+    pub(super) fn task(
         &self,
         x: &Operand,
         rows: std::ops::Range<usize>,
@@ -594,20 +599,20 @@ impl PackedLinear {
 }
 
 /// The input as the tiles read it.
-enum Operand<'a> {
+pub(super) enum Operand<'a> {
     F32(&'a [f32]),
     Bf16(&'a BfRows<'a>),
 }
 
 /// Rows of bf16 values (bits), `stride` apart: the input rounded for `vdpbf16ps`, each row
 /// padded to an even length with a zero so that every pair of K is one 32-bit word.
-struct BfRows<'a> {
-    data: std::borrow::Cow<'a, [u16]>,
-    stride: usize,
+pub(super) struct BfRows<'a> {
+    pub(super) data: std::borrow::Cow<'a, [u16]>,
+    pub(super) stride: usize,
 }
 
 impl BfRows<'_> {
-    fn new(x: &[f32], k: usize) -> Self {
+    pub(super) fn new(x: &[f32], k: usize) -> Self {
         let stride = k.div_ceil(2) * 2;
         let m = x.len() / k.max(1);
         let mut data = vec![0u16; m * stride];
@@ -664,7 +669,7 @@ fn pack_pairs(w: &[f32], n: usize, k: usize) -> Vec<u32> {
 
 /// The output buffer, shared by the tasks of one `forward`.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: the pointer is only written through by `forward`'s tasks, each to its own disjoint
 // region, while `forward` keeps the buffer alive and does not touch it until they all finish.
 unsafe impl Send for SendPtr {}

@@ -48,7 +48,7 @@ fn sum_squares_generic(acc: &mut [f32], x: &[f32]) {
     }
 }
 
-simd_dispatch!(fn sum_squares => sum_squares_generic(acc: &mut [f32], x: &[f32]));
+simd_dispatch!(pub(super) fn sum_squares => sum_squares_generic(acc: &mut [f32], x: &[f32]));
 
 #[inline(always)]
 fn scale_shift_in_place_generic(v: &mut [f32], s: &[f32], b: &[f32]) {
@@ -60,7 +60,7 @@ fn scale_shift_in_place_generic(v: &mut [f32], s: &[f32], b: &[f32]) {
     }
 }
 
-simd_dispatch!(fn scale_shift_in_place => scale_shift_in_place_generic(v: &mut [f32], s: &[f32], b: &[f32]));
+simd_dispatch!(pub(super) fn scale_shift_in_place => scale_shift_in_place_generic(v: &mut [f32], s: &[f32], b: &[f32]));
 
 /// GRN's parameters as plain values, for the fused fc1 op to apply to its output in place.
 #[derive(Debug)]
@@ -99,8 +99,20 @@ fn scale_of(img: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
             acc
         })
         .collect();
+    scale_from_sums(&parts, gamma, eps)
+}
+
+/// The rows of each part whose squares [`scale_of`] sums on its own, from an image's first
+/// row on: a fused caller that sums the same parts gets the same bits.
+pub(super) fn part_rows(c: usize) -> usize {
+    task_len(c) / c.max(1)
+}
+
+/// The per-channel scale `1 + γ·Nx` from each part's sums of squares, added in order.
+pub(super) fn scale_from_sums(parts: &[Vec<f32>], gamma: &[f32], eps: f32) -> Vec<f32> {
+    let c = gamma.len();
     let mut ss = vec![0f32; c];
-    for p in &parts {
+    for p in parts {
         ss.iter_mut().zip(p).for_each(|(x, y)| *x += y);
     }
     let gx: Vec<f32> = ss.iter().map(|v| v.sqrt()).collect();

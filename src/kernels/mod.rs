@@ -9,6 +9,7 @@ pub mod gelu;
 pub mod gemm;
 pub mod grn;
 pub mod layer_norm;
+pub mod mlp;
 pub mod patches;
 pub mod peak;
 pub mod reduce;

@@ -247,6 +247,16 @@ impl ConvNeXtBlock {
         if !self.mlp_fusable() {
             return Ok(None);
         }
+        // GRN fused only where its values are ready (f32 inference).
+        let grn_ready = self.grn.is_none() || self.grn_packed.is_some();
+        if grn_ready {
+            let fc2 = &self.fc2;
+            let (gamma, grn) = (self.gamma_packed.as_ref(), self.grn_packed.as_ref());
+            let fused = self.fc1.forward_mlp_fused(fc2, y, gamma, grn, x)?;
+            if fused.is_some() {
+                return Ok(fused);
+            }
+        }
         // In bf16 with no GRN between them, fc1 hands fc2 its output in bf16 (half the bytes,
         // and no conversion pass): fc2 rounds its input to bf16 anyway.
         let bf16 = self.grn.is_none() && self.fc2.takes_bf16();

@@ -239,6 +239,42 @@ impl Linear {
         ))
     }
 
+    /// This layer (fc1), its GELU, GRN (present: `[N, H, W, C]` f32), `fc2`, the layer scale
+    /// and the residual add one block of rows at a time ([`crate::kernels::mlp`]), where that applies: both packed, the input
+    /// as both take it, rows enough; `None` elsewhere. No gradient flows through it.
+    pub fn forward_mlp_fused(
+        &self,
+        fc2: &Linear,
+        x: &Tensor,
+        gamma: Option<&Arc<Vec<f32>>>,
+        grn: Option<&Arc<GrnValues>>,
+        residual: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let (Some(fc1), Some(fc2)) = (self.packed_fused(x), fc2.packed.clone()) else {
+            return Ok(None);
+        };
+        let m = x.elem_count() / fc1.in_features().max(1);
+        let bf16 = x.dtype() == DType::BF16;
+        let grn_hw = match (grn, x.dims()) {
+            (None, _) => None,
+            (Some(_), &[_, h, w, _]) => Some(h * w),
+            (Some(_), _) => return Ok(None),
+        };
+        let f32_residual = residual.dtype() == DType::F32 && residual.device().is_cpu();
+        if !f32_residual || !crate::kernels::mlp::applies((&fc1, &fc2), m, bf16, grn_hw) {
+            return Ok(None);
+        }
+        let op = crate::kernels::mlp::PackedMlpOp {
+            fc1,
+            fc2,
+            gamma: gamma.cloned(),
+            grn: grn.cloned(),
+        };
+        Ok(Some(
+            x.contiguous()?.apply_op2(&residual.contiguous()?, op)?,
+        ))
+    }
+
     /// A layer scale's values for [`Linear::forward_scale_add_fused`], where this Linear is
     /// packed (f32 on the CPU).
     pub fn packed_scale(&self, gamma: &Tensor) -> Result<Option<Arc<Vec<f32>>>> {
