@@ -4,7 +4,8 @@
 //! the CPU has AVX-512 BF16, a second table gives the bf16 GEMM beside the `vdpbf16ps` loop.
 //! A third table times a block's whole MLP (fc1, GELU, GRN for V2, fc2, scale and add) layer by
 //! layer and in blocks of rows (`kernels::mlp`), where the forward takes the blocks.
-//! `BENCH_ITERS=50` to choose the runs per shape (median reported).
+//! Each shape's share of the peak is the median over rounds (`BENCH_ROUNDS`, default 5) of its
+//! rate over the peak loop run just before it; `BENCH_ITERS` (default 10) runs per round.
 use convnext_explorer::kernels::gemm::{PackedLinear, Precision};
 use convnext_explorer::kernels::peak;
 use std::time::Instant;
@@ -13,26 +14,31 @@ fn main() {
     // The allocator as the CLI and the app set it: big outputs reuse the heap, not fresh pages
     // (without it, stage 0's fc1 at batch 8 measured page faults, not the kernel).
     convnext_explorer::base::allocator::keep_freed_memory();
-    let iters: usize = std::env::var("BENCH_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+            .max(1)
+    };
+    let (rounds, iters) = (env("BENCH_ROUNDS", 5), env("BENCH_ITERS", 10));
     let fma = peak::fma_gflops();
     let big = peak::gemm_gflops();
     println!(
-        "{} threads, SIMD {:?}: FMA loop {fma:.1} GFLOP/s, GEMM 1024³ {big:.1} GFLOP/s",
+        "{} threads, SIMD {:?}: FMA loop {fma:.1} GFLOP/s, GEMM 1024³ {big:.1} GFLOP/s \
+         ({rounds} rounds × {iters} runs per shape)",
         rayon::current_num_threads(),
         convnext_explorer::kernels::simd::level()
     );
     println!(
-        "| layer | M × K × N | GFLOP/s (median) | best run | % of FMA peak | % of GEMM 1024³ |"
+        "| layer | M × K × N | GFLOP/s (median) | best run | % of FMA peak (median of rounds, range) | % of GEMM 1024³ |"
     );
     println!("| --- | --- | --- | --- | --- | --- |");
-    for (name, m, k, n) in shapes() {
-        let (g, best) = gflops((m, k, n), Precision::F32, iters);
+    for row in table(Precision::F32, &peak::fma_gflops, rounds, iters) {
+        let (g, best, (lo, mid, hi)) = (row.median, row.best, row.share);
         println!(
-            "| {name} | {m} × {k} × {n} | {g:.1} | {best:.1} | {:.0} | {:.0} |",
-            100.0 * g / fma,
+            "| {} | {g:.1} | {best:.1} | {mid:.0} ({lo:.0}–{hi:.0}) | {:.0} |",
+            row.shape,
             100.0 * g / big
         );
     }
@@ -43,17 +49,82 @@ fn main() {
     };
     println!("\nbf16 (vdpbf16ps, f32 sums): bf16 dot loop {dot:.1} GFLOP/s");
     println!(
-        "| layer | M × K × N | GFLOP/s (median) | best run | % of bf16 dot peak | ÷ f32 FMA peak |"
+        "| layer | M × K × N | GFLOP/s (median) | best run | % of bf16 dot peak (median of rounds, range) | ÷ f32 FMA peak |"
     );
     println!("| --- | --- | --- | --- | --- | --- |");
-    for (name, m, k, n) in shapes() {
-        let (g, best) = gflops((m, k, n), Precision::Bf16, iters);
+    let dot_peak = || peak::bf16_dot_gflops().unwrap_or(f64::NAN);
+    for row in table(Precision::Bf16, &dot_peak, rounds, iters) {
+        let (g, best, (lo, mid, hi)) = (row.median, row.best, row.share);
         println!(
-            "| {name} | {m} × {k} × {n} | {g:.1} | {best:.1} | {:.0} | {:.2} |",
-            100.0 * g / dot,
+            "| {} | {g:.1} | {best:.1} | {mid:.0} ({lo:.0}–{hi:.0}) | {:.2} |",
+            row.shape,
             g / fma
         );
     }
+}
+
+/// One shape's line of a table.
+struct Row {
+    /// "name | M × K × N".
+    shape: String,
+    /// GFLOP/s: the median and the best of all runs.
+    median: f64,
+    best: f64,
+    /// % of the peak: each round's median rate over the peak loop run just before it; the
+    /// lowest, the median and the highest of the rounds.
+    share: (f64, f64, f64),
+}
+
+/// Every shape in `precision`, in `rounds` rounds: in each, per shape, the peak loop and then
+/// `iters` runs of the shape, so that a busy stretch of a shared host slows both (the speed
+/// claims' rule: ratios to a reference measured in the same run, interleaved).
+fn table(precision: Precision, peak: &dyn Fn() -> f64, rounds: usize, iters: usize) -> Vec<Row> {
+    let value = |i: usize| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5;
+    let cases: Vec<_> = shapes()
+        .into_iter()
+        .map(|(name, m, k, n)| {
+            let w: Vec<f32> = (0..n * k).map(value).collect();
+            let x: Vec<f32> = (0..m * k).map(|i| value(i + 3)).collect();
+            let lin = PackedLinear::with_precision(&w, n, k, &vec![0.1; n], precision);
+            (
+                format!("{name} | {m} × {k} × {n}"),
+                2.0 * (m * k * n) as f64,
+                lin,
+                x,
+            )
+        })
+        .collect();
+    let mut runs = vec![Vec::new(); cases.len()];
+    let mut shares = vec![Vec::new(); cases.len()];
+    for _ in 0..rounds {
+        for (i, (_, flops, lin, x)) in cases.iter().enumerate() {
+            let p = peak();
+            // On the pool with its workers awake, as a forward runs the kernel (`run_awake`).
+            let mut t = convnext_explorer::base::pool::run_awake(|| times(lin, x, iters));
+            t.sort_by(f64::total_cmp);
+            shares[i].push(100.0 * flops / t[t.len() / 2] / 1e9 / p);
+            runs[i].extend(t);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    cases
+        .iter()
+        .zip(runs.iter_mut().zip(shares.iter_mut()))
+        .map(|((shape, flops, _, _), (t, s))| {
+            let (mid, fastest) = (median(t), t[0]);
+            let mid_share = median(s);
+            let share = (s[0], mid_share, s[s.len() - 1]);
+            Row {
+                shape: shape.clone(),
+                median: flops / mid / 1e9,
+                best: flops / fastest / 1e9,
+                share,
+            }
+        })
+        .collect()
 }
 
 /// Every Linear of ConvNeXt-T at batch 1 and 8: (name, M, K, N).
@@ -70,20 +141,6 @@ fn shapes() -> Vec<(String, usize, usize, usize)> {
         }
     }
     all
-}
-
-/// GFLOP/s of `y = x Wᵀ + b` at `m × k × n`: the median and the best of `iters` runs (after
-/// two warm-ups). On a shared machine the best run shows what the kernel can do.
-fn gflops((m, k, n): (usize, usize, usize), precision: Precision, iters: usize) -> (f64, f64) {
-    let value = |i: usize| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5;
-    let w: Vec<f32> = (0..n * k).map(value).collect();
-    let x: Vec<f32> = (0..m * k).map(|i| value(i + 3)).collect();
-    let lin = PackedLinear::with_precision(&w, n, k, &vec![0.1; n], precision);
-    // On the pool with its workers awake, as a forward runs the kernel (`run_awake`).
-    let mut t = convnext_explorer::base::pool::run_awake(|| times(&lin, &x, iters));
-    t.sort_by(f64::total_cmp);
-    let rate = |s: f64| 2.0 * (m * k * n) as f64 / s / 1e9;
-    (rate(t[t.len() / 2]), rate(t[0]))
 }
 
 /// Seconds of each of `iters` runs of `lin` on `x`, after two warm-ups.
