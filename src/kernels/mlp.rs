@@ -22,12 +22,14 @@ use std::sync::Arc;
 /// past it, with room for the block's input and the panels.
 const HIDDEN_BLOCK: usize = 64 * 1024;
 
-/// The most bytes of fc1's and fc2's weights together for which blocks pay: every block reads
-/// both weights again, from L2 where they fit beside the block's rows, else from L3. At
-/// ConvNeXt-T's stage 2 (4.7 MB) the fused forward of V2-T measured 9 % slower than layer by
-/// layer; at stages 0 and 1 (0.3 and 1.2 MB) and all of ConvNeXt-atto's it was as fast or
-/// faster (atto 3–8 %, T at batch 8 4 %).
-const WEIGHT_BUDGET: usize = 5 << 18;
+/// The most weights of fc1 and fc2 together for which blocks pay: every block reads both
+/// weights again, from L2 where they fit beside the block's rows, else from L3. In f32, at
+/// ConvNeXt-T's stage 2 (1.2 M weights, 4.7 MB) the fused forward of V2-T measured 9 % slower
+/// than layer by layer; at stages 0 and 1 (0.07 and 0.3 M) and all of ConvNeXt-atto's it was
+/// as fast or faster (atto 3–8 %, T at batch 8 4 %). Counted in weights, not bytes: in bf16 a
+/// weight takes half the bytes, but the products run twice as fast, and ConvNeXt-B's stage 1
+/// in bf16 (0.5 M weights, 1 MB) ran 5 % slower in blocks.
+const WEIGHT_BUDGET: usize = 5 << 16;
 
 /// The block's input to fc1, as the layer norm before it hands it over.
 pub enum MlpInput<'a> {
@@ -62,8 +64,8 @@ fn blocks(m: usize, hidden: usize) -> Option<usize> {
 
 /// Whether [`forward`] (`grn_hw` absent) or [`forward_grn`] (GRN over images of `grn_hw`
 /// positions) runs fc1 then fc2 on `m` rows of `x` (bf16 or f32): the layers and the input
-/// all f32, or (without GRN) all native bf16 with even widths; rows enough; weights within
-/// [`WEIGHT_BUDGET`].
+/// all f32, or (without GRN) all native bf16 with even widths; rows enough; as many weights as
+/// [`WEIGHT_BUDGET`] at most.
 pub fn applies(
     (fc1, fc2): (&PackedLinear, &PackedLinear),
     m: usize,
@@ -80,7 +82,7 @@ pub fn applies(
         None => blocks(m, h).is_some(),
         Some(hw) => !bf16_input && grn_blocks(m, h, hw).is_some(),
     };
-    let weights = 2 * c * h * if bf16_input { 2 } else { 4 };
+    let weights = 2 * c * h;
     let shapes = fc2.in_features() == h && c > 0 && fc2.out_features() > 0;
     kinds && shapes && rows && weights <= WEIGHT_BUDGET
 }
