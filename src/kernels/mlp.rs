@@ -257,6 +257,7 @@ pub fn forward_grn(
     if !applies((fc1, fc2), m, false, Some(grn.hw))
         || !shapes
         || residual.len() != m * n
+        || x.len() != m * c
         || gamma_len
     {
         return None;
@@ -530,6 +531,21 @@ mod tests {
             beta: vec![0.0; 4 * c],
             eps: 1e-6,
         };
+        // An input one value past a whole number of rows (the residual and the images fit
+        // the rows): no row is left out silently.
+        let rows = m - 1;
+        let (ragged, residual) = (&x[..rows * c + 1], &x[..rows * c]);
+        let step = GrnStep {
+            values: &grn,
+            hw: rows,
+        };
+        assert!(forward_grn((&fc1, &fc2), &x[..rows * c], step, Some(&g), residual).is_some());
+        let step = GrnStep {
+            values: &grn,
+            hw: rows,
+        };
+        assert!(forward_grn((&fc1, &fc2), ragged, step, Some(&g), residual).is_none());
+        assert!(forward(&fc1, &fc2, MlpInput::F32(ragged), Some(&g), residual).is_none());
         // Rows that are not a whole number of images.
         let step = GrnStep {
             values: &grn,
