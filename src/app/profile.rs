@@ -14,7 +14,7 @@ use crate::model::flops::{totals, Totals};
 use crate::model::layer_id::LayerId;
 use candle_core::{DType, Tensor};
 use egui::Color32;
-use egui_plot::{Bar, BarChart, Plot};
+use egui_plot::{AxisHints, Bar, BarChart, GridInput, GridMark, Plot};
 use std::time::Duration;
 
 /// Per-layer times of the current model.
@@ -313,6 +313,18 @@ fn charts(ui: &mut egui::Ui, shared: &Shared, timed: bool, all: &[ProfileRow], t
     });
 }
 
+/// One grid mark per whole number in view (the per-stage chart's groups).
+fn every_group(input: GridInput) -> Vec<GridMark> {
+    let (lo, hi) = input.bounds;
+    let (first, last) = (lo.ceil().max(0.0) as i64, hi.floor() as i64);
+    (first..=last.min(first + 64))
+        .map(|i| GridMark {
+            value: i as f64,
+            step_size: 1.0,
+        })
+        .collect()
+}
+
 fn per_stage_chart(
     ui: &mut egui::Ui,
     all: &[ProfileRow],
@@ -346,16 +358,41 @@ fn per_stage_chart(
         .width(w)
         .height(h)
         .allow_scroll(false)
-        .x_axis_formatter(move |m, _| {
-            let i = m.value.round();
-            if (m.value - i).abs() < 1e-6 && i >= 0.0 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        // A mark and a label on every group: at 1024 points wide the default spacer's marks, and
+        // x labels wanting 60 points apart, left only "stem" labelled.
+        .x_grid_spacer(every_group)
+        .custom_x_axes(vec![AxisHints::new_x()
+            .label_spacing(20.0..=30.0)
+            .formatter(move |m, _| {
+                let i = m.value.round();
+                if (m.value - i).abs() < 1e-6 && i >= 0.0 {
+                    names.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })])
         .show(ui, |p| {
             p.bar_chart(BarChart::new(unit.to_string(), macs_bars));
             p.bar_chart(BarChart::new("time", time_bars));
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_per_stage_chart_has_a_mark_on_every_group() {
+        let input = GridInput {
+            bounds: (-0.45, 5.45),
+            base_step_size: 0.1,
+        };
+        let values: Vec<f64> = every_group(input).iter().map(|m| m.value).collect();
+        assert_eq!(values, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        let none = GridInput {
+            bounds: (0.2, 0.8),
+            base_step_size: 0.1,
+        };
+        assert!(every_group(none).is_empty());
+    }
 }
