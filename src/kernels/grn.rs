@@ -62,7 +62,7 @@ fn scale_shift_in_place_generic(v: &mut [f32], s: &[f32], b: &[f32]) {
 
 simd_dispatch!(pub(super) fn scale_shift_in_place => scale_shift_in_place_generic(v: &mut [f32], s: &[f32], b: &[f32]));
 
-/// GRN's parameters as plain values, for the fused fc1 op to apply to its output in place.
+/// GRN's parameters as plain values, for the fused ops (fc1's, and the MLP's in blocks).
 #[derive(Debug)]
 pub struct GrnValues {
     pub gamma: Vec<f32>,

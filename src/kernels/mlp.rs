@@ -49,7 +49,7 @@ thread_local! {
     static HIDDEN: RefCell<Hidden> = const { RefCell::new(Hidden { f32: Vec::new(), bf16: Vec::new() }) };
 }
 
-/// Rows per block and blocks for `m` rows of a hidden width `hidden`, or `None` where the
+/// How many blocks `m` rows of a hidden width `hidden` are cut into, or `None` where the
 /// rows are too few to give every thread two blocks: there the layer-by-layer GEMMs, which
 /// also split the columns among the threads, keep both cores busy (stage 3 at batch 1).
 fn blocks(m: usize, hidden: usize) -> Option<usize> {
@@ -63,28 +63,33 @@ fn blocks(m: usize, hidden: usize) -> Option<usize> {
 }
 
 /// Whether [`forward`] (`grn_hw` absent) or [`forward_grn`] (GRN over images of `grn_hw`
-/// positions) runs fc1 then fc2 on `m` rows of `x` (bf16 or f32): the layers and the input
-/// all f32, or (without GRN) all native bf16 with even widths; rows enough; as many weights as
-/// [`WEIGHT_BUDGET`] at most.
+/// positions) runs fc1 then fc2 on `m` rows of `x` (bf16 or f32): the layers fit
+/// ([`layers_fit`]) and the rows make blocks enough.
 pub fn applies(
     (fc1, fc2): (&PackedLinear, &PackedLinear),
     m: usize,
     bf16_input: bool,
     grn_hw: Option<usize>,
 ) -> bool {
+    let h = fc1.out_features();
+    let rows = match grn_hw {
+        None => blocks(m, h).is_some(),
+        Some(hw) => !bf16_input && grn_blocks(m, h, hw).is_some(),
+    };
+    layers_fit((fc1, fc2), bf16_input) && rows
+}
+
+/// The layers and the input all f32, or all native bf16 with even widths; fc2 taking fc1's
+/// output; as many weights as [`WEIGHT_BUDGET`] at most.
+fn layers_fit((fc1, fc2): (&PackedLinear, &PackedLinear), bf16_input: bool) -> bool {
     use super::gemm::Precision;
     let (c, h) = (fc1.in_features(), fc1.out_features());
     let kinds = match bf16_input {
         true => fc1.is_native_bf16() && fc2.is_native_bf16() && c % 2 == 0 && h % 2 == 0,
         false => fc1.precision() == Precision::F32 && fc2.precision() == Precision::F32,
     };
-    let rows = match grn_hw {
-        None => blocks(m, h).is_some(),
-        Some(hw) => !bf16_input && grn_blocks(m, h, hw).is_some(),
-    };
-    let weights = 2 * c * h;
     let shapes = fc2.in_features() == h && c > 0 && fc2.out_features() > 0;
-    kinds && shapes && rows && weights <= WEIGHT_BUDGET
+    kinds && shapes && 2 * c * h <= WEIGHT_BUDGET
 }
 
 /// `residual + γ ⊙ (gelu(x W₁ᵀ + b₁) W₂ᵀ + b₂)` (`γ` absent: without the scale), or `None`
@@ -104,7 +109,7 @@ pub fn forward(
     };
     let m = len / c.max(1);
     let gamma_len = gamma.is_some_and(|g| g.len() != n);
-    if !applies((fc1, fc2), m, bf16, None) || residual.len() != m * n || len != m * c || gamma_len {
+    if !layers_fit((fc1, fc2), bf16) || residual.len() != m * n || len != m * c || gamma_len {
         return None;
     }
     let count = blocks(m, h)?;
@@ -254,7 +259,7 @@ pub fn forward_grn(
     let m = x.len() / c.max(1);
     let shapes = grn.values.gamma.len() == h && grn.values.beta.len() == h;
     let gamma_len = gamma.is_some_and(|g| g.len() != n);
-    if !applies((fc1, fc2), m, false, Some(grn.hw))
+    if !layers_fit((fc1, fc2), false)
         || !shapes
         || residual.len() != m * n
         || x.len() != m * c
