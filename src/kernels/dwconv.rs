@@ -486,8 +486,9 @@ fn dwconv_rows(
 }
 
 /// One output row, with the widest register blocking this CPU has room for: AVX-512, four
-/// neighbouring pixels × 32 channels (8 of 32 registers of accumulators); AVX2, four × 16
-/// (8 of 16); elsewhere one pixel × 32. Blocking pixels gives each weight load four uses and
+/// neighbouring pixels × 32 channels (8 of 32 registers of accumulators); AVX2, four × 8
+/// for K = 7 (with the tap row's weights in 7 more registers) and four × 16 otherwise (8 of
+/// 16); elsewhere one pixel × 32. Blocking pixels gives each weight load four uses and
 /// the adds four independent chains, where one pixel's 49 taps were one chain of dependent
 /// adds. Every output is summed in the same order whatever the blocking (bias, then the taps
 /// row by row), so the results do not depend on the CPU.
@@ -513,6 +514,12 @@ fn dw_row(
         c,
         k,
     };
+    dw_row_at(crate::kernels::simd::level(), out, &r)
+}
+
+/// [`dw_row`] with the blocks of `level`, or of this CPU's level where that is lower: the
+/// tests run every level this CPU has, not only its best.
+fn dw_row_at(level: crate::kernels::simd::Level, out: &mut [f32], r: &Row) {
     // The SIMD blocks index without bounds checks: the slices must be whole (the public
     // entry points have checked the shapes, so this holds unless they have a bug).
     assert!(
@@ -539,20 +546,31 @@ fn dw_row(
         /// Only on a CPU with AVX2 and FMA; `r.fits(out)`.
         #[target_feature(enable = "avx2,fma")]
         unsafe fn w256(out: &mut [f32], r: &Row) {
-            let blocks = Blocks::Interior(x86::block256::<4>);
-            dw_row_impl::<4, 16>(out, r, Some(blocks), None)
+            match (r.k, r.w) {
+                // 8 channels a block: no ConvNeXt has a tail (its widths are multiples of 8).
+                (7, 4..) => {
+                    let blocks = Blocks::Clipped(x86::block256_k7::<4>);
+                    dw_row_impl::<4, 8>(out, r, Some(blocks), None)
+                }
+                _ => {
+                    let blocks = Blocks::Interior(x86::block256::<4>);
+                    dw_row_impl::<4, 16>(out, r, Some(blocks), None)
+                }
+            }
         }
-        use crate::kernels::simd::{level, Level};
-        match level() {
-            // SAFETY: the level was detected on this CPU.
-            Level::Avx512 => return unsafe { w512(out, &r) },
+        use crate::kernels::simd::Level;
+        match level.min(crate::kernels::simd::level()) {
+            // SAFETY: this CPU has the level (capped by the detected one just above).
+            Level::Avx512 => return unsafe { w512(out, r) },
             // SAFETY: as above.
-            Level::Avx2 => return unsafe { w256(out, &r) },
+            Level::Avx2 => return unsafe { w256(out, r) },
             Level::Baseline => {}
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level;
     // SAFETY: no SIMD block is given.
-    unsafe { dw_row_impl::<1, 32>(out, &r, None, None) }
+    unsafe { dw_row_impl::<1, 32>(out, r, None, None) }
 }
 
 /// One output row's inputs: the image's plane, the `[K, K, C]` weight, the bias, the output
@@ -850,6 +868,55 @@ mod x86 {
         }
     }
 
+    /// [`block512_k7`] with AVX2: `PW` pixels × 8 channels (one vector), so that a tap row's
+    /// seven weights (7 registers), the `PW` accumulators and an input column fit the 16
+    /// registers; the two-vector block above would need 14 for the weights alone. Each input
+    /// column is loaded once for the pixels that read it, and the block also runs at the
+    /// edges, where [`super::dw_pixel`] ran each pixel as one chain of dependent adds (every
+    /// pixel of a 7×7 map). Summed as [`super::dw_pixel`] sums.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `g.k` must be 7, the pixels `ow..ow + PW` inside the row, the
+    /// tap rows inside the plane, the channels `c0..c0 + 8` inside `c`, and the row's slices
+    /// whole ([`Row::fits`]).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn block256_k7<const PW: usize>(
+        out: &mut [f32],
+        g: &Row,
+        taps: std::ops::Range<usize>,
+        (ow, c0): (usize, usize),
+    ) {
+        const K: usize = 7;
+        const P: usize = K / 2;
+        let (c, row) = (g.c, g.w * g.c);
+        // Window column t is the row's column ow + t − P; those outside [0, w) are padding.
+        let inside = P.saturating_sub(ow)..(g.w + P - ow).min(PW + K - 1);
+        let mut acc = [_mm256_setzero_ps(); PW];
+        if let Some(b) = g.b {
+            acc = [_mm256_loadu_ps(b.as_ptr().add(c0)); PW];
+        }
+        for i in taps {
+            let wrow = g.wt.as_ptr().add(i * K * c + c0);
+            let w: [__m256; K] = std::array::from_fn(|j| _mm256_loadu_ps(wrow.add(j * c)));
+            let xrow = g.x.as_ptr().add((g.oh + i - P) * row + c0);
+            // Column t of the window feeds pixel q through tap j = t − q.
+            for t in 0..PW + K - 1 {
+                if !inside.contains(&t) {
+                    continue;
+                }
+                let x = _mm256_loadu_ps(xrow.add((ow + t - P) * c));
+                for (q, a) in acc.iter_mut().enumerate() {
+                    if (q..q + K).contains(&t) {
+                        *a = _mm256_add_ps(*a, _mm256_mul_ps(x, w[t - q]));
+                    }
+                }
+            }
+        }
+        for (q, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add((ow + q) * c + c0), *a);
+        }
+    }
+
     dw_block_simd!(
         block256,
         "avx2,fma",
@@ -941,10 +1008,14 @@ mod tests {
         }
     }
 
-    /// This CPU's blocked row gives the same bits as the portable one-pixel row, on maps
-    /// with interior blocks, edges only (7 wide), a ragged channel count and a bias or none.
+    /// The blocked row of every SIMD level this CPU has gives the same bits as the portable
+    /// one-pixel row, on maps with interior blocks, edges only (7 wide), rows narrower than a
+    /// block, ragged channel counts and a bias or none.
     #[test]
     fn blocked_rows_equal_the_one_pixel_rows() {
+        use crate::kernels::simd::{level, Level};
+        let levels = [Level::Baseline, Level::Avx2, Level::Avx512];
+        let levels: Vec<_> = levels.into_iter().filter(|&l| l <= level()).collect();
         let mut seed = 7u32;
         let mut rand = |n: usize| -> Vec<f32> {
             (0..n)
@@ -961,6 +1032,9 @@ mod tests {
             (6, 10, 16, 5),
             // A tail of 24 channels: two masked vectors (8 and 16 above: one).
             (5, 9, 56, 7),
+            // AVX2's K = 7 block takes 8 channels: 4 left over; and a row of 3 pixels.
+            (6, 11, 44, 7),
+            (4, 3, 24, 7),
         ] {
             let (x, wt, b) = (rand(h * w * c), rand(k * k * c), rand(c));
             for bias in [Some(&b[..]), None] {
@@ -975,19 +1049,22 @@ mod tests {
                         c,
                         k,
                     };
-                    let (mut fast, mut plain) = (vec![0f32; w * c], vec![0f32; w * c]);
-                    dw_row(&mut fast, &x, &wt, bias, oh, h, w, c, k);
+                    let mut plain = vec![0f32; w * c];
                     // SAFETY: no SIMD block; the slices have the shape's sizes.
                     unsafe { dw_row_impl::<1, 32>(&mut plain, &r, None, None) };
-                    let same = fast
-                        .iter()
-                        .zip(&plain)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(
-                        same,
-                        "{h}×{w}×{c}, k {k}, row {oh}, bias {}",
-                        bias.is_some()
-                    );
+                    for &l in &levels {
+                        let mut fast = vec![0f32; w * c];
+                        dw_row_at(l, &mut fast, &r);
+                        let same = fast
+                            .iter()
+                            .zip(&plain)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{l:?}: {h}×{w}×{c}, k {k}, row {oh}, bias {}",
+                            bias.is_some()
+                        );
+                    }
                 }
             }
         }
