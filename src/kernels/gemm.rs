@@ -390,7 +390,8 @@ impl PackedLinear {
 }
 
 /// Copies an `h × cols` tile from `src` to `dst` (rows `lds` and `ldd` apart). A full tile's
-/// rows are copied as arrays of 32 values (two vector moves each), not by `memmove` calls.
+/// rows (32 values for the AVX-512 pair tile, 16 for the single-panel AVX2 one) are copied as
+/// arrays, in vector moves, not by a `memmove` call per row.
 ///
 /// # Safety
 /// Both must hold `h` rows of `cols` values, their rows that far apart, and not overlap.
@@ -401,11 +402,12 @@ unsafe fn copy_tile(
 ) {
     for i in 0..h {
         let (s, d) = (src.add(i * lds), dst.add(i * ldd));
-        match cols == 2 * NR {
-            true => d
+        match cols {
+            c if c == 2 * NR => d
                 .cast::<[f32; 2 * NR]>()
                 .write(s.cast::<[f32; 2 * NR]>().read()),
-            false => std::ptr::copy_nonoverlapping(s, d, cols),
+            c if c == NR => d.cast::<[f32; NR]>().write(s.cast::<[f32; NR]>().read()),
+            _ => std::ptr::copy_nonoverlapping(s, d, cols),
         }
     }
 }
