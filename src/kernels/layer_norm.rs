@@ -281,7 +281,7 @@ mod x86 {
                 );
                 _mm256_storeu_ps(o.add(i), y);
             }
-            if c % 8 != 0 {
+            if !c.is_multiple_of(8) {
                 let i = full * 8;
                 let load = |p: *const f32| _mm256_maskload_ps(p.add(i), tail);
                 _mm256_maskstore_ps(o.add(i), tail, norm(load(x), load(w), load(b)));
