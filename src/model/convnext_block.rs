@@ -228,7 +228,7 @@ impl ConvNeXtBlock {
             }
             (Some(g), Some(id)) => {
                 let y = step(obs, ids.fc2, &|| self.fc2.forward(&y))?;
-                step(obs, id, &|| y.broadcast_mul(g))?
+                step(obs, id, &|| crate::kernels::bias_scale::scale(&y, g))?
             }
             _ => step(obs, ids.fc2, &|| self.fc2.forward(&y))?,
         };

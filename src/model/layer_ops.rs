@@ -232,7 +232,7 @@ impl Op {
             Op::Relu => x.relu(),
             Op::Gelu => gelu(x),
             Op::Grn(g) => g.forward(x),
-            Op::LayerScale(g) => x.broadcast_mul(g),
+            Op::LayerScale(g) => crate::kernels::bias_scale::scale(x, g),
             Op::MaxPool { k, stride, pad } => max_pool(x, *k, *stride, *pad),
             Op::GlobalAvgPool => match crate::kernels::reduce::spatial_mean(x)? {
                 Some(m) => Ok(m),
