@@ -200,6 +200,19 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
+    fn max_abs(t: Tensor) -> f32 {
+        let t = t.abs().unwrap().flatten_all().unwrap();
+        t.max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// The largest gap between the gradients of `Σ ours·r` and `Σ theirs·r`, per variable.
+    fn gradient_gaps(ours: Tensor, theirs: Tensor, r: &Tensor, vars: &[&Var]) -> Vec<f32> {
+        let grads = |t: Tensor| (t * r).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g1, g2) = (grads(ours), grads(theirs));
+        let gap = |v: &&Var| max_abs((g1.get(v).unwrap() - g2.get(v).unwrap()).unwrap());
+        vars.iter().map(gap).collect()
+    }
+
     /// `scale` gives candle's products bit for bit, and its gradients.
     #[test]
     fn scale_equals_candles_broadcast_mul() {
@@ -214,24 +227,8 @@ mod tests {
             v.iter().map(|f| f.to_bits()).collect()
         };
         assert_eq!(bits(&ours), bits(&theirs));
-        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (theirs * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for v in [&x, &g] {
-            let (a, c) = (g1.get(v).unwrap(), g2.get(v).unwrap());
-            let d: f32 = (a - c)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            assert!(d < 1e-4, "{:?}: {d}", v.dims());
+        for d in gradient_gaps(ours, theirs, &r, &[&x, &g]) {
+            assert!(d < 1e-4, "{d}");
         }
         assert!(scale(&x, &Tensor::ones(7, DType::F32, &dev).unwrap()).is_err());
     }
@@ -245,27 +242,9 @@ mod tests {
         let r = Tensor::randn(0f32, 1.0, (2, 3, 5, 7), &dev).unwrap();
         let ours = bias_scale(&x, &b, &g).unwrap();
         let theirs = x.broadcast_add(&b).unwrap().broadcast_mul(&g).unwrap();
-        let max = |t: Tensor| -> f32 {
-            t.abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        assert!(max((&ours - &theirs).unwrap()) < 1e-6);
-        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (theirs * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for v in [&x, &b, &g] {
-            let (a, c) = (g1.get(v).unwrap(), g2.get(v).unwrap());
-            assert!(max((a - c).unwrap()) < 1e-4, "{:?}", v.dims());
+        assert!(max_abs((&ours - &theirs).unwrap()) < 1e-6);
+        for d in gradient_gaps(ours, theirs, &r, &[&x, &b, &g]) {
+            assert!(d < 1e-4, "{d}");
         }
     }
 }
