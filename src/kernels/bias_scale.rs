@@ -40,9 +40,11 @@ pub fn scale(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
     if gamma.dims1()? != c {
         candle_core::bail!("scale: scale {:?} for input {:?}", gamma.dims(), x.dims())
     }
-    let cpu = [x, gamma]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    // No channels: nothing to scale, and the kernel's rows would be empty chunks.
+    let cpu = c > 0
+        && [x, gamma]
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
     match cpu {
         true => x.contiguous()?.apply_op2(&gamma.contiguous()?, Scale),
         false => x.broadcast_mul(gamma),
@@ -231,6 +233,9 @@ mod tests {
             assert!(d < 1e-4, "{d}");
         }
         assert!(scale(&x, &Tensor::ones(7, DType::F32, &dev).unwrap()).is_err());
+        let empty = Tensor::zeros((2, 3, 0), DType::F32, &dev).unwrap();
+        let none = Tensor::zeros(0, DType::F32, &dev).unwrap();
+        assert_eq!(scale(&empty, &none).unwrap().dims(), &[2, 3, 0]);
     }
 
     #[test]
