@@ -40,11 +40,9 @@ pub fn scale(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
     if gamma.dims1()? != c {
         candle_core::bail!("scale: scale {:?} for input {:?}", gamma.dims(), x.dims())
     }
-    // No channels: nothing to scale, and the kernel's rows would be empty chunks.
-    let cpu = c > 0
-        && [x, gamma]
-            .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    let cpu = [x, gamma]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
     match cpu {
         true => x.contiguous()?.apply_op2(&gamma.contiguous()?, Scale),
         false => x.broadcast_mul(gamma),
