@@ -64,21 +64,44 @@ simd_dispatch!(fn forward_rows_portable => forward_rows_generic(out: &mut [f32],
 
 /// Each row of `x` (`w.len()` values) normalised into `out`.
 fn forward_rows(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    let n = out.len().min(x.len());
+    // SAFETY: both slices hold `n` values.
+    if unsafe { simd_rows(x[..n].as_ptr(), out[..n].as_mut_ptr(), n, (w, b, eps)) } {
+        return;
+    }
+    forward_rows_portable(out, x, w, b, eps)
+}
+
+/// Normalises the `len / w.len()` rows at `src` into `dst` with this CPU's SIMD rows, and
+/// says whether it had them (false: nothing was written).
+///
+/// # Safety
+/// `src` and `dst` must each hold `len` values; they may be the same (each row is read whole
+/// before it is written).
+unsafe fn simd_rows(
+    src: *const f32,
+    dst: *mut f32,
+    len: usize,
+    (w, b, eps): (&[f32], &[f32], f32),
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::kernels::simd::{level, Level};
-        let n = out.len().min(x.len());
-        let (src, dst) = (x[..n].as_ptr(), out[..n].as_mut_ptr());
         match level() {
-            // SAFETY: the CPU has AVX-512F (the level was detected on it); both slices hold
-            // `n` values.
-            Level::Avx512 => return unsafe { x86::rows(src, dst, n, w, b, eps) },
+            // SAFETY: the CPU has AVX-512F (the level was detected on it); the pointers as the
+            // caller promised.
+            Level::Avx512 => x86::rows(src, dst, len, w, b, eps),
             // SAFETY: the CPU has AVX2 and FMA; as above.
-            Level::Avx2 => return unsafe { x86::rows256(src, dst, n, w, b, eps) },
-            Level::Baseline => {}
+            Level::Avx2 => x86::rows256(src, dst, len, w, b, eps),
+            Level::Baseline => return false,
         }
+        true
     }
-    forward_rows_portable(out, x, w, b, eps)
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (src, dst, len, w, b, eps);
+        false
+    }
 }
 
 #[inline(always)]
@@ -97,17 +120,10 @@ simd_dispatch!(fn normalise_rows_portable => normalise_rows_generic(v: &mut [f32
 /// [`forward_rows`] in place: each row of `v` (`w.len()` values) normalised where it lies, the
 /// same arithmetic element by element.
 pub fn normalise_rows(v: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::kernels::simd::{level, Level};
-        let p = v.as_mut_ptr();
-        match level() {
-            // SAFETY: the CPU has AVX-512F; each row is read whole before it is written.
-            Level::Avx512 => return unsafe { x86::rows(p, p, v.len(), w, b, eps) },
-            // SAFETY: the CPU has AVX2 and FMA; as above.
-            Level::Avx2 => return unsafe { x86::rows256(p, p, v.len(), w, b, eps) },
-            Level::Baseline => {}
-        }
+    let p = v.as_mut_ptr();
+    // SAFETY: `v` holds its length; in place, as `simd_rows` allows.
+    if unsafe { simd_rows(p, p, v.len(), (w, b, eps)) } {
+        return;
     }
     normalise_rows_portable(v, w, b, eps)
 }
