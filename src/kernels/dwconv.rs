@@ -1035,6 +1035,9 @@ mod tests {
             // AVX2's K = 7 block takes 8 channels: 4 left over; and a row of 3 pixels.
             (6, 11, 44, 7),
             (4, 3, 24, 7),
+            // Rows of 4 and 5 pixels: one K = 7 block, most of its taps clipped.
+            (3, 4, 16, 7),
+            (5, 5, 8, 7),
         ] {
             let (x, wt, b) = (rand(h * w * c), rand(k * k * c), rand(c));
             for bias in [Some(&b[..]), None] {
