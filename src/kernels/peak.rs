@@ -15,6 +15,14 @@ fn flops_per_round() -> f64 {
 }
 
 const PORTABLE_CHAINS: usize = 16;
+/// Rounds per timing of a peak loop, and timings per measure (the best is kept): about a
+/// millisecond each on AVX2, 40 ms in all. Short timings, many of them: on a machine whose
+/// cores are shared (a busy desktop, a cloud VM lending its vCPUs out), a timing that overlaps
+/// another program's time slice measures half the peak. One thread beside two busy ones
+/// (`yes > /dev/null`) on 2 vCPUs measured half the peak in 17 of 36 measures with 5 timings of
+/// 4 ms, and in none of 36 with these; unloaded, both gave the same peak.
+const LOOP_ROUNDS: usize = 500_000;
+const LOOP_REPEATS: usize = 40;
 /// Independent vector accumulators: more than FMA latency × FMA ports on current cores (4 × 2).
 const CHAINS: usize = 12;
 
@@ -47,11 +55,11 @@ pub fn bf16_dot_gflops() -> Option<f64> {
         return None;
     }
     let threads = rayon::current_num_threads().max(1);
-    let rounds = 2_000_000;
+    let rounds = LOOP_ROUNDS;
     let flops = (CHAINS * 16 * 4) as f64 * rounds as f64 * threads as f64;
     #[cfg(target_arch = "x86_64")]
     return Some(
-        best_rate(5, flops, || {
+        best_rate(LOOP_REPEATS, flops, || {
             let s: f32 = (0..threads)
                 .into_par_iter()
                 // SAFETY: the CPU has AVX-512F and AVX-512 BF16 (checked above).
@@ -146,10 +154,12 @@ fn best_rate(repeats: usize, work: f64, mut f: impl FnMut()) -> f64 {
 /// Peak GFLOP/s of the FMA loop on every thread of the current rayon pool at once.
 pub fn fma_gflops() -> f64 {
     let threads = rayon::current_num_threads().max(1);
-    let rounds = 2_000_000;
-    let flops = flops_per_round() * rounds as f64 * threads as f64;
-    best_rate(5, flops, || {
-        let s: f32 = (0..threads).into_par_iter().map(|_| fma_loop(rounds)).sum();
+    let flops = flops_per_round() * LOOP_ROUNDS as f64 * threads as f64;
+    best_rate(LOOP_REPEATS, flops, || {
+        let s: f32 = (0..threads)
+            .into_par_iter()
+            .map(|_| fma_loop(LOOP_ROUNDS))
+            .sum();
         std::hint::black_box(s);
     }) / 1e9
 }
