@@ -168,8 +168,8 @@ pub fn fma_gflops() -> f64 {
 /// counting what is read and what is written (STREAM's convention for its Copy).
 pub fn copy_gbs(bytes: usize, passes: usize) -> f64 {
     let n = (bytes / 4).max(1024);
-    let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
-    let mut dst = vec![0f32; n];
+    let mut pair = CopyPair::new(n);
+    let (src, dst) = pair.halves();
     let chunk = n.div_ceil(rayon::current_num_threads().max(1) * 4);
     let moved = (2 * n * 4 * passes.max(1)) as f64;
     best_rate(5, moved, || {
@@ -177,9 +177,36 @@ pub fn copy_gbs(bytes: usize, passes: usize) -> f64 {
             dst.par_chunks_mut(chunk)
                 .zip(src.par_chunks(chunk))
                 .for_each(|(d, s)| d.copy_from_slice(s));
-            std::hint::black_box(&mut dst);
+            std::hint::black_box(&mut *dst);
         }
     }) / 1e9
+}
+
+/// A copy's source and destination of `n` floats in one buffer, the destination half a page
+/// past the source modulo a page. Two buffers from malloc lay wherever it put them: one after
+/// the other, 16 bytes apart modulo 4 KB, and there glibc's copy ran at a twentieth of its rate
+/// on a Zen 3 (each vector store hitting the page offset of a load just ahead), so that the
+/// cache roof measured 4–10 GB/s, below the memory roof, or 80, from one run to the next.
+struct CopyPair {
+    buf: Vec<f32>,
+    n: usize,
+    /// Where the destination starts: `n` rounded up to a page of floats, and half a page.
+    dst: usize,
+}
+
+impl CopyPair {
+    fn new(n: usize) -> Self {
+        const PAGE: usize = 1024;
+        let dst = n.div_ceil(PAGE) * PAGE + PAGE / 2;
+        let buf = (0..dst + n).map(|i| i as f32).collect();
+        CopyPair { buf, n, dst }
+    }
+
+    /// The source and the destination.
+    fn halves(&mut self) -> (&[f32], &mut [f32]) {
+        let (src, rest) = self.buf.split_at_mut(self.dst);
+        (&src[..self.n], &mut rest[..self.n])
+    }
 }
 
 /// GB/s of the same copy on buffers each thread keeps in its own cache (128 KB per thread, under
@@ -189,11 +216,10 @@ pub fn cache_copy_gbs() -> f64 {
     let n = 32 * 1024;
     let passes = 400;
     let moved = (2 * n * 4 * passes * threads) as f64;
-    let mut bufs: Vec<(Vec<f32>, Vec<f32>)> = (0..threads)
-        .map(|_| ((0..n).map(|i| i as f32).collect(), vec![0f32; n]))
-        .collect();
+    let mut pairs: Vec<CopyPair> = (0..threads).map(|_| CopyPair::new(n)).collect();
     best_rate(5, moved, || {
-        bufs.par_iter_mut().for_each(|(s, d)| {
+        pairs.par_iter_mut().for_each(|pair| {
+            let (s, d) = pair.halves();
             for _ in 0..passes {
                 d.copy_from_slice(s);
                 std::hint::black_box(&mut *d);
@@ -234,6 +260,20 @@ mod tests {
         let b = bf16_dot_gflops();
         assert_eq!(b.is_some(), crate::kernels::gemm::bf16_native());
         assert!(b.is_none_or(|b| b.is_finite() && b > 0.1), "{b:?}");
+    }
+
+    /// Wherever malloc puts the buffer, the copy's destination lies half a page past its
+    /// source modulo a page, and the two do not overlap.
+    #[test]
+    fn the_copy_halves_are_half_a_page_apart() {
+        for n in [1024, 32 * 1024, 32 * 1024 + 3] {
+            let mut pair = CopyPair::new(n);
+            let (s, d) = pair.halves();
+            assert_eq!((s.len(), d.len()), (n, n));
+            let gap = d.as_ptr() as usize - s.as_ptr() as usize;
+            assert_eq!(gap % 4096, 2048, "{n}");
+            assert!(gap >= 4 * n, "{n}");
+        }
     }
 
     #[test]
