@@ -90,13 +90,19 @@ pub fn measure(progress: &mut dyn Progress) -> crate::Result<Limits> {
     Ok(Limits::from_values(values))
 }
 
+/// How the limits are measured: limits kept by an earlier way of measuring are not read (the
+/// second way times the peak loops in short runs and places the copies' buffers apart,
+/// `kernels::peak`; the first could keep half the peak or a tenth of the cache roof).
+const METHOD: u32 = 2;
+
 /// What identifies this machine for the cache: the CPU, its core count, the SIMD level the
-/// kernels use, the thread count and this program's version (the kernels change with it).
+/// kernels use, the thread count, this program's version (the kernels change with it) and the
+/// way of measuring.
 pub fn machine_key() -> String {
     let cpu = cpu_name().unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!(
-        "limits|{cpu}|{cores} cores|{:?}|{} threads|{}",
+        "limits{METHOD}|{cpu}|{cores} cores|{:?}|{} threads|{}",
         crate::kernels::simd::level(),
         rayon::current_num_threads(),
         env!("CARGO_PKG_VERSION")
