@@ -186,7 +186,7 @@ pub fn copy_gbs(bytes: usize, passes: usize) -> f64 {
 /// past the source modulo a page. Two buffers from malloc lay wherever it put them: one after
 /// the other, 16 bytes apart modulo 4 KB, and there glibc's copy ran at a twentieth of its rate
 /// on a Zen 3 (each vector store hitting the page offset of a load just ahead), so that the
-/// cache roof measured 4–10 GB/s, below the memory roof, or 80, from one run to the next.
+/// cache roof measured 4–11 GB/s, below the memory roof, or 80, from one run to the next.
 struct CopyPair {
     buf: Vec<f32>,
     n: usize,
