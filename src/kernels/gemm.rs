@@ -860,10 +860,19 @@ mod x86 {
         let mut acc1 = [hi; R];
         if let Init::Load = init {
             for r in 0..R {
-                let mut tmp = [0f32; 16];
-                std::ptr::copy_nonoverlapping(c.add(r * ldc), tmp.as_mut_ptr(), cols);
-                acc0[r] = _mm256_loadu_ps(tmp.as_ptr());
-                acc1[r] = _mm256_loadu_ps(tmp.as_ptr().add(8));
+                let src = c.add(r * ldc);
+                // A full tile loads straight from the output: the copy through `tmp`, a
+                // `memcpy` call per row whose stores the loads then waited on, is only for
+                // the last panel's partial rows.
+                if cols == 16 {
+                    acc0[r] = _mm256_loadu_ps(src);
+                    acc1[r] = _mm256_loadu_ps(src.add(8));
+                } else {
+                    let mut tmp = [0f32; 16];
+                    std::ptr::copy_nonoverlapping(src, tmp.as_mut_ptr(), cols);
+                    acc0[r] = _mm256_loadu_ps(tmp.as_ptr());
+                    acc1[r] = _mm256_loadu_ps(tmp.as_ptr().add(8));
+                }
             }
         }
         for kk in 0..k {
