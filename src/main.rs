@@ -10,6 +10,7 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     convnext_explorer::base::allocator::keep_freed_memory();
+    convnext_explorer::base::pool::candle_ops_inline();
     // A panic is a bug, but the user still deserves one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("convnext-explorer: internal error: {info}");

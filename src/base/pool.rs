@@ -36,6 +36,28 @@ pub fn run_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
+/// Has candle run its elementwise ops on the calling thread, with no threads of its own.
+///
+/// candle (0.11) splits an elementwise op of 64 Ki elements or more (a residual add at
+/// ConvNeXt's stage 0, much of a training step) over a pool of its own, beside rayon's, with a
+/// thread fewer than rayon has. Our forwards run on rayon's pool with its other workers kept
+/// spinning ([`run_awake`]), so candle's worker had no free core: the caller did its half, then
+/// spun until the scheduler gave the worker a time slice. On 2 cores, ConvNeXt-atto's stage-0
+/// residual adds took 0.8 ms each in the timing forward instead of 0.04 ms (in 3 runs of 4).
+/// Our own kernels spread the work that is worth spreading over rayon's pool.
+///
+/// Call it first thing in `main`, before any other thread exists (it sets an environment
+/// variable) and before candle's first elementwise op (candle reads the variable once). A
+/// user's own `CANDLE_NUM_THREADS` is kept.
+pub fn candle_ops_inline() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    // Made now, with the variable as set here: `set_threads` later changes RAYON_NUM_THREADS,
+    // which candle would read instead if this one were absent.
+    let _ = candle_core::utils::barrier_pool();
+}
+
 /// The cores this process may use, read once: `available_parallelism` reads the cgroup's
 /// quota files on Linux, too much for every forward.
 fn cores() -> usize {

@@ -156,9 +156,14 @@ fn bench(a: &TrainArgs) -> Result<()> {
     let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let threads = rayon::current_num_threads();
+    // Both paths run candle's elementwise ops as the program does (`base::pool`): on the calling
+    // thread, unless CANDLE_NUM_THREADS gives candle a pool of its own, which helps the
+    // reference and slows the fused step.
+    let candle_pool = candle_core::utils::barrier_pool().n_workers();
     if a.json {
         let j = serde_json::json!({
             "batch": cfg.batch, "size": cfg.input, "threads": threads, "rounds": a.rounds,
+            "candle_pool_threads": candle_pool,
             "steps_per_run": steps, "fused_s_per_step": median(&fused),
             "generic_s_per_step": median(&generic), "speedup_median": median(&ratios),
             "speedup_min": lo, "speedup_max": hi,
@@ -167,7 +172,8 @@ fn bench(a: &TrainArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "training step, batch {}, {}×{}, {threads} threads, {} rounds × {} steps a run",
+        "training step, batch {}, {}×{}, {threads} threads, {} rounds × {} steps a run; \
+         candle's own pool: {candle_pool} threads (CANDLE_NUM_THREADS)",
         cfg.batch, cfg.input, cfg.input, a.rounds, steps
     );
     println!("fused kernels: {:.3} s/step (median)", median(&fused));
