@@ -547,9 +547,15 @@ fn dw_row_at(level: crate::kernels::simd::Level, out: &mut [f32], r: &Row) {
         #[target_feature(enable = "avx2,fma")]
         unsafe fn w256(out: &mut [f32], r: &Row) {
             match (r.k, r.w) {
-                // 8 channels a block: no ConvNeXt has a tail (its widths are multiples of 8).
+                // 16 channels a block where the width is a multiple of 16 (all but
+                // ConvNeXt-atto's first stage, 40), else 8: no ConvNeXt has a tail (its
+                // widths are multiples of 8).
+                (7, 4..) if r.c % 16 == 0 => {
+                    let blocks = Blocks::Clipped(x86::block256_k7::<4, 2>);
+                    dw_row_impl::<4, 16>(out, r, Some(blocks), None)
+                }
                 (7, 4..) => {
-                    let blocks = Blocks::Clipped(x86::block256_k7::<4>);
+                    let blocks = Blocks::Clipped(x86::block256_k7::<4, 1>);
                     dw_row_impl::<4, 8>(out, r, Some(blocks), None)
                 }
                 _ => {
@@ -868,19 +874,21 @@ mod x86 {
         }
     }
 
-    /// [`block512_k7`] with AVX2: `PW` pixels × 8 channels (one vector), so that a tap row's
-    /// seven weights (7 registers), the `PW` accumulators and an input column fit the 16
-    /// registers; the two-vector block above would need 14 for the weights alone. Each input
-    /// column is loaded once for the pixels that read it, and the block also runs at the
-    /// edges, where [`super::dw_pixel`] ran each pixel as one chain of dependent adds (every
-    /// pixel of a 7×7 map). Summed as [`super::dw_pixel`] sums.
+    /// [`block512_k7`] with AVX2: `PW` pixels × `V` vectors of 8 channels. Each input column is
+    /// loaded once for the pixels that read it, and the block also runs at the edges, where
+    /// [`super::dw_pixel`] ran each pixel as one chain of dependent adds (every pixel of a 7×7
+    /// map). With one vector, a tap row's seven weights, the `PW` accumulators and an input
+    /// column fit the 16 registers. Two vectors (16 channels) read whole 64-byte lines of
+    /// the input, each from L2 once per block rather than twice (a stage-0 plane is beyond
+    /// L1), and give the adds twice the independent chains; the 14 weights then come from L1,
+    /// not from registers. Summed as [`super::dw_pixel`] sums.
     ///
     /// # Safety
     /// The CPU must have AVX2; `g.k` must be 7, the pixels `ow..ow + PW` inside the row, the
-    /// tap rows inside the plane, the channels `c0..c0 + 8` inside `c`, and the row's slices
+    /// tap rows inside the plane, the channels `c0..c0 + 8·V` inside `c`, and the row's slices
     /// whole ([`Row::fits`]).
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn block256_k7<const PW: usize>(
+    pub unsafe fn block256_k7<const PW: usize, const V: usize>(
         out: &mut [f32],
         g: &Row,
         taps: std::ops::Range<usize>,
@@ -891,29 +899,36 @@ mod x86 {
         let (c, row) = (g.c, g.w * g.c);
         // Window column t is the row's column ow + t − P; those outside [0, w) are padding.
         let inside = P.saturating_sub(ow)..(g.w + P - ow).min(PW + K - 1);
-        let mut acc = [_mm256_setzero_ps(); PW];
+        let mut acc = [[_mm256_setzero_ps(); V]; PW];
         if let Some(b) = g.b {
-            acc = [_mm256_loadu_ps(b.as_ptr().add(c0)); PW];
+            let bias: [__m256; V] =
+                std::array::from_fn(|v| _mm256_loadu_ps(b.as_ptr().add(c0 + 8 * v)));
+            acc = [bias; PW];
         }
         for i in taps {
             let wrow = g.wt.as_ptr().add(i * K * c + c0);
-            let w: [__m256; K] = std::array::from_fn(|j| _mm256_loadu_ps(wrow.add(j * c)));
             let xrow = g.x.as_ptr().add((g.oh + i - P) * row + c0);
             // Column t of the window feeds pixel q through tap j = t − q.
             for t in 0..PW + K - 1 {
                 if !inside.contains(&t) {
                     continue;
                 }
-                let x = _mm256_loadu_ps(xrow.add((ow + t - P) * c));
-                for (q, a) in acc.iter_mut().enumerate() {
-                    if (q..q + K).contains(&t) {
-                        *a = _mm256_add_ps(*a, _mm256_mul_ps(x, w[t - q]));
+                for v in 0..V {
+                    let x = _mm256_loadu_ps(xrow.add((ow + t - P) * c + 8 * v));
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        if (q..q + K).contains(&t) {
+                            let w = _mm256_loadu_ps(wrow.add((t - q) * c + 8 * v));
+                            a[v] = _mm256_add_ps(a[v], _mm256_mul_ps(x, w));
+                        }
                     }
                 }
             }
         }
         for (q, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add((ow + q) * c + c0), *a);
+            let op = out.as_mut_ptr().add((ow + q) * c + c0);
+            for (v, a) in a.iter().enumerate() {
+                _mm256_storeu_ps(op.add(8 * v), *a);
+            }
         }
     }
 
@@ -1032,7 +1047,8 @@ mod tests {
             (6, 10, 16, 5),
             // A tail of 24 channels: two masked vectors (8 and 16 above: one).
             (5, 9, 56, 7),
-            // AVX2's K = 7 block takes 8 channels: 4 left over; and a row of 3 pixels.
+            // AVX2's K = 7 block takes 16 channels where C is a multiple of 16 (64 and 16
+            // here), else 8: 44 leaves 4 over; and a row of 3 pixels.
             (6, 11, 44, 7),
             (4, 3, 24, 7),
             // Rows of 4 and 5 pixels: one K = 7 block, most of its taps clipped.
