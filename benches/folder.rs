@@ -81,6 +81,8 @@ fn median_range(v: &mut [f64]) -> String {
 }
 
 fn main() {
+    // As `main` runs the program: candle's elementwise ops on the calling thread.
+    convnext_explorer::base::pool::candle_ops_inline();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
         let dir = PathBuf::from(&args[i + 1]);

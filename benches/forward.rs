@@ -21,6 +21,8 @@ fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    // As `main` runs the program: candle's elementwise ops on the calling thread.
+    convnext_explorer::base::pool::candle_ops_inline();
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
     let variants = std::env::var("BENCH_VARIANTS").unwrap_or_else(|_| "atto,tiny".into());
     let iters: usize = std::env::var("BENCH_ITERS")
