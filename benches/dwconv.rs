@@ -2,20 +2,14 @@
 //! and -atto (batch 1), as GFLOP/s beside the FMA loop measured in the same run. Each shape's
 //! share of the peak is the median over rounds (`BENCH_ROUNDS`, default 5) of its rate over
 //! the FMA loop run just before it; `BENCH_ITERS` (default 40) runs per round.
+mod common;
 use convnext_explorer::kernels::dwconv::dwconv_f32;
 use convnext_explorer::kernels::peak;
 use std::time::Instant;
 
 fn main() {
     convnext_explorer::base::allocator::keep_freed_memory();
-    let env = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default)
-            .max(1)
-    };
-    let (rounds, iters) = (env("BENCH_ROUNDS", 5), env("BENCH_ITERS", 40));
+    let (rounds, iters) = common::rounds_and_iters(5, 40);
     println!(
         "{} threads, SIMD {:?} ({rounds} rounds × {iters} runs per shape)",
         rayon::current_num_threads(),

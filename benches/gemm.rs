@@ -6,6 +6,7 @@
 //! layer and in blocks of rows (`kernels::mlp`), where the forward takes the blocks.
 //! Each shape's share of the peak is the median over rounds (`BENCH_ROUNDS`, default 5) of its
 //! rate over the peak loop run just before it; `BENCH_ITERS` (default 10) runs per round.
+mod common;
 use convnext_explorer::kernels::gemm::{PackedLinear, Precision};
 use convnext_explorer::kernels::peak;
 use std::time::Instant;
@@ -14,14 +15,7 @@ fn main() {
     // The allocator as the CLI and the app set it: big outputs reuse the heap, not fresh pages
     // (without it, stage 0's fc1 at batch 8 measured page faults, not the kernel).
     convnext_explorer::base::allocator::keep_freed_memory();
-    let env = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default)
-            .max(1)
-    };
-    let (rounds, iters) = (env("BENCH_ROUNDS", 5), env("BENCH_ITERS", 10));
+    let (rounds, iters) = common::rounds_and_iters(5, 10);
     let fma = peak::fma_gflops();
     let big = peak::gemm_gflops();
     println!(
