@@ -547,9 +547,9 @@ fn dw_row_at(level: crate::kernels::simd::Level, out: &mut [f32], r: &Row) {
         #[target_feature(enable = "avx2,fma")]
         unsafe fn w256(out: &mut [f32], r: &Row) {
             match (r.k, r.w) {
-                // 16 channels a block where the width is a multiple of 16 (all but
-                // ConvNeXt-atto's first stage, 40), else 8: no ConvNeXt has a tail (its
-                // widths are multiples of 8).
+                // 16 channels a block where C is a multiple of 16 (all but ConvNeXt-atto's
+                // first stage, 40), else 8: no ConvNeXt has a tail (its widths are multiples
+                // of 8).
                 (7, 4..) if r.c.is_multiple_of(16) => {
                     let blocks = Blocks::Clipped(x86::block256_k7::<4, 2>);
                     dw_row_impl::<4, 16>(out, r, Some(blocks), None)

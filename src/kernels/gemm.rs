@@ -861,9 +861,8 @@ mod x86 {
         if let Init::Load = init {
             for r in 0..R {
                 let src = c.add(r * ldc);
-                // A full tile loads straight from the output: the copy through `tmp`, a
-                // `memcpy` call per row whose stores the loads then waited on, is only for
-                // the last panel's partial rows.
+                // A full tile loads straight from the output: the round trip through `tmp`,
+                // a `memcpy` call per row, is only for the last panel's partial rows.
                 if cols == 16 {
                     acc0[r] = _mm256_loadu_ps(src);
                     acc1[r] = _mm256_loadu_ps(src.add(8));
