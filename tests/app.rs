@@ -121,6 +121,19 @@ fn tabs_show_layer_scale_profile_and_architecture() {
     h.run_steps(3);
     h.get_by_label_contains("press Run profile for times");
     snap(&mut h, "app_profile_macs");
+    // While it times, the window holds still: "timing" where a spinner would turn (a long
+    // profile, cancelled).
+    h.state_mut().shared_mut().settings.profile_runs = 1000;
+    h.get_by_label("Run profile").click();
+    h.run_steps(2);
+    assert_eq!(
+        h.query_all_by_label("timing").count(),
+        2,
+        "status bar and tab"
+    );
+    h.get_by_label("Cancel").click();
+    settle(&mut h);
+    assert!(h.query_by_label("timing").is_none());
     h.state_mut().shared_mut().settings.profile_runs = 2;
     h.get_by_label("Run profile").click();
     h.run_steps(1);

@@ -223,7 +223,7 @@ impl AttributionTab {
             .is_some_and(|p| p.progress().is_some());
         let Some(a) = &self.view else {
             ui.horizontal(|ui| {
-                ui.spinner();
+                super::widgets::busy(ui);
                 ui.label(if running {
                     "computing…"
                 } else {

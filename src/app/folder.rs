@@ -564,7 +564,7 @@ fn listing_title(view: &FolderView, l: Listing, n: usize) -> String {
 /// The page of images: what the network saw, the evidence for its top class, the top-5.
 fn image_list(ui: &mut egui::Ui, shared: &mut Shared, results: &FolderResults) {
     if results.images.is_empty() {
-        ui.spinner();
+        super::widgets::busy(ui);
         return;
     }
     let mut open = None;

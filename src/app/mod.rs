@@ -6,7 +6,8 @@
 //! handle it got back. The worker only transports; it keeps the engine and the current image.
 //!
 //! To add a tab: write `app/my_tab.rs` with a struct implementing [`Tab`] (its `ui` draws it,
-//! submits jobs with `ctx.jobs.submit("What it does", move |w, progress| ...)`, shows
+//! submits jobs with `ctx.jobs.submit("What it does", move |w, progress| ...)` (or
+//! `submit_timing` for a job that times something: the window holds still while it runs), shows
 //! [`widgets::job_progress`] while one runs and takes the result with [`Pending::take`]; its
 //! `on_model_changed` drops what belonged to the old model), then add `mod my_tab;` and one
 //! line to [`tabs`]. The tab bar, the View menu and the remembered tab follow from the list.
@@ -618,6 +619,7 @@ impl ExplorerApp {
     pub fn show(&mut self, ui: &mut egui::Ui) {
         let ctx = ui.ctx().clone();
         self.poll();
+        widgets::set_timing(&ctx, self.worker.timing());
         self.handle_input(&ctx);
         let shared = &mut self.shared;
         egui::Panel::top("menu").show(ui, |ui| menu_bar(ui, shared, &self.tabs));
@@ -646,8 +648,9 @@ impl ExplorerApp {
         path_prompt::window(&ctx, &mut self.shared);
         drop_hint(&ctx);
         self.handle_requests();
-        if self.shared.busy() {
-            // Keep the spinner turning while the worker is at it.
+        // Keep the spinner turning while the worker is at it; while it times, the window
+        // redraws only when the worker reports (its progress, its end).
+        if self.shared.busy() && !self.worker.timing() {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
     }
@@ -846,7 +849,7 @@ fn status_bar(ui: &mut egui::Ui, shared: &mut Shared) {
     ui.horizontal(|ui| {
         let status = &mut shared.status;
         if status.pending > 0 {
-            ui.spinner();
+            widgets::busy(ui);
             ui.label(match (&status.loading, &status.job) {
                 (Some(what), _) => format!("Loading {what}…"),
                 (None, Some(j)) => {

@@ -133,7 +133,7 @@ fn roofline_section(
                     let job = |_: &mut WorkerCtx, p: &mut dyn Progress| {
                         Ok(crate::analysis::roofline::limits(true, p)?)
                     };
-                    *remeasuring = Some(ctx.jobs.submit("Measuring the machine", job));
+                    *remeasuring = Some(ctx.jobs.submit_timing("Measuring the machine", job));
                 }
             });
             super::roofline::plot(ui, points, l, 230.0);
@@ -155,7 +155,7 @@ impl ProfileTab {
     pub fn run(&mut self, ctx: &mut TabCtx) {
         let runs = ctx.shared.settings.profile_runs;
         let job = move |w: &mut WorkerCtx, p: &mut dyn Progress| profile(w, runs, p);
-        self.pending = Some(ctx.jobs.submit("Profiling", job));
+        self.pending = Some(ctx.jobs.submit_timing("Profiling", job));
     }
 
     fn controls(&mut self, ui: &mut egui::Ui, ctx: &mut TabCtx) {
@@ -176,7 +176,7 @@ impl ProfileTab {
             if let Some(p) = &self.pending {
                 job_progress(ui, p);
             } else if busy {
-                ui.spinner();
+                super::widgets::busy(ui);
             }
             let shared = &mut *ctx.shared;
             ui.separator();

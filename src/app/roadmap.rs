@@ -86,7 +86,7 @@ impl RoadmapTab {
             let dev = crate::base::device::parse_device(&device)?;
             Ok(crate::analysis::profile::time_roadmap(&dev, SIZE, 3, p)?)
         };
-        self.timing = Some(ctx.jobs.submit(JOB, job));
+        self.timing = Some(ctx.jobs.submit_timing(JOB, job));
     }
 
     /// Computes the last stage's ERF of steps 6–10.

@@ -44,7 +44,7 @@ fn model_section(ui: &mut egui::Ui, shared: &mut Shared) {
         }
         None if shared.status.loading.is_some() => {
             ui.horizontal(|ui| {
-                ui.spinner();
+                super::widgets::busy(ui);
                 ui.label("Loading…");
             });
         }
@@ -168,7 +168,7 @@ fn weights_list(ui: &mut egui::Ui, shared: &mut Shared) {
     match &shared.weights {
         None => {
             ui.horizontal(|ui| {
-                ui.spinner();
+                super::widgets::busy(ui);
                 ui.label("Reading…");
             });
         }
@@ -281,7 +281,7 @@ fn image_section(ui: &mut egui::Ui, shared: &mut Shared) {
         }
     } else if let Some(name) = &shared.status.decoding {
         ui.horizontal(|ui| {
-            ui.spinner();
+            super::widgets::busy(ui);
             ui.label(format!("decoding {name}…"));
         });
     } else {

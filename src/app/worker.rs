@@ -59,6 +59,11 @@ impl Job {
             Job::Tab(t) => JobKind::Tab(t.name),
         }
     }
+
+    /// A tab's job sent with [`JobSender::submit_timing`].
+    fn is_timing(&self) -> bool {
+        matches!(self, Job::Tab(t) if t.timing)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +121,8 @@ pub struct TabJob {
     name: &'static str,
     run: JobFn,
     slot: Arc<Slot>,
+    /// Whether the job times something ([`JobSender::submit_timing`]).
+    timing: bool,
 }
 
 /// Where a tab job's progress and result meet its [`Pending`] handle.
@@ -164,6 +171,7 @@ impl<T: 'static> Pending<T> {
 /// Makes a tab job and its handle.
 fn tab_job<T: Send + 'static>(
     name: &'static str,
+    timing: bool,
     f: impl FnOnce(&mut WorkerCtx, &mut dyn Progress) -> anyhow::Result<T> + Send + 'static,
 ) -> (TabJob, Pending<T>) {
     let slot = Arc::new(Slot::default());
@@ -172,6 +180,7 @@ fn tab_job<T: Send + 'static>(
         name,
         run,
         slot: slot.clone(),
+        timing,
     };
     let pending = Pending {
         slot,
@@ -191,6 +200,7 @@ pub struct Worker {
 struct Link {
     replies: Sender<Reply>,
     queued: Arc<AtomicUsize>,
+    timing: Arc<AtomicUsize>,
     cancel: Arc<AtomicBool>,
     wake: Box<dyn Fn() + Send>,
 }
@@ -202,10 +212,12 @@ impl Worker {
         let (jobs, rx) = channel::<Job>();
         let (tx, replies) = channel::<Reply>();
         let queued = Arc::new(AtomicUsize::new(0));
+        let timing = Arc::new(AtomicUsize::new(0));
         let cancel = Arc::new(AtomicBool::new(false));
         let link = Link {
             replies: tx,
             queued: queued.clone(),
+            timing: timing.clone(),
             cancel: cancel.clone(),
             wake: Box::new(wake),
         };
@@ -213,7 +225,11 @@ impl Worker {
             .name("inference".into())
             .spawn(move || serve(rx, link))?;
         Ok(Self {
-            sender: JobSender { jobs, queued },
+            sender: JobSender {
+                jobs,
+                queued,
+                timing,
+            },
             replies,
             cancel,
         })
@@ -242,6 +258,11 @@ impl Worker {
     pub fn pending(&self) -> usize {
         self.sender.queued.load(Ordering::SeqCst)
     }
+
+    /// Whether a job that times something is queued or running.
+    pub fn timing(&self) -> bool {
+        self.sender.timing.load(Ordering::SeqCst) > 0
+    }
 }
 
 /// Sends jobs to the worker from any thread.
@@ -249,13 +270,23 @@ impl Worker {
 pub struct JobSender {
     jobs: Sender<Job>,
     queued: Arc<AtomicUsize>,
+    /// Timing jobs queued or running: counted from the send, so that the window holds still
+    /// from the click that asked for the timings.
+    timing: Arc<AtomicUsize>,
 }
 
 impl JobSender {
     pub fn send(&self, job: Job) {
+        let timing = job.is_timing();
         self.queued.fetch_add(1, Ordering::SeqCst);
+        if timing {
+            self.timing.fetch_add(1, Ordering::SeqCst);
+        }
         if self.jobs.send(job).is_err() {
             self.queued.fetch_sub(1, Ordering::SeqCst);
+            if timing {
+                self.timing.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 
@@ -267,7 +298,20 @@ impl JobSender {
         name: &'static str,
         f: impl FnOnce(&mut WorkerCtx, &mut dyn Progress) -> anyhow::Result<T> + Send + 'static,
     ) -> Pending<T> {
-        let (job, pending) = tab_job(name, f);
+        let (job, pending) = tab_job(name, false, f);
+        self.send(Job::Tab(job));
+        pending
+    }
+
+    /// [`submit`](Self::submit) for a job that times something (a profile, the machine's
+    /// limits): while it is queued or running, the window does not animate
+    /// ([`super::widgets::busy`]), so that drawing frames does not take the cores it times.
+    pub fn submit_timing<T: Send + 'static>(
+        &self,
+        name: &'static str,
+        f: impl FnOnce(&mut WorkerCtx, &mut dyn Progress) -> anyhow::Result<T> + Send + 'static,
+    ) -> Pending<T> {
+        let (job, pending) = tab_job(name, true, f);
         self.send(Job::Tab(job));
         pending
     }
@@ -295,6 +339,7 @@ fn serve(rx: Receiver<Job>, link: Link) {
         }
         link.cancel.store(false, Ordering::SeqCst);
         let kind = job.kind();
+        let timing = job.is_timing();
         // A bug in a job must not take the worker (and every later job) with it.
         let replies =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.handle(job, &link)))
@@ -311,6 +356,9 @@ fn serve(rx: Receiver<Job>, link: Link) {
                 });
         for reply in replies {
             let _ = link.replies.send(reply);
+        }
+        if timing {
+            link.timing.fetch_sub(1, Ordering::SeqCst);
         }
         link.queued.fetch_sub(1, Ordering::SeqCst);
         (link.wake)();
