@@ -22,7 +22,8 @@ pub const BF16_ROOF_NOTE: &str = "The matmuls ran in bf16 (vdpbf16ps, twice an f
 pub struct Limits {
     /// GFLOP/s of the FMA loop on every thread: the compute roof.
     pub peak_gflops: f64,
-    /// GFLOP/s of the project's own GEMM on a 1024³ product: what a real kernel reaches.
+    /// GFLOP/s of the project's own GEMM on a `kernels::peak::GEMM_SHAPE` product: what a real
+    /// kernel reaches.
     pub gemm_gflops: f64,
     /// GB/s of a streaming copy of buffers far larger than the caches: the memory roof.
     pub memory_gbs: f64,
@@ -82,7 +83,7 @@ pub fn measure(progress: &mut dyn Progress) -> crate::Result<Limits> {
             0 => peak::fma_gflops(),
             1 => peak::gemm_gflops(),
             // 128 MB a side: past the last-level cache of any desktop or server CPU we know.
-            2 => peak::copy_gbs(128 << 20, 1),
+            2 => peak::copy_gbs(128 << 20),
             _ => peak::cache_copy_gbs(),
         };
     }
@@ -91,9 +92,10 @@ pub fn measure(progress: &mut dyn Progress) -> crate::Result<Limits> {
 }
 
 /// How the limits are measured: limits kept by an earlier way of measuring are not read (the
-/// second way times the peak loops in short runs and places the copies' buffers apart,
-/// `kernels::peak`; the first could keep half the peak or a tenth of the cache roof).
-const METHOD: u32 = 2;
+/// third way also times the copies and the GEMM in short runs, the second the peak loops, and
+/// places the copies' buffers apart, `kernels::peak`; the first could keep half the peak or a
+/// tenth of the cache roof, the second half the GEMM's rate or the memory roof).
+const METHOD: u32 = 3;
 
 /// What identifies this machine for the cache: the CPU, its core count, the SIMD level the
 /// kernels use, the thread count, this program's version (the kernels change with it) and the

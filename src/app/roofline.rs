@@ -111,9 +111,10 @@ pub fn plot(ui: &mut egui::Ui, points: &[Point], limits: &Limits, height: f32) {
                     .width(2.0),
             );
             let gemm = limits.gemm_gflops.log10();
+            let (m, k, n) = crate::kernels::peak::GEMM_SHAPE;
             p.line(
                 Line::new(
-                    "our GEMM, 1024³",
+                    format!("our GEMM, {m}×{k}×{n}"),
                     PlotPoints::from(vec![[rx, gemm], [hx, gemm]]),
                 )
                 .color(Color32::from_rgb(31, 119, 180))

@@ -23,6 +23,15 @@ const PORTABLE_CHAINS: usize = 16;
 /// 4 ms, and in none of 36 with these; unloaded, both gave the same peak.
 const LOOP_ROUNDS: usize = 500_000;
 const LOOP_REPEATS: usize = 40;
+/// Timings per measure of the copies and of the GEMM, each of one segment of the copy or one
+/// short product (1–3 ms on an AVX2 core), for the same reason. They had been 5 timings of the
+/// whole copy (about 15 ms) or of a 1024³ product (20 ms): one thread beside one busy program
+/// on 2 vCPUs then read 30–43 GFLOP/s for the GEMM and 8.8–9.8 GB/s for memory in 4 measures;
+/// with these, 72–95 and 18.8–20.0 (unloaded, 87–94 and 19.0–21.0).
+const BLOCK_REPEATS: usize = 40;
+/// Segments of the streaming copy, timed one at a time in turn: each one's data were last
+/// touched a sweep over both buffers earlier (2 × 7/8 of them), out of every cache.
+const COPY_SEGMENTS: usize = 8;
 /// Independent vector accumulators: more than FMA latency × FMA ports on current cores (4 × 2).
 const CHAINS: usize = 12;
 
@@ -165,20 +174,22 @@ pub fn fma_gflops() -> f64 {
 }
 
 /// GB/s of a streaming copy between two buffers of `bytes` each, split over the pool's threads,
-/// counting what is read and what is written (STREAM's convention for its Copy).
-pub fn copy_gbs(bytes: usize, passes: usize) -> f64 {
-    let n = (bytes / 4).max(1024);
-    let mut pair = CopyPair::new(n);
+/// counting what is read and what is written (STREAM's convention for its Copy); timed one
+/// of [`COPY_SEGMENTS`] segments at a time.
+pub fn copy_gbs(bytes: usize) -> f64 {
+    let seg = (bytes / 4).max(1024).div_ceil(COPY_SEGMENTS);
+    let mut pair = CopyPair::new(seg * COPY_SEGMENTS);
     let (src, dst) = pair.halves();
-    let chunk = n.div_ceil(rayon::current_num_threads().max(1) * 4);
-    let moved = (2 * n * 4 * passes.max(1)) as f64;
-    best_rate(5, moved, || {
-        for _ in 0..passes.max(1) {
-            dst.par_chunks_mut(chunk)
-                .zip(src.par_chunks(chunk))
-                .for_each(|(d, s)| d.copy_from_slice(s));
-            std::hint::black_box(&mut *dst);
-        }
+    let chunk = seg.div_ceil(rayon::current_num_threads().max(1) * 4);
+    let mut next = 0;
+    best_rate(BLOCK_REPEATS, (2 * seg * 4) as f64, || {
+        let part = next % COPY_SEGMENTS * seg..(next % COPY_SEGMENTS + 1) * seg;
+        next += 1;
+        dst[part.clone()]
+            .par_chunks_mut(chunk)
+            .zip(src[part].par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        std::hint::black_box(&mut *dst);
     }) / 1e9
 }
 
@@ -217,7 +228,7 @@ pub fn cache_copy_gbs() -> f64 {
     let passes = 400;
     let moved = (2 * n * 4 * passes * threads) as f64;
     let mut pairs: Vec<CopyPair> = (0..threads).map(|_| CopyPair::new(n)).collect();
-    best_rate(5, moved, || {
+    best_rate(BLOCK_REPEATS, moved, || {
         pairs.par_iter_mut().for_each(|pair| {
             let (s, d) = pair.halves();
             for _ in 0..passes {
@@ -228,15 +239,19 @@ pub fn cache_copy_gbs() -> f64 {
     }) / 1e9
 }
 
-/// GFLOP/s of the project's own GEMM ([`PackedLinear`]) on a 1024³ product, on the pool's
-/// threads: what a real kernel reaches, beside the FMA loop's bound.
+/// The GEMM that [`gemm_gflops`] times: 128 rows by a 1024 × 1024 weight (134 M MACs, about a
+/// ConvNeXt-T stage-2 Linear's 116 M at batch 1), short enough to time many times.
+pub const GEMM_SHAPE: (usize, usize, usize) = (128, 1024, 1024);
+
+/// GFLOP/s of the project's own GEMM ([`PackedLinear`]) on a [`GEMM_SHAPE`] product, on the
+/// pool's threads: what a real kernel reaches, beside the FMA loop's bound.
 pub fn gemm_gflops() -> f64 {
-    let (m, k, n) = (1024, 1024, 1024);
+    let (m, k, n) = GEMM_SHAPE;
     let value = |i: usize| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5;
     let w: Vec<f32> = (0..n * k).map(value).collect();
     let x: Vec<f32> = (0..m * k).map(|i| value(i + 17)).collect();
     let lin = PackedLinear::new(&w, n, k, &vec![0.0; n]);
-    best_rate(5, 2.0 * (m * k * n) as f64, || {
+    best_rate(BLOCK_REPEATS, 2.0 * (m * k * n) as f64, || {
         std::hint::black_box(lin.forward(&x, false));
     }) / 1e9
 }
@@ -249,7 +264,7 @@ mod tests {
     fn the_loops_measure_positive_finite_rates() {
         let f = fma_gflops();
         assert!(f.is_finite() && f > 0.1, "{f}");
-        let c = copy_gbs(8 << 20, 1);
+        let c = copy_gbs(8 << 20);
         assert!(c.is_finite() && c > 0.1, "{c}");
         let l = cache_copy_gbs();
         assert!(l.is_finite() && l > 0.1, "{l}");
