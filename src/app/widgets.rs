@@ -38,7 +38,7 @@ pub fn busy(ui: &mut egui::Ui) {
     }
 }
 
-/// A running job: a spinner, "k/N: what" once it reports, and a Cancel button.
+/// A running job: [`busy`], "k/N: what" once it reports, and a Cancel button.
 pub fn job_progress<T: 'static>(ui: &mut egui::Ui, pending: &Pending<T>) {
     busy(ui);
     if let Some((done, total, what)) = pending.progress() {
