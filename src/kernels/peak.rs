@@ -25,9 +25,9 @@ const LOOP_ROUNDS: usize = 500_000;
 const LOOP_REPEATS: usize = 40;
 /// Timings per measure of the copies and of the GEMM, each of one segment of the copy or one
 /// short product (1–3 ms on an AVX2 core), for the same reason. They had been 5 timings of the
-/// whole copy (about 15 ms) or of a 1024³ product (20 ms): one thread beside one busy program
-/// on 2 vCPUs then read 30–43 GFLOP/s for the GEMM and 8.8–9.8 GB/s for memory in 4 measures;
-/// with these, 72–95 and 18.8–20.0 (unloaded, 87–94 and 19.0–21.0).
+/// whole copy (about 15 ms) or of a 1024³ product (20 ms): one thread beside three busy
+/// programs on 2 vCPUs then read 30–43 GFLOP/s for the GEMM and 8.8–9.8 GB/s for memory in 4
+/// measures, with these 72–95 and 18.8–20.0 (unloaded, both ways alike).
 const BLOCK_REPEATS: usize = 40;
 /// Segments of the streaming copy, timed one at a time in turn: each one's data were last
 /// touched a sweep over both buffers earlier (2 × 7/8 of them), out of every cache.
