@@ -25,14 +25,18 @@ def main():
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (timed with a synchronize)")
     a = ap.parse_args()
+    dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = timm.create_model(a.model, pretrained=False).eval()
     x = torch.randn(a.batch, 3, a.size, a.size)
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
-    model = model.to(dtype)
-    x = x.to(dtype)
+    model = model.to(dtype).to(dev)
+    x = x.to(dtype).to(dev)
+    # GPU work is asynchronous: wait for it before reading the clock (a no-op on the CPU).
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     # Module.to converts in place and returns the same module: the channels_last one is a copy, so
     # "nchw" keeps NCHW weights (with channels_last weights PyTorch runs NCHW input channels_last).
     models = {"nchw": model,
@@ -42,14 +46,17 @@ def main():
     with torch.inference_mode():
         for i in range(a.warmup + a.iters):
             for k in models:
+                sync()
                 t = time.perf_counter()
                 models[k](inputs[k])
+                sync()
                 if i >= a.warmup:
                     times[k].append((time.perf_counter() - t) * 1e3)
     med = {k: statistics.median(v) for k, v in times.items()}
     best = min(med, key=med.get)
     print(json.dumps({
         "model": a.model, "batch": a.batch, "dtype": a.dtype, "threads": a.threads,
+        "device": a.device, "cudnn_tf32": torch.backends.cudnn.allow_tf32,
         "torch": torch.__version__, "timm": timm.__version__,
         "median_ms": med[best], "min_ms": min(times[best]), "format": best,
         "nchw_ms": med["nchw"], "channels_last_ms": med["channels_last"],
