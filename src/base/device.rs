@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 pub fn available() -> Vec<String> {
     let mut v: Vec<String> = Vec::with_capacity(3);
     #[cfg(feature = "cuda")]
-    if candle_core::utils::cuda_is_available() && Device::new_cuda(0).is_ok() {
+    if candle_core::utils::cuda_is_available() && cuda(0).is_ok() {
         v.push("cuda".to_string());
     }
     #[cfg(feature = "metal")]
@@ -49,7 +49,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
                     "this build has no CUDA support (rebuild with `--features cuda`)".into(),
                 ));
             }
-            Device::new_cuda(ordinal).map_err(|e| Error::Device(name, e.to_string()))
+            cuda(ordinal).map_err(|e| Error::Device(name, e.to_string()))
         }
         "metal" => {
             if !cfg!(feature = "metal") {
@@ -65,6 +65,36 @@ pub fn parse_device(name: &str) -> Result<Device> {
             "expected cpu, cuda[:N], metal[:N] or auto".into(),
         )),
     }
+}
+
+/// The GPU `ordinal` with one stream of its own, made once and shared by every thread.
+///
+/// candle's `Device::new_cuda` queues work on the calling thread's default stream. Our forwards
+/// run on a rayon worker ([`crate::base::pool::run_awake`]) while inputs are copied in, results
+/// read back and buffers freed on the caller's thread, so one forward's work landed on
+/// unordered streams: on an H200 the numbers changed from run to run and one run in three at
+/// batch 8 or 64 stopped on an illegal address. On one stream the work runs in the order it is
+/// issued, whichever thread issues it.
+#[cfg(feature = "cuda")]
+fn cuda(ordinal: usize) -> candle_core::Result<Device> {
+    use std::sync::Mutex;
+    static MADE: Mutex<Vec<(usize, Device)>> = Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, d)) = made.iter().find(|(o, _)| *o == ordinal) {
+        return Ok(d.clone());
+    }
+    let gpu = candle_core::CudaDevice::new_with_stream(ordinal)?;
+    // SAFETY: every tensor on this device is made, used and freed on its one stream, so the
+    // events cudarc would record to order work across streams have nothing to order.
+    unsafe { gpu.disable_event_tracking() };
+    let d = Device::Cuda(gpu);
+    made.push((ordinal, d.clone()));
+    Ok(d)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(ordinal: usize) -> candle_core::Result<Device> {
+    Device::new_cuda(ordinal)
 }
 
 pub fn device_name(d: &Device) -> String {
