@@ -79,7 +79,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
 fn cuda(ordinal: usize) -> candle_core::Result<Device> {
     use std::sync::Mutex;
     static MADE: Mutex<Vec<(usize, Device)>> = Mutex::new(Vec::new());
-    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut made = crate::base::sync::lock(&MADE);
     if let Some((_, d)) = made.iter().find(|(o, _)| *o == ordinal) {
         return Ok(d.clone());
     }
