@@ -7,7 +7,6 @@ use super::reduce::column_sums;
 use super::storage::{contiguous_f32, with_cpu_f32};
 use crate::simd_dispatch;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// `(x + b) · γ` with `b` and `γ` (`[C]`) broadcast along the last axis of `x`. CPU f32 uses the
 /// fused kernel; other devices and dtypes use candle's ops.
@@ -79,23 +78,14 @@ simd_dispatch!(fn scale_rows => scale_rows_generic(out: &mut [f32], x: &[f32], g
 
 /// `x · γ` of whole rows, in parallel.
 fn apply_scale(x: &[f32], g: &[f32]) -> Vec<f32> {
-    let chunk = super::storage::task_len(g.len().max(1));
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(chunk)
-        .zip(x.par_chunks(chunk))
-        .for_each(|(o, xi)| scale_rows(o, xi, g));
-    out
+    // SAFETY: `scale_rows` writes every value of its output rows.
+    unsafe { super::storage::map_rows(x, g.len().max(1), |o, xi| scale_rows(o, xi, g)) }
 }
 
 /// `(x + b) · γ` of whole rows, in parallel.
 fn apply(x: &[f32], b: &[f32], g: &[f32]) -> Vec<f32> {
-    let c = b.len().max(1);
-    let chunk = super::storage::task_len(c);
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(chunk)
-        .zip(x.par_chunks(chunk))
-        .for_each(|(o, xi)| bias_scale_rows(o, xi, b, g));
-    out
+    // SAFETY: `bias_scale_rows` writes every value of its output rows.
+    unsafe { super::storage::map_rows(x, b.len().max(1), |o, xi| bias_scale_rows(o, xi, b, g)) }
 }
 
 impl CustomOp3 for BiasScale {

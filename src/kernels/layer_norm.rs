@@ -386,11 +386,9 @@ impl CustomOp3 for LayerNormOp {
                 b.len()
             )
         }
-        let mut out = vec![0f32; x.len()];
-        let chunk = super::storage::task_len(c);
-        out.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk))
-            .for_each(|(o, xi)| forward_rows(o, xi, w, b, self.eps));
+        let eps = self.eps;
+        // SAFETY: `forward_rows` writes every value of its output rows.
+        let out = unsafe { super::storage::map_rows(x, c, |o, xi| forward_rows(o, xi, w, b, eps)) };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
