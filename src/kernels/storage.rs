@@ -67,7 +67,7 @@ mod tests {
     fn map_rows_covers_every_chunk() {
         let c = 5;
         let x: Vec<f32> = (0..c * 10_001).map(|i| i as f32).collect();
-        assert!(x.len() > 3 * super::task_len(c) && x.len() % super::task_len(c) != 0);
+        assert!(x.len() > 3 * super::task_len(c) && !x.len().is_multiple_of(super::task_len(c)));
         // SAFETY: the closure writes every value of `o`.
         let out = unsafe {
             super::map_rows(&x, c, |o, xi| {
